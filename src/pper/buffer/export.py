@@ -1,0 +1,91 @@
+"""Export of the buffer: one row per program, as JSON Lines or a Hugging Face `datasets.Dataset`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .priority import Possibility, p2value, possibility
+from .store import ReplayBuffer
+
+EXPORT_COLUMNS = (
+    "program_id", "task_id", "split", "prompt", "program", "logprob", "num_tokens", "possibility", "model",
+    "round", "tested", "pass_rate", "passed", "total", "verdicts", "error", "duration", "p2value",
+)
+
+
+def export_rows(
+    buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = "geometric"
+) -> Iterator[dict[str, Any]]:
+    """Every stored program with its task's prompt and split, its execution and its P2Value.
+
+    Untested programs have None for the execution columns and for p2value.
+    """
+    tasks = {t.id: t for t in buffer.tasks()}
+    for p in buffer.programs():
+        task = tasks[p.task_id]
+        prob = float(possibility(p.logprob, p.num_tokens, mode))
+        yield {
+            "program_id": p.id,
+            "task_id": p.task_id,
+            "split": task.split,
+            "prompt": task.prompt,
+            "program": p.text,
+            "logprob": p.logprob,
+            "num_tokens": p.num_tokens,
+            "possibility": prob,
+            "model": p.model,
+            "round": p.round,
+            "tested": p.tested,
+            "pass_rate": p.pass_rate,
+            "passed": p.passed,
+            "total": p.total,
+            "verdicts": list(p.verdicts) if p.verdicts is not None else None,
+            "error": p.error,
+            "duration": p.duration,
+            "p2value": float(p2value(prob, p.pass_rate, alpha)) if p.tested else None,
+        }
+
+
+def to_jsonl(buffer: ReplayBuffer, path: str | Path, alpha: float = 0.5, mode: Possibility = "geometric") -> int:
+    """Write `export_rows` to a JSONL file (atomically: a temporary file renamed); returns the row count."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in export_rows(buffer, alpha, mode):
+            f.write(json.dumps(row) + "\n")
+            n += 1
+    tmp.replace(path)
+    return n
+
+
+def to_hf_dataset(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = "geometric"):
+    """The buffer as a `datasets.Dataset` with the columns of `EXPORT_COLUMNS`."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "program_id": datasets.Value("int64"),
+            "task_id": datasets.Value("string"),
+            "split": datasets.Value("string"),
+            "prompt": datasets.Value("string"),
+            "program": datasets.Value("string"),
+            "logprob": datasets.Value("float64"),
+            "num_tokens": datasets.Value("int64"),
+            "possibility": datasets.Value("float64"),
+            "model": datasets.Value("string"),
+            "round": datasets.Value("int64"),
+            "tested": datasets.Value("bool"),
+            "pass_rate": datasets.Value("float64"),
+            "passed": datasets.Value("int64"),
+            "total": datasets.Value("int64"),
+            "verdicts": datasets.Sequence(datasets.Value("string")),
+            "error": datasets.Value("string"),
+            "duration": datasets.Value("float64"),
+            "p2value": datasets.Value("float64"),
+        }
+    )
+    return datasets.Dataset.from_list(list(export_rows(buffer, alpha, mode)), features=features)

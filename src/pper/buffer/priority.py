@@ -1,0 +1,57 @@
+"""P2Value and the two priority schemes of PPER (arXiv 2410.12236, eq. 5 and sec. 3.3).
+
+    P2Value_i = alpha * P(t_i) + (1 - alpha) * pass_rate_i
+
+P(t_i) is the possibility of the program under the model that wrote it: by default the geometric-mean
+token probability exp(logP / tokens) (length-independent; the raw product vanishes for long programs),
+or the raw sequence probability exp(logP) with `possibility="product"`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+Possibility = Literal["geometric", "product"]
+Scheme = Literal["rank", "proportional", "uniform"]
+POSSIBILITIES = ("geometric", "product")
+SCHEMES = ("rank", "proportional", "uniform")
+
+
+def possibility(logprob: np.ndarray, num_tokens: np.ndarray, mode: Possibility = "geometric") -> np.ndarray:
+    """P(t): exp(logP / tokens) for "geometric", exp(logP) for "product"."""
+    logprob = np.asarray(logprob, dtype=np.float64)
+    if mode == "geometric":
+        return np.exp(logprob / np.maximum(np.asarray(num_tokens, dtype=np.float64), 1.0))
+    if mode == "product":
+        return np.exp(logprob)
+    raise ValueError(f"possibility must be one of {POSSIBILITIES}, got {mode!r}")
+
+
+def p2value(possibility: np.ndarray, pass_rate: np.ndarray, alpha: float) -> np.ndarray:
+    """alpha * P + (1 - alpha) * pass_rate, elementwise."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    return alpha * np.asarray(possibility, dtype=np.float64) + (1.0 - alpha) * np.asarray(pass_rate, dtype=np.float64)
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, highest value first; ties share the best rank of their group (1, 2, 2, 4)."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.sort(-values)  # ascending negatives: the highest value first
+    return np.searchsorted(order, -values, side="left") + 1
+
+
+def priorities(values: np.ndarray, scheme: Scheme) -> np.ndarray:
+    """p_i from P2Values: the value itself ("proportional"), 1 / rank ("rank"), or 1 ("uniform")."""
+    values = np.asarray(values, dtype=np.float64)
+    if scheme == "proportional":
+        if values.size and values.min() < 0:
+            raise ValueError("proportional priorities must be non-negative")
+        return values.copy()
+    if scheme == "rank":
+        return 1.0 / ranks(values)
+    if scheme == "uniform":
+        return np.ones_like(values)
+    raise ValueError(f"priority must be one of {SCHEMES}, got {scheme!r}")

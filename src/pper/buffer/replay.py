@@ -1,0 +1,87 @@
+"""PPER: prioritized replay of tested programs by P2Value, and the configuration that drives it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import PperError
+from .priority import Possibility, Scheme, p2value, possibility, priorities
+from .sampler import PrioritizedSampler
+from .store import ReplayBuffer, ReplayTable
+
+
+class ReplayConfig(BaseModel):
+    """How minibatches are drawn from the buffer.
+
+    priority: "rank" (p_i = 1 / rank of P2Value, the paper's robust choice), "proportional"
+    (p_i = P2Value) or "uniform" (ablation). alpha weighs possibility against pass rate in P2Value;
+    exponent is e in P(i) = p_i^e / sum_k p_k^e. min_pass_rate keeps only programs at or above a pass
+    rate (1.0 gives the rejection-sampling baseline).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: Scheme = "rank"
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    exponent: float = Field(1.0, ge=0.0)
+    possibility: Possibility = "geometric"
+    min_pass_rate: float | None = Field(None, ge=0.0, le=1.0)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One replayed program and why it was drawn."""
+
+    program_id: int
+    task_id: str
+    possibility: float
+    pass_rate: float
+    p2value: float
+    probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Replay:
+    """Prioritized replay over a snapshot of the buffer's tested programs."""
+
+    def __init__(self, table: ReplayTable, config: ReplayConfig, seed: int | None = None):
+        if len(table) == 0:
+            raise PperError("nothing to replay: the buffer has no tested programs"
+                            + (" at or above min_pass_rate" if config.min_pass_rate is not None else ""))
+        self.table, self.config = table, config
+        self.possibility = possibility(table.logprob, table.num_tokens, config.possibility)
+        self.p2value = p2value(self.possibility, table.pass_rate, config.alpha)
+        self.sampler = PrioritizedSampler(priorities(self.p2value, config.priority), config.exponent, seed)
+        if self.sampler.total <= 0:
+            raise PperError(
+                f"nothing to replay with priority={config.priority!r}, alpha={config.alpha}: every P2Value is 0 "
+                "(no tested program passes a test); use priority=rank or alpha > 0"
+            )
+        self.probability = self.sampler.probabilities()
+
+    @classmethod
+    def from_buffer(cls, buffer: ReplayBuffer, config: ReplayConfig, seed: int | None = None) -> Replay:
+        return cls(buffer.replay_table(config.min_pass_rate), config, seed)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def sample(self, n: int) -> list[Draw]:
+        """Draw `n` programs with replacement."""
+        return [self._draw(int(i)) for i in self.sampler.sample(n)]
+
+    def _draw(self, i: int) -> Draw:
+        t = self.table
+        return Draw(
+            program_id=int(t.program_id[i]),
+            task_id=str(t.task_id[i]),
+            possibility=float(self.possibility[i]),
+            pass_rate=float(t.pass_rate[i]),
+            p2value=float(self.p2value[i]),
+            probability=float(self.probability[i]),
+        )

@@ -1,0 +1,370 @@
+"""The replay buffer: a SQLite file (WAL) of tasks, programs and their executions.
+
+Every write is one transaction, so a process killed in the middle of a write leaves the buffer as it
+was before that write or after it, never in between. The same program for the same task is stored once
+(programs are keyed by task and a hash of their normalised text).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import PperError
+from ..tasks import Task
+from ..tasks.rows import RowError
+
+SCHEMA_VERSION = 1
+BUFFER_FILE = "buffer.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    split TEXT,
+    data TEXT NOT NULL               -- the Task in pper's generic JSON format
+);
+CREATE TABLE IF NOT EXISTS programs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL REFERENCES tasks(id),
+    hash TEXT NOT NULL,              -- sha256 of the normalised text
+    text TEXT NOT NULL,
+    logprob REAL NOT NULL,           -- log P(t): sum of the token log-probabilities
+    num_tokens INTEGER NOT NULL CHECK (num_tokens >= 1),
+    model TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    created REAL NOT NULL,
+    UNIQUE (task_id, hash)
+);
+CREATE TABLE IF NOT EXISTS executions (
+    program_id INTEGER PRIMARY KEY REFERENCES programs(id),
+    passed INTEGER NOT NULL,
+    total INTEGER NOT NULL CHECK (total >= 1 AND passed BETWEEN 0 AND total),
+    pass_rate REAL NOT NULL,
+    verdicts TEXT NOT NULL,          -- JSON list, one verdict per test
+    error TEXT,                      -- the first error text, if any
+    duration REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS programs_by_task ON programs(task_id);
+"""
+
+
+def program_hash(text: str) -> str:
+    """Hash of a program with line endings and trailing whitespace normalised."""
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    return hashlib.sha256("\n".join(lines).strip("\n").encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class NewProgram:
+    """A candidate program t for task X with its sequence log-probability under the producing model."""
+
+    task_id: str
+    text: str
+    logprob: float
+    num_tokens: int
+    model: str
+    round: int = 0
+
+
+@dataclass(frozen=True)
+class Execution:
+    """The result of running one stored program against its task's tests."""
+
+    program_id: int
+    verdicts: tuple[str, ...]
+    passed: int
+    error: str | None = None
+    duration: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return len(self.verdicts)
+
+    @property
+    def pass_rate(self) -> float:
+        return self.passed / self.total
+
+
+@dataclass(frozen=True)
+class Program:
+    """A stored program with its execution, if it has been tested."""
+
+    id: int
+    task_id: str
+    text: str
+    logprob: float
+    num_tokens: int
+    model: str
+    round: int
+    pass_rate: float | None
+    passed: int | None
+    total: int | None
+    verdicts: tuple[str, ...] | None
+    error: str | None
+    duration: float | None
+
+    @property
+    def tested(self) -> bool:
+        return self.pass_rate is not None
+
+
+@dataclass(frozen=True)
+class ReplayTable:
+    """Column arrays of the tested programs, the input of prioritized replay."""
+
+    program_id: np.ndarray
+    task_id: np.ndarray
+    logprob: np.ndarray
+    num_tokens: np.ndarray
+    pass_rate: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.program_id.size)
+
+
+class ReplayBuffer:
+    """The replay buffer of one run. Open with `ReplayBuffer(path)` or `ReplayBuffer.in_run(run_dir)`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError as e:
+            raise PperError(f"{self.path}: not a pper replay buffer ({e})") from None
+        # WAL + NORMAL: a committed write survives the process being killed (not a power cut).
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self._write():
+            for statement in _SCHEMA.split(";"):  # not executescript: it would commit the transaction
+                if statement.strip():
+                    self._db.execute(statement)
+            version = self._meta("schema_version")
+            if version is None:
+                self._set_meta("schema_version", str(SCHEMA_VERSION))
+            elif int(version) > SCHEMA_VERSION:
+                raise PperError(f"{self.path} was written by a newer pper (schema {version}); upgrade pper")
+
+    @classmethod
+    def in_run(cls, run_dir: str | Path) -> ReplayBuffer:
+        return cls(Path(run_dir) / BUFFER_FILE)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ReplayBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- metadata ------------------------------------------------------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        return self._meta(key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._write():
+            self._set_meta(key, value)
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def add_tasks(self, tasks: Iterable[Task]) -> int:
+        """Store tasks not stored yet; returns how many were new. A stored task is never changed."""
+        rows = [(t.id, t.split, json.dumps(t.to_dict())) for t in tasks]
+        with self._write():
+            before = self._count("tasks")
+            self._db.executemany("INSERT OR IGNORE INTO tasks (id, split, data) VALUES (?, ?, ?)", rows)
+            return self._count("tasks") - before
+
+    def task(self, task_id: str) -> Task:
+        row = self._db.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise KeyError(task_id)
+        return _task(row[0])
+
+    def tasks(self, split: str | None = None) -> list[Task]:
+        if split is None:
+            rows = self._db.execute("SELECT data FROM tasks ORDER BY rowid")
+        else:
+            rows = self._db.execute("SELECT data FROM tasks WHERE split = ? ORDER BY rowid", (split,))
+        return [_task(r[0]) for r in rows]
+
+    # -- programs ------------------------------------------------------------------------------
+
+    def add_programs(self, programs: Iterable[NewProgram]) -> list[int]:
+        """Store programs in one transaction; returns their ids (the stored id for a duplicate)."""
+        programs = list(programs)
+        for p in programs:
+            if p.num_tokens < 1:
+                raise ValueError(f"program for {p.task_id}: num_tokens must be >= 1, got {p.num_tokens}")
+            if not np.isfinite(p.logprob) or p.logprob > 1e-6:
+                raise ValueError(f"program for {p.task_id}: logprob must be a finite value <= 0, got {p.logprob}")
+        now = time.time()
+        ids = []
+        with self._write():
+            for p in programs:
+                digest = program_hash(p.text)
+                try:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO programs (task_id, hash, text, logprob, num_tokens, model, round, created)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (p.task_id, digest, p.text, min(p.logprob, 0.0), p.num_tokens, p.model, p.round, now),
+                    )
+                except sqlite3.IntegrityError:
+                    raise KeyError(f"program for unknown task {p.task_id!r}: add the task first") from None
+                row = self._db.execute(
+                    "SELECT id FROM programs WHERE task_id = ? AND hash = ?", (p.task_id, digest)
+                ).fetchone()
+                ids.append(row[0])
+        return ids
+
+    def untested(self, limit: int | None = None) -> list[Program]:
+        """Programs without an execution, oldest first."""
+        sql = _PROGRAMS + " WHERE e.program_id IS NULL ORDER BY p.id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_program(r) for r in self._db.execute(sql)]
+
+    def programs(self, task_id: str | None = None) -> list[Program]:
+        """Stored programs (all, or one task's), in insertion order."""
+        if task_id is None:
+            rows = self._db.execute(_PROGRAMS + " ORDER BY p.id")
+        else:
+            rows = self._db.execute(_PROGRAMS + " WHERE p.task_id = ? ORDER BY p.id", (task_id,))
+        return [_program(r) for r in rows]
+
+    def program(self, program_id: int) -> Program:
+        row = self._db.execute(_PROGRAMS + " WHERE p.id = ?", (program_id,)).fetchone()
+        if row is None:
+            raise KeyError(program_id)
+        return _program(row)
+
+    # -- executions ----------------------------------------------------------------------------
+
+    def add_executions(self, executions: Iterable[Execution]) -> int:
+        """Store executions in one transaction; a program already tested keeps its first result.
+
+        Returns how many were new.
+        """
+        now = time.time()
+        rows = []
+        for e in executions:
+            if e.total < 1 or not 0 <= e.passed <= e.total:
+                raise ValueError(f"program {e.program_id}: passed={e.passed} of total={e.total} is impossible")
+            rows.append(
+                (e.program_id, e.passed, e.total, e.pass_rate, json.dumps(list(e.verdicts)), e.error, e.duration, now)
+            )
+        with self._write():
+            before = self._count("executions")
+            try:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO executions"
+                    " (program_id, passed, total, pass_rate, verdicts, error, duration, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            except sqlite3.IntegrityError:
+                raise KeyError("execution for a program that is not in the buffer") from None
+            return self._count("executions") - before
+
+    # -- replay and statistics -----------------------------------------------------------------
+
+    def replay_table(self, min_pass_rate: float | None = None) -> ReplayTable:
+        """The tested programs as column arrays (untested programs are never replayed)."""
+        sql = (
+            "SELECT p.id, p.task_id, p.logprob, p.num_tokens, e.pass_rate"
+            " FROM programs p JOIN executions e ON e.program_id = p.id"
+        )
+        args: tuple = ()
+        if min_pass_rate is not None:
+            sql, args = sql + " WHERE e.pass_rate >= ?", (min_pass_rate,)
+        rows = self._db.execute(sql + " ORDER BY p.id", args).fetchall()
+        cols = list(zip(*rows)) if rows else [(), (), (), (), ()]
+        return ReplayTable(
+            program_id=np.array(cols[0], dtype=np.int64),
+            task_id=np.array(cols[1], dtype=object),
+            logprob=np.array(cols[2], dtype=np.float64),
+            num_tokens=np.array(cols[3], dtype=np.int64),
+            pass_rate=np.array(cols[4], dtype=np.float64),
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and the pass-rate distribution of the tested programs."""
+        q = self._db.execute
+        rates = np.array([r[0] for r in q("SELECT pass_rate FROM executions")], dtype=np.float64)
+        bins = {
+            "0": int((rates == 0).sum()),
+            "(0,0.25)": int(((rates > 0) & (rates < 0.25)).sum()),
+            "[0.25,0.5)": int(((rates >= 0.25) & (rates < 0.5)).sum()),
+            "[0.5,0.75)": int(((rates >= 0.5) & (rates < 0.75)).sum()),
+            "[0.75,1)": int(((rates >= 0.75) & (rates < 1)).sum()),
+            "1": int((rates == 1).sum()),
+        }
+        return {
+            "path": str(self.path),
+            "tasks": self._count("tasks"),
+            "tasks_with_programs": q("SELECT COUNT(DISTINCT task_id) FROM programs").fetchone()[0],
+            "tasks_solved": q(
+                "SELECT COUNT(DISTINCT p.task_id) FROM programs p JOIN executions e ON e.program_id = p.id"
+                " WHERE e.passed = e.total"
+            ).fetchone()[0],
+            "programs": self._count("programs"),
+            "tested": int(rates.size),
+            "untested": self._count("programs") - int(rates.size),
+            "mean_pass_rate": float(rates.mean()) if rates.size else None,
+            "strict_accuracy": float((rates == 1).mean()) if rates.size else None,
+            "pass_rate_distribution": bins,
+            "programs_by_round": {str(r): n for r, n in q("SELECT round, COUNT(*) FROM programs GROUP BY round")},
+            "programs_by_model": {m: n for m, n in q("SELECT model, COUNT(*) FROM programs GROUP BY model")},
+        }
+
+    def _count(self, table: str) -> int:
+        return self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+_PROGRAMS = (
+    "SELECT p.id, p.task_id, p.text, p.logprob, p.num_tokens, p.model, p.round,"
+    " e.pass_rate, e.passed, e.total, e.verdicts, e.error, e.duration"
+    " FROM programs p LEFT JOIN executions e ON e.program_id = p.id"
+)
+
+
+def _program(r: tuple) -> Program:
+    return Program(*r[:10], tuple(json.loads(r[10])) if r[10] is not None else None, r[11], r[12])
+
+
+def _task(data: str) -> Task:
+    try:
+        return Task.from_dict(json.loads(data))
+    except (RowError, json.JSONDecodeError) as e:  # only if the file was edited by hand
+        raise PperError(f"a task stored in the replay buffer is corrupt: {e}") from None
