@@ -11,9 +11,10 @@ from .model import (
     TestSuite,
     tests_from_dict,
 )
+from .holdout import holdout_split
 from .sources import SOURCE_HELP, detect_format, load_tasks, select_split
 
 __all__ = [
     "TEST_KINDS", "AssertTests", "CallCase", "CallTests", "StdioCase", "StdioTests", "Task", "TestSuite",
-    "tests_from_dict", "SOURCE_HELP", "detect_format", "load_tasks", "select_split",
+    "tests_from_dict", "holdout_split", "SOURCE_HELP", "detect_format", "load_tasks", "select_split",
 ]

@@ -70,9 +70,12 @@ def _load_file(path: Path, kind: str) -> list[Task]:
 
 
 def _split_from_name(path: Path) -> str | None:
-    """`train.jsonl`, `test-00000-of-00001.parquet`, ... name their split, as in Hugging Face repos."""
+    """`train.jsonl`, `test-00000-of-00001.parquet`, ... name their split, as in Hugging Face repos
+    (`valid` is read as `validation`, as `datasets` does)."""
     m = _SPLIT_IN_NAME.match(path.name.lower())
-    return m.group(1) if m else None
+    if not m:
+        return None
+    return "validation" if m.group(1) == "valid" else m.group(1)
 
 
 def _parse_all(rows: Iterator[tuple[str, dict[str, Any]]], parse: Callable, origin: str) -> list[Task]:

@@ -1,0 +1,201 @@
+"""The `pper` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .buffer.priority import POSSIBILITIES, SCHEMES
+from .errors import PperError
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class _Group(click.Group):
+    """Turns pper's errors into a one-line message and exit status 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PperError as e:
+            raise click.ClickException(str(e)) from None
+
+
+def _warn(message, category, filename, lineno, file=None, line=None):
+    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pper")
+def cli() -> None:
+    """pper: improve code LLMs with possibility and pass-rate prioritized experience replay (BTP).
+
+    Sample programs with beam search, test them in a sandbox, and fine-tune on minibatches drawn by
+    P2Value = alpha * P(program) + (1 - alpha) * pass rate.
+    """
+    warnings.showwarning = _warn
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config (default: built-in).")
+@click.option("--name", help="Run name: the run directory is RUNS_DIR/NAME.")
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Parent of run directories (default: runs).")
+@click.option("--force", is_flag=True, help="Reuse a run directory made by another configuration.")
+def run(config_path: str | None, name: str | None, runs_dir: str | None, force: bool) -> None:
+    """Run the BTP pipeline (with no options: the default model on HumanEval)."""
+    from .config import load_config
+    from .pipeline import PHASES_NOT_BUILT, prepare
+
+    overrides = {k: v for k, v in {"name": name, "runs_dir": runs_dir}.items() if v is not None}
+    config = load_config(config_path, overrides)
+    prepared = prepare(config, force=force)
+    from .buffer import ReplayBuffer
+
+    with ReplayBuffer.in_run(prepared.dir) as buffer:
+        stats = buffer.stats()
+    out.print(f"run directory: [bold]{prepared.dir}[/]")
+    out.print(f"training tasks: {len(prepared.train)} (buffer: {stats['tasks']} tasks, {stats['programs']} programs)")
+    out.print(f"evaluation tasks: {len(prepared.eval)}")
+    err.print(
+        "[yellow]pper run prepares the run directory only: these phases are not built yet: "
+        + ", ".join(PHASES_NOT_BUILT) + "[/]"
+    )
+
+
+@cli.command("config")
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+def config_cmd(path: str | None) -> None:
+    """Print the resolved configuration (the defaults, or PATH validated) as YAML."""
+    from .config import load_config
+
+    click.echo(load_config(path).to_yaml(), nl=False)
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--split", help="Keep only this split (train, test, validation, ...).")
+@click.option("--limit", type=click.IntRange(min=1), help="Keep only the first N tasks.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per task.")
+def tasks(source: str, split: str | None, limit: int | None, as_json: bool) -> None:
+    """List the tasks of SOURCE.
+
+    SOURCE is one of: humaneval, mbpp:PATH, apps:PATH, codecontests:PATH, jsonl:PATH, hf:DATASET_ID[:CONFIG].
+    """
+    from .tasks import load_tasks
+
+    loaded = load_tasks(source, split, limit)
+    if as_json:
+        for t in loaded:
+            row = {"id": t.id, "test_kind": t.test_kind, "num_tests": t.num_tests, "difficulty": t.difficulty,
+                   "split": t.split, "source": t.source}
+            sys.stdout.write(json.dumps(row) + "\n")
+        return
+    table = Table("id", "split", "tests", "kind", "difficulty", "prompt", title=f"{source}: {len(loaded)} tasks")
+    for t in loaded:
+        first_line = next((line.strip() for line in t.prompt.splitlines() if line.strip()), "")
+        table.add_row(t.id, t.split or "-", str(t.num_tests), t.test_kind, t.difficulty or "-", first_line[:60])
+    out.print(table)
+
+
+@cli.group()
+def buffer() -> None:
+    """Inspect, sample and export a run's replay buffer."""
+
+
+def _open_buffer(run_dir: str):
+    from .buffer import BUFFER_FILE, ReplayBuffer
+
+    path = Path(run_dir) / BUFFER_FILE
+    if not path.exists():
+        raise PperError(f"{run_dir} has no replay buffer ({BUFFER_FILE}); is it a pper run directory?")
+    return ReplayBuffer(path)
+
+
+@buffer.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+def stats(run_dir: str, as_json: bool) -> None:
+    """Counts and pass-rate distribution of RUN_DIR's buffer."""
+    with _open_buffer(run_dir) as b:
+        s = b.stats()
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    table = Table("", "", title=f"replay buffer {s['path']}", show_header=False)
+    for key in ("tasks", "tasks_with_programs", "tasks_solved", "programs", "tested", "untested",
+                "mean_pass_rate", "strict_accuracy"):
+        value = s[key]
+        table.add_row(key.replace("_", " "), f"{value:.3f}" if isinstance(value, float) else str(value))
+    for bin_, n in s["pass_rate_distribution"].items():
+        table.add_row(f"pass rate {bin_}", str(n))
+    out.print(table)
+
+
+@buffer.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("-n", "n", type=click.IntRange(min=1), required=True, help="How many programs to draw.")
+@click.option("--priority", type=click.Choice(SCHEMES), default="rank", show_default=True)
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Weight of possibility against pass rate in P2Value.")
+@click.option("--exponent", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="e in P(i) = p_i^e / sum p_k^e.")
+@click.option("--possibility", type=click.Choice(POSSIBILITIES), default="geometric", show_default=True)
+@click.option("--min-pass-rate", type=click.FloatRange(0, 1), help="Replay only programs at or above it.")
+@click.option("--seed", type=int, help="Seed for reproducible draws.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per drawn program.")
+def sample(run_dir: str, n: int, priority: str, alpha: float, exponent: float, possibility: str,
+           min_pass_rate: float | None, seed: int | None, as_json: bool) -> None:
+    """Draw N programs from RUN_DIR's buffer as PPER would, with replacement."""
+    from .buffer import Replay, ReplayConfig
+
+    config = ReplayConfig(priority=priority, alpha=alpha, exponent=exponent, possibility=possibility,
+                          min_pass_rate=min_pass_rate)
+    with _open_buffer(run_dir) as b:
+        draws = Replay.from_buffer(b, config, seed=seed).sample(n)
+    if as_json:
+        for d in draws:
+            sys.stdout.write(json.dumps(d.to_dict()) + "\n")
+        return
+    table = Table("program", "task", "P(t)", "pass rate", "P2Value", "P(draw)", title=f"{n} draws ({priority})")
+    for d in draws:
+        table.add_row(str(d.program_id), d.task_id, f"{d.possibility:.4f}", f"{d.pass_rate:.3f}",
+                      f"{d.p2value:.4f}", f"{d.probability:.5f}")
+    out.print(table)
+
+
+@buffer.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--jsonl", "jsonl_path", type=click.Path(dir_okay=False), help="Write JSON Lines here.")
+@click.option("--hf", "hf_dir", type=click.Path(file_okay=False),
+              help="Save a Hugging Face dataset here (datasets.load_from_disk reads it).")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="For the p2value column.")
+@click.option("--possibility", type=click.Choice(POSSIBILITIES), default="geometric", show_default=True)
+def export(run_dir: str, jsonl_path: str | None, hf_dir: str | None, alpha: float, possibility: str) -> None:
+    """Export every program of RUN_DIR's buffer with its execution and P2Value."""
+    from .buffer import to_hf_dataset, to_jsonl
+
+    if not jsonl_path and not hf_dir:
+        raise click.UsageError("give --jsonl FILE and/or --hf DIR")
+    with _open_buffer(run_dir) as b:
+        if jsonl_path:
+            rows = to_jsonl(b, jsonl_path, alpha, possibility)
+            err.print(f"wrote {rows} programs to {jsonl_path}")
+        if hf_dir:
+            dataset = to_hf_dataset(b, alpha, possibility)
+            dataset.save_to_disk(hf_dir)
+            err.print(f"saved a dataset of {len(dataset)} programs to {hf_dir}")
+
+
+def main() -> None:
+    cli(prog_name="pper")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The typed configuration of a pper run, loaded from YAML with errors that name the bad key.
+
+Each phase's section is defined next to the code it configures (TRL style) and composed here.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .buffer.replay import ReplayConfig
+from .errors import PperError
+
+
+class TasksConfig(BaseModel):
+    """Which tasks train the model and which evaluate it.
+
+    Without `eval_source`, a seeded `holdout` fraction of the training source is held out for evaluation.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = "humaneval"
+    split: str | None = None
+    limit: int | None = Field(None, ge=1)
+    eval_source: str | None = None
+    eval_split: str | None = None
+    holdout: float = Field(0.5, ge=0.0, lt=1.0)
+
+
+class PperConfig(BaseModel):
+    """Everything a run needs; `pper config` prints the defaults as YAML."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "default"
+    runs_dir: Path = Path("runs")
+    seed: int = 0
+    tasks: TasksConfig = TasksConfig()
+    replay: ReplayConfig = ReplayConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_dir / self.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PperConfig:
+    """The defaults, updated by a YAML file and then by `overrides` ({"replay.alpha": 0.3, ...})."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        origin = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise PperError(f"cannot read config {path}: {e.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise PperError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise PperError(f"{path}: a config must be a mapping of keys to values")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return validate_config(data, origin)
+
+
+def validate_config(data: dict[str, Any], origin: str = "config") -> PperConfig:
+    try:
+        return PperConfig.model_validate(data)
+    except ValidationError as e:
+        raise PperError(f"{origin}: invalid configuration\n" + "\n".join(_explain(err) for err in e.errors())) from None
+
+
+def _explain(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        known = _known_keys(err["loc"][:-1])
+        close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"
+        return f"  {key}: unknown key{hint}"
+    return f"  {key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    model: Any = PperConfig
+    for part in loc:
+        model = model.model_fields[part].annotation
+    return list(model.model_fields)

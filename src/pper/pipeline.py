@@ -1,0 +1,84 @@
+"""The BTP pipeline: sample -> test -> PPER fine-tune -> evaluate, in rounds, resumable.
+
+Built so far: the run directory (resolved config, the task split, the replay buffer with the training
+tasks). Sampling, testing, training and evaluation join as their packages land.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .buffer import ReplayBuffer
+from .config import PperConfig, validate_config
+from .errors import PperError
+from .tasks import Task, holdout_split, load_tasks
+
+CONFIG_FILE = "config.yaml"
+TASKS_FILE = "tasks.json"
+PHASES_NOT_BUILT = ("sampling (beam search)", "testing (sandbox)", "PPER fine-tuning", "evaluation")
+
+
+@dataclass
+class Run:
+    """A prepared run directory."""
+
+    config: PperConfig
+    dir: Path
+    train: list[Task]
+    eval: list[Task]
+
+
+def split_tasks(config: PperConfig) -> tuple[list[Task], list[Task]]:
+    """(training tasks, evaluation tasks) as the config asks."""
+    c = config.tasks
+    train = load_tasks(c.source, c.split, c.limit)
+    if c.eval_source is not None:
+        return train, load_tasks(c.eval_source, c.eval_split)
+    return holdout_split(train, c.holdout, config.seed)
+
+
+def prepare(config: PperConfig, force: bool = False) -> Run:
+    """Create or reopen the run directory of `config`.
+
+    A directory made by a different config is refused unless `force` (then the new config replaces it).
+    """
+    run_dir = config.run_dir
+    config_path = run_dir / CONFIG_FILE
+    if config_path.exists() and not force:
+        stored = validate_config(yaml.safe_load(config_path.read_text()) or {}, str(config_path))
+        if stored != config:
+            changed = _changed_keys(stored.model_dump(mode="json"), config.model_dump(mode="json"))
+            raise PperError(
+                f"{run_dir} was made by another configuration (differs in: {', '.join(changed)}); "
+                "use another run name, or --force to continue it with this configuration"
+            )
+    train, held_out = split_tasks(config)
+    if not train:
+        raise PperError(f"no training tasks: {config.tasks.source} with split {config.tasks.split!r} is empty")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(config_path, config.to_yaml())
+    _write_atomic(run_dir / TASKS_FILE, json.dumps({"train": [t.id for t in train], "eval": [t.id for t in held_out]}))
+    with ReplayBuffer.in_run(run_dir) as buffer:
+        buffer.add_tasks(train)
+    return Run(config=config, dir=run_dir, train=train, eval=held_out)
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(prefix + k)
+    return keys
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
