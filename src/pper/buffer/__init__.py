@@ -3,7 +3,7 @@
 Imports no torch.
 """
 
-from .export import export_rows, to_hf_dataset, to_jsonl
+from .export import EXPORT_COLUMNS, export_rows, to_hf_dataset, to_jsonl
 from .priority import p2value, possibility, priorities, ranks
 from .replay import Draw, Replay, ReplayConfig
 from .sampler import PrioritizedSampler
@@ -11,7 +11,7 @@ from .store import BUFFER_FILE, Execution, NewProgram, Program, ReplayBuffer, Re
 from .sum_tree import SumTree
 
 __all__ = [
-    "export_rows", "to_hf_dataset", "to_jsonl", "p2value", "possibility", "priorities", "ranks", "Draw",
+    "EXPORT_COLUMNS", "export_rows", "to_hf_dataset", "to_jsonl", "p2value", "possibility", "priorities", "ranks", "Draw",
     "Replay", "ReplayConfig", "PrioritizedSampler", "BUFFER_FILE", "Execution", "NewProgram", "Program",
     "ReplayBuffer", "ReplayTable", "program_hash", "SumTree",
 ]

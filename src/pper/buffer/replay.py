@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,8 +30,7 @@ class ReplayConfig(BaseModel):
     min_pass_rate: float | None = Field(None, ge=0.0, le=1.0)
 
 
-@dataclass(frozen=True)
-class Draw:
+class Draw(NamedTuple):
     """One replayed program and why it was drawn."""
 
     program_id: int
@@ -43,7 +41,7 @@ class Draw:
     probability: float
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return self._asdict()
 
 
 class Replay:
@@ -73,15 +71,6 @@ class Replay:
 
     def sample(self, n: int) -> list[Draw]:
         """Draw `n` programs with replacement."""
-        return [self._draw(int(i)) for i in self.sampler.sample(n)]
-
-    def _draw(self, i: int) -> Draw:
-        t = self.table
-        return Draw(
-            program_id=int(t.program_id[i]),
-            task_id=str(t.task_id[i]),
-            possibility=float(self.possibility[i]),
-            pass_rate=float(t.pass_rate[i]),
-            p2value=float(self.p2value[i]),
-            probability=float(self.probability[i]),
-        )
+        i, t = self.sampler.sample(n), self.table
+        columns = (t.program_id, t.task_id, self.possibility, t.pass_rate, self.p2value, self.probability)
+        return list(map(Draw._make, zip(*(c[i].tolist() for c in columns))))

@@ -1,0 +1,125 @@
+"""Prioritized sampling: the sum tree is exact, and draws follow P(i) = p_i^e / sum p_k^e (chi-square)."""
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from pper.buffer import PrioritizedSampler, Replay, ReplayConfig, ReplayTable, SumTree, p2value, possibility, priorities
+
+DRAWS = 200_000
+
+
+def test_sum_tree_find_matches_a_cumulative_sum_search():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 7, 64, 1000):
+        values = rng.random(n) * (rng.random(n) > 0.3)  # some zero leaves
+        values[0] = max(values[0], 0.1)
+        tree = SumTree.from_values(values)
+        assert tree.total == pytest.approx(values.sum())
+        mass = rng.random(500) * values.sum()
+        expected = np.searchsorted(np.cumsum(values), mass, side="right")
+        np.testing.assert_array_equal(tree.find(mass), expected)
+        assert (values[tree.find(mass)] > 0).all()
+
+
+def test_sum_tree_updates_keep_the_sums_exact():
+    rng = np.random.default_rng(1)
+    values = rng.random(100)
+    tree = SumTree.from_values(values)
+    for _ in range(50):
+        idx = rng.integers(0, 100, size=7)
+        new = rng.random(7)
+        tree.set(idx, new)
+        values[idx] = new  # numpy's last-write-wins, as in the tree
+    np.testing.assert_allclose(tree.get(np.arange(100)), values)
+    assert tree.total == pytest.approx(values.sum(), rel=1e-12)
+    mass = rng.random(300) * values.sum()
+    np.testing.assert_array_equal(tree.find(mass), np.searchsorted(np.cumsum(values), mass, side="right"))
+    with pytest.raises(IndexError):
+        tree.set(100, 1.0)
+    with pytest.raises(ValueError):
+        tree.set(3, -1.0)
+
+
+def _table(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return ReplayTable(
+        program_id=np.arange(1, n + 1),
+        task_id=np.array([f"t{i % 7}" for i in range(n)], dtype=object),
+        logprob=-rng.random(n) * 40,
+        num_tokens=rng.integers(5, 80, size=n),
+        pass_rate=rng.choice([0.0, 0.25, 0.5, 1.0], size=n),
+    )
+
+
+def _expected(table, config):
+    v = p2value(possibility(table.logprob, table.num_tokens, config.possibility), table.pass_rate, config.alpha)
+    w = priorities(v, config.priority) ** config.exponent
+    return w / w.sum()
+
+
+def _chi_square_p(replay, expected):
+    counts = np.bincount(replay.sampler.sample(DRAWS), minlength=len(expected))
+    return chisquare(counts, expected * DRAWS).pvalue
+
+
+@pytest.mark.parametrize("scheme", ["proportional", "rank", "uniform"])
+@pytest.mark.parametrize("alpha, exponent", [(0.5, 1.0), (0.2, 0.6), (0.9, 2.0)])
+def test_draw_frequencies_match_p_i(scheme, alpha, exponent):
+    table = _table(40)
+    config = ReplayConfig(priority=scheme, alpha=alpha, exponent=exponent)
+    replay = Replay(table, config, seed=1234)
+    expected = _expected(table, config)
+    np.testing.assert_allclose(replay.probability, expected, rtol=1e-12)
+    assert _chi_square_p(replay, expected) > 1e-3
+
+
+@pytest.mark.parametrize("scheme", ["proportional", "rank"])
+def test_the_chi_square_check_rejects_a_wrong_distribution(scheme):
+    """Guard against a test that cannot fail: the same draws rejected against P(i) with another exponent."""
+    table = _table(40)
+    replay = Replay(table, ReplayConfig(priority=scheme, alpha=0.5, exponent=1.0), seed=1234)
+    wrong = _expected(table, ReplayConfig(priority=scheme, alpha=0.5, exponent=1.3))
+    assert _chi_square_p(replay, wrong) < 1e-6
+
+
+def test_rank_priority_ties_get_equal_probability():
+    table = _table(6)
+    table = ReplayTable(table.program_id, table.task_id, np.zeros(6), np.full(6, 10),
+                        np.array([1.0, 0.5, 1.0, 0.0, 0.5, 1.0]))
+    replay = Replay(table, ReplayConfig(priority="rank", alpha=0.0))
+    # ranks 1, 4, 1, 6, 4, 1 -> p = 1, 1/4, 1, 1/6, 1/4, 1
+    p = np.array([1, 1 / 4, 1, 1 / 6, 1 / 4, 1])
+    np.testing.assert_allclose(replay.probability, p / p.sum())
+
+
+def test_seeded_draws_are_reproducible_and_state_round_trips():
+    table = _table(100)
+    a = Replay(table, ReplayConfig(), seed=7)
+    b = Replay(table, ReplayConfig(), seed=7)
+    assert [d.program_id for d in a.sample(50)] == [d.program_id for d in b.sample(50)]
+    state = a.sampler.state()
+    first = a.sampler.sample(20)
+    a.sampler.set_state(state)
+    np.testing.assert_array_equal(a.sampler.sample(20), first)
+    assert not np.array_equal(Replay(table, ReplayConfig(), seed=8).sampler.sample(50), b.sampler.sample(50))
+
+
+def test_zero_priorities_are_never_drawn_and_updates_take_effect():
+    s = PrioritizedSampler(np.array([0.0, 1.0, 0.0, 3.0]), exponent=0.0, seed=0)  # e = 0: uniform over p > 0
+    assert set(np.unique(s.sample(2000)).tolist()) == {1, 3}
+    s.update(np.array([0, 3]), np.array([2.0, 0.0]))
+    assert set(np.unique(s.sample(2000)).tolist()) == {0, 1}
+    np.testing.assert_allclose(s.probabilities(), [0.5, 0.5, 0, 0])
+    with pytest.raises(ValueError, match="every priority is zero"):
+        PrioritizedSampler(np.zeros(3)).sample(1)
+
+
+def test_draws_carry_their_p2value_and_probability():
+    table = _table(10)
+    replay = Replay(table, ReplayConfig(priority="proportional", alpha=0.25), seed=0)
+    for d in replay.sample(5):
+        i = int(np.flatnonzero(table.program_id == d.program_id)[0])
+        assert d.task_id == table.task_id[i] and d.pass_rate == table.pass_rate[i]
+        assert d.p2value == pytest.approx(0.25 * d.possibility + 0.75 * d.pass_rate)
+        assert d.probability == pytest.approx(replay.probability[i])

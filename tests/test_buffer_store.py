@@ -1,0 +1,146 @@
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pper.buffer import Execution, NewProgram, ReplayBuffer, program_hash
+from pper.errors import PperError
+from pper.tasks import load_tasks
+
+WRITER = Path(__file__).parent / "buffer_writer.py"
+
+
+@pytest.fixture
+def buffer(tmp_path):
+    b = ReplayBuffer.in_run(tmp_path / "run")
+    b.add_tasks(load_tasks("humaneval", limit=3))
+    yield b
+    b.close()
+
+
+def test_tasks_are_stored_once_and_read_back_equal(buffer):
+    tasks = load_tasks("humaneval", limit=4)
+    assert buffer.add_tasks(tasks) == 1
+    assert buffer.tasks() == tasks and buffer.task("HumanEval/2") == tasks[2]
+    assert buffer.tasks(split="test") == tasks and buffer.tasks(split="train") == []
+    with pytest.raises(KeyError):
+        buffer.task("HumanEval/99")
+
+
+def test_the_same_program_for_the_same_task_is_stored_once(buffer):
+    a = NewProgram("HumanEval/0", "def f():\n    return 1\n", -2.5, 9, "smol", 0)
+    same = NewProgram("HumanEval/0", "def f():  \r\n    return 1\n\n", -1.0, 12, "teacher", 1)
+    other_task = NewProgram("HumanEval/1", a.text, -2.5, 9, "smol", 0)
+    ids = buffer.add_programs([a, same, other_task])
+    assert ids[0] == ids[1] != ids[2]
+    assert program_hash(a.text) == program_hash(same.text)
+    stored = buffer.program(ids[0])
+    assert (stored.text, stored.logprob, stored.num_tokens, stored.model) == (a.text, -2.5, 9, "smol")
+    assert buffer.stats()["programs"] == 2
+
+
+def test_untested_programs_are_never_replayed(buffer):
+    ids = buffer.add_programs(NewProgram("HumanEval/0", f"x = {i}", -1.0, 3, "m") for i in range(4))
+    assert [p.id for p in buffer.untested()] == ids
+    assert buffer.add_executions([Execution(ids[1], ("passed", "wrong_answer"), 1, "AssertionError", 0.2)]) == 1
+    table = buffer.replay_table()
+    assert table.program_id.tolist() == [ids[1]] and table.pass_rate.tolist() == [0.5]
+    assert [p.id for p in buffer.untested()] == [ids[0], ids[2], ids[3]]
+    p = buffer.program(ids[1])
+    assert p.tested and p.verdicts == ("passed", "wrong_answer") and p.error == "AssertionError"
+    assert (p.passed, p.total, p.duration) == (1, 2, 0.2)
+    # a second result for the same program is ignored: the first verdict stands
+    assert buffer.add_executions([Execution(ids[1], ("passed", "passed"), 2)]) == 0
+    assert buffer.program(ids[1]).pass_rate == 0.5
+    buffer.add_executions([Execution(ids[2], ("passed",), 1)])
+    assert buffer.replay_table(min_pass_rate=1.0).program_id.tolist() == [ids[2]]
+
+
+def test_invalid_writes_are_refused_and_leave_nothing_behind(buffer):
+    good = NewProgram("HumanEval/0", "a = 1", -1.0, 2, "m")
+    with pytest.raises(KeyError, match="unknown task 'nope'"):
+        buffer.add_programs([good, NewProgram("nope", "b = 1", -1.0, 2, "m")])
+    assert buffer.stats()["programs"] == 0  # the whole transaction was rolled back
+    with pytest.raises(ValueError, match="num_tokens must be >= 1"):
+        buffer.add_programs([NewProgram("HumanEval/0", "a", -1.0, 0, "m")])
+    with pytest.raises(ValueError, match="logprob must be a finite value <= 0"):
+        buffer.add_programs([NewProgram("HumanEval/0", "a", float("nan"), 3, "m")])
+    (pid,) = buffer.add_programs([good])
+    with pytest.raises(ValueError, match="impossible"):
+        buffer.add_executions([Execution(pid, ("passed",), 2)])
+    with pytest.raises(KeyError):
+        buffer.add_executions([Execution(pid + 1, ("passed",), 1)])
+
+
+def test_stats(buffer):
+    ids = buffer.add_programs(NewProgram("HumanEval/0", f"x = {i}", -1.0, 3, "m", i % 2) for i in range(5))
+    buffer.add_programs([NewProgram("HumanEval/1", "y", -1.0, 3, "teacher", 1)])
+    buffer.add_executions([
+        Execution(ids[0], ("passed", "passed"), 2), Execution(ids[1], ("passed", "error"), 1),
+        Execution(ids[2], ("error", "error"), 0), Execution(ids[3], ("passed",) * 3 + ("error",), 3)])
+    s = buffer.stats()
+    assert {k: s[k] for k in ("tasks", "programs", "tested", "untested", "tasks_with_programs", "tasks_solved")} == {
+        "tasks": 3, "programs": 6, "tested": 4, "untested": 2, "tasks_with_programs": 2, "tasks_solved": 1}
+    assert s["pass_rate_distribution"] == {"0": 1, "(0,0.25)": 0, "[0.25,0.5)": 0, "[0.5,0.75)": 1, "[0.75,1)": 1,
+                                           "1": 1}
+    assert s["mean_pass_rate"] == pytest.approx((1 + 0.5 + 0 + 0.75) / 4) and s["strict_accuracy"] == 0.25
+    assert s["programs_by_round"] == {"0": 3, "1": 3} and s["programs_by_model"] == {"m": 5, "teacher": 1}
+    json.dumps(s)
+
+
+def test_reopening_keeps_everything_and_uses_wal(tmp_path):
+    path = tmp_path / "buffer.sqlite"
+    with ReplayBuffer(path) as b:
+        b.add_tasks(load_tasks("humaneval", limit=1))
+        b.add_programs([NewProgram("HumanEval/0", "a", -1.0, 2, "m")])
+    with ReplayBuffer(path) as b:
+        assert b.stats()["programs"] == 1
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_file_that_is_not_a_buffer_is_a_clear_error(tmp_path):
+    path = tmp_path / "buffer.sqlite"
+    path.write_text("this is not sqlite" * 100)
+    with pytest.raises(PperError, match="not a pper replay buffer"):
+        ReplayBuffer(path)
+
+
+def test_killing_a_writer_mid_transaction_leaves_the_buffer_consistent(tmp_path):
+    """SIGKILL a real writer process at several moments; every batch is then whole or absent."""
+    from buffer_writer import BATCH
+
+    path = tmp_path / "buffer.sqlite"
+    kills = 0
+    for delay in (0.35, 0.8, 1.3):
+        proc = subprocess.Popen([sys.executable, str(WRITER), str(path)], stdout=subprocess.PIPE, text=True,
+                                cwd=Path(__file__).parent)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        db = sqlite3.connect(path)
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        per_round = db.execute("SELECT round, COUNT(*) FROM programs GROUP BY round").fetchall()
+        assert per_round and all(n == BATCH for _, n in per_round)
+        rounds = sorted(r for r, _ in per_round)
+        assert rounds == list(range(len(rounds)))  # no batch lost in the middle
+        orphans = db.execute(
+            "SELECT COUNT(*) FROM executions e LEFT JOIN programs p ON p.id = e.program_id WHERE p.id IS NULL"
+        ).fetchone()[0]
+        assert orphans == 0
+        # executions of a batch are one transaction too: a round is fully tested or not at all
+        tested = db.execute(
+            "SELECT p.round, COUNT(e.program_id) FROM programs p LEFT JOIN executions e ON e.program_id = p.id"
+            " GROUP BY p.round").fetchall()
+        assert all(n in (0, BATCH) for _, n in tested)
+        db.close()
+    with ReplayBuffer(path) as b:  # and the pipeline can carry on writing
+        assert b.stats()["untested"] in (0, BATCH)
+        b.add_programs([NewProgram("t", "after the kills", -1.0, 3, "m", 10**6)])
+    assert kills == 3

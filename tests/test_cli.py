@@ -1,0 +1,101 @@
+"""The `pper` command line, run as users run it: a real process."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pper.buffer import Execution, NewProgram, ReplayBuffer
+
+
+def pper(*args, cwd=None, ok=True):
+    done = subprocess.run([sys.executable, "-m", "pper", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+    if ok:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_console_script_and_help_on_every_command():
+    exe = shutil.which("pper") or pytest.skip("the pper console script is not on PATH")
+    assert subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.startswith("pper, version")
+    top = pper("--help").stdout
+    for command in ("run", "config", "tasks", "buffer"):
+        assert command in top
+    for command in (["run"], ["config"], ["tasks"], ["buffer"], ["buffer", "stats"], ["buffer", "sample"],
+                    ["buffer", "export"]):
+        assert "Usage: pper" in pper(*command, "--help").stdout
+
+
+def test_tasks_json(mbpp_path):
+    rows = [json.loads(line) for line in pper("tasks", "humaneval", "--json").stdout.splitlines()]
+    assert len(rows) == 164
+    assert rows[0] == {"id": "HumanEval/0", "test_kind": "assert", "num_tests": 7, "difficulty": None,
+                       "split": "test", "source": "humaneval"}
+    assert len(pper("tasks", f"mbpp:{mbpp_path}", "--split", "test", "--json").stdout.splitlines()) == 500
+    table = pper("tasks", f"mbpp:{mbpp_path}", "--split", "train", "--limit", "3").stdout
+    assert "mbpp/601" in table and "mbpp/604" not in table
+
+
+def test_errors_are_one_clear_line(mbpp_path, tmp_path):
+    done = pper("tasks", f"mbpp:{mbpp_path}", "--split", "tset", ok=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "no tasks in split 'tset'; its splits are: prompt, test, train, validation" in done.stderr
+    bad = tmp_path / "t.jsonl"
+    bad.write_text('{"id": "a", "prompt": "p"}\n')
+    assert "t.jsonl, line 1: field 'tests': missing" in pper("tasks", f"jsonl:{bad}", ok=False).stderr
+    assert "has no replay buffer" in pper("buffer", "stats", tmp_path, ok=False).stderr
+
+
+def test_run_prepares_the_run_directory_and_refuses_another_config(tmp_path):
+    done = pper("run", "--runs-dir", tmp_path, "--name", "r1")
+    run_dir = tmp_path / "r1"
+    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "buffer.sqlite", "tasks.json"}
+    split = json.loads((run_dir / "tasks.json").read_text())
+    assert len(split["train"]) == len(split["eval"]) == 82 and not set(split["train"]) & set(split["eval"])
+    assert "not built yet" in done.stderr  # says plainly what it does not do
+    pper("run", "--runs-dir", tmp_path, "--name", "r1")  # same config: reopens
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: r1\nruns_dir: {tmp_path}\nreplay:\n  alpha: 0.9\n")
+    refused = pper("run", "--config", config, ok=False)
+    assert refused.returncode == 1 and "made by another configuration (differs in: replay.alpha)" in refused.stderr
+    pper("run", "--config", config, "--force")
+    assert "alpha: 0.9" in (run_dir / "config.yaml").read_text()
+
+
+def test_buffer_stats_sample_and_export(tmp_path):
+    pper("run", "--runs-dir", tmp_path, "--name", "r")
+    run_dir = tmp_path / "r"
+    with ReplayBuffer.in_run(run_dir) as b:
+        task_ids = [t.id for t in b.tasks()][:5]
+        ids = b.add_programs(NewProgram(t, f"def f():\n    return {i}\n", -1.0 - i, 5 + i, "m")
+                             for i, t in enumerate(task_ids))
+        b.add_executions(Execution(pid, ("passed",) * (i % 3) + ("wrong_answer",) * (2 - i % 3), i % 3)
+                         for i, pid in enumerate(ids[:4]))
+    stats = json.loads(pper("buffer", "stats", run_dir, "--json").stdout)
+    assert (stats["tasks"], stats["programs"], stats["tested"]) == (82, 5, 4)
+    assert all(isinstance(stats[k], int) for k in ("tasks", "programs", "tested"))
+    assert sum(stats["pass_rate_distribution"].values()) == 4
+    assert "pass rate 1" in pper("buffer", "stats", run_dir).stdout
+
+    args = ("buffer", "sample", run_dir, "-n", "20", "--priority", "proportional", "--alpha", "0.3", "--seed", "5",
+            "--json")
+    draws = [json.loads(line) for line in pper(*args).stdout.splitlines()]
+    assert len(draws) == 20 and pper(*args).stdout == pper(*args).stdout
+    assert {d["program_id"] for d in draws} <= set(ids[:4])  # the untested program is never drawn
+    assert all(d["p2value"] == pytest.approx(0.3 * d["possibility"] + 0.7 * d["pass_rate"]) for d in draws)
+    rank = pper("buffer", "sample", run_dir, "-n", "3", "--priority", "rank", "--alpha", "0").stdout
+    assert "P2Value" in rank
+
+    pper("buffer", "export", run_dir, "--jsonl", tmp_path / "b.jsonl", "--hf", tmp_path / "ds")
+    assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 5
+    assert (tmp_path / "ds" / "dataset_info.json").exists()
+
+
+def test_config_command_prints_and_validates(tmp_path):
+    assert "priority: rank" in pper("config").stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("replay:\n  alpah: 1\n")
+    assert "did you mean 'alpha'" in pper("config", bad, ok=False).stderr

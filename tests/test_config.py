@@ -1,0 +1,45 @@
+import pytest
+
+from pper.config import PperConfig, load_config
+from pper.errors import PperError
+
+
+def test_defaults_and_yaml_round_trip(tmp_path):
+    config = load_config()
+    assert config == PperConfig() and config.replay.priority == "rank" and config.tasks.source == "humaneval"
+    path = tmp_path / "c.yaml"
+    path.write_text(config.to_yaml())
+    assert load_config(path) == config
+
+
+def test_yaml_values_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: mbpp\nreplay:\n  alpha: 0.25\n  priority: proportional\ntasks:\n  source: mbpp:x.jsonl\n")
+    config = load_config(path, {"replay.exponent": 0.5, "seed": 3})
+    assert (config.name, config.seed, config.replay.alpha, config.replay.priority, config.replay.exponent) == (
+        "mbpp", 3, 0.25, "proportional", 0.5)
+    assert str(config.run_dir) == "runs/mbpp"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("replay:\n  alpah: 0.3\n", "replay.alpah: unknown key (did you mean 'alpha'?)"),
+        ("replay:\n  alpha: 1.5\n", "replay.alpha: Input should be less than or equal to 1"),
+        ("replay:\n  priority: greedy\n", "replay.priority: Input should be 'rank', 'proportional' or 'uniform'"),
+        ("taks: {}\n", "taks: unknown key (did you mean 'tasks'?)"),
+        ("- just\n- a list\n", "a config must be a mapping"),
+        ("replay: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_errors_name_the_bad_key(tmp_path, text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(PperError) as e:
+        load_config(path)
+    assert expected in str(e.value) and str(path) in str(e.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(PperError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
