@@ -49,28 +49,32 @@ def main() -> None:
     table = synthetic_table(args.programs)
     print(f"buffer: {args.programs:,} tested programs, batches of {args.batch}")
     for scheme in ("proportional", "rank"):
-        config = ReplayConfig(priority=scheme, alpha=0.5, exponent=0.7)
-        t0 = time.perf_counter()
-        replay = Replay(table, config, seed=0)
-        build = time.perf_counter() - t0
+        measure(table, scheme, args.batch, args.seconds)
 
-        weights = replay.sampler.probabilities() * replay.sampler.total  # p_i^e, what the baseline draws by
-        priorities = weights ** (1 / config.exponent)
-        rng = np.random.default_rng(0)
 
-        def naive() -> np.ndarray:
-            w = priorities**config.exponent
-            return rng.choice(priorities.size, size=args.batch, p=w / w.sum())
+def measure(table: ReplayTable, scheme: str, batch: int, seconds: float) -> None:
+    config = ReplayConfig(priority=scheme, alpha=0.5, exponent=0.7)
+    t0 = time.perf_counter()
+    replay = Replay(table, config, seed=0)
+    build = time.perf_counter() - t0
 
-        naive_rate = rate(naive, args.batch, args.seconds)
-        tree_rate = rate(lambda: replay.sampler.sample(args.batch), args.batch, args.seconds)
-        draws_rate = rate(lambda: replay.sample(args.batch), args.batch, args.seconds)
-        print(f"\n[{scheme}] build (P2Value, priorities, sum tree): {build:.2f} s")
-        print(f"  naive renormalise + Generator.choice(p=...): {naive_rate:12,.0f} draws/s")
-        print(f"  pper sum tree (positions):                   {tree_rate:12,.0f} draws/s")
-        print(f"  pper Replay.sample (Draw objects):           {draws_rate:12,.0f} draws/s")
-        print(f"  ratio pper sum tree / naive: {tree_rate / naive_rate:.1f}x")
-        print(f"  ratio pper Replay.sample / naive: {draws_rate / naive_rate:.1f}x")
+    weights = replay.sampler.probabilities() * replay.sampler.total  # p_i^e, as the tree holds them
+    priorities = weights ** (1 / config.exponent)
+    rng = np.random.default_rng(0)
+
+    def naive() -> np.ndarray:
+        w = priorities**config.exponent
+        return rng.choice(priorities.size, size=batch, p=w / w.sum())
+
+    naive_rate = rate(naive, batch, seconds)
+    tree_rate = rate(lambda: replay.sampler.sample(batch), batch, seconds)
+    draws_rate = rate(lambda: replay.sample(batch), batch, seconds)
+    print(f"\n[{scheme}] build (P2Value, priorities, sum tree): {build:.2f} s")
+    print(f"  naive renormalise + Generator.choice(p=...): {naive_rate:12,.0f} draws/s")
+    print(f"  pper sum tree (positions):                   {tree_rate:12,.0f} draws/s")
+    print(f"  pper Replay.sample (Draw objects):           {draws_rate:12,.0f} draws/s")
+    print(f"  ratio pper sum tree / naive: {tree_rate / naive_rate:.1f}x")
+    print(f"  ratio pper Replay.sample / naive: {draws_rate / naive_rate:.1f}x")
 
 
 if __name__ == "__main__":

@@ -34,8 +34,9 @@ print(json.dumps(out))
 def assert_results(jobs: list[tuple[str, AssertTests]]) -> list[tuple[int, int]]:
     """(passed, total) for each (program, tests) pair, all run in one fresh interpreter."""
     payload = json.dumps([[p, t.setup, list(t.asserts)] for p, t in jobs])
-    done = subprocess.run([sys.executable, "-c", _ASSERT_DRIVER], input=payload, capture_output=True, text=True,
-                          timeout=600, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _ASSERT_DRIVER], input=payload, capture_output=True, text=True, timeout=600, check=True
+    )
     return [tuple(r) for r in json.loads(done.stdout)]
 
 
@@ -46,14 +47,23 @@ def passes_all(task: Task, program: str) -> bool:
         return passed == total
     if isinstance(tests, StdioTests):
         for case in tests.cases:
-            run = subprocess.run([sys.executable, "-c", program], input=case.input, capture_output=True,
-                                 text=True, timeout=30)
+            run = subprocess.run(
+                [sys.executable, "-c", program], input=case.input, capture_output=True, text=True, timeout=30
+            )
             if run.stdout.split() != case.output.split():
                 return False
         return True
     assert isinstance(tests, CallTests)
-    driver = program + "\nimport json, sys\nprint(json.dumps([%s(*a) for a in json.load(sys.stdin)]))" % tests.fn_name
-    run = subprocess.run([sys.executable, "-c", driver], input=json.dumps([c.args for c in tests.cases]),
-                         capture_output=True, text=True, timeout=30, check=True)
+    driver = program + f"\nimport json, sys\nprint(json.dumps([{tests.fn_name}(*a) for a in json.load(sys.stdin)]))"
+    run = subprocess.run(
+        [sys.executable, "-c", driver],
+        input=json.dumps([c.args for c in tests.cases]),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     got = json.loads(run.stdout)
-    return all(g == c.expected or (tests.unwrap_expected and [g] == c.expected) for g, c in zip(got, tests.cases))
+    return all(
+        g == c.expected or (tests.unwrap_expected and [g] == c.expected) for g, c in zip(got, tests.cases, strict=True)
+    )

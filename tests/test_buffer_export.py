@@ -11,8 +11,12 @@ def filled(tmp_path):
     b = ReplayBuffer(tmp_path / "buffer.sqlite")
     tasks = load_tasks("humaneval", limit=2)
     b.add_tasks(tasks)
-    ids = b.add_programs([NewProgram(tasks[0].id, tasks[0].solutions[0], -4.0, 8, "smol", 0),
-                          NewProgram(tasks[1].id, "def bad(): pass", -9.0, 6, "smol", 1)])
+    ids = b.add_programs(
+        [
+            NewProgram(tasks[0].id, tasks[0].solutions[0], -4.0, 8, "smol", 0),
+            NewProgram(tasks[1].id, "def bad(): pass", -9.0, 6, "smol", 1),
+        ]
+    )
     b.add_executions([Execution(ids[0], ("passed",) * 7, 7, None, 0.5)])
     yield b
     b.close()

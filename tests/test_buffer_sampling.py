@@ -85,8 +85,9 @@ def test_the_chi_square_check_rejects_a_wrong_distribution(scheme):
 
 def test_rank_priority_ties_get_equal_probability():
     table = _table(6)
-    table = ReplayTable(table.program_id, table.task_id, np.zeros(6), np.full(6, 10),
-                        np.array([1.0, 0.5, 1.0, 0.0, 0.5, 1.0]))
+    table = ReplayTable(
+        table.program_id, table.task_id, np.zeros(6), np.full(6, 10), np.array([1.0, 0.5, 1.0, 0.0, 0.5, 1.0])
+    )
     replay = Replay(table, ReplayConfig(priority="rank", alpha=0.0))
     # ranks 1, 4, 1, 6, 4, 1 -> p = 1, 1/4, 1, 1/6, 1/4, 1
     p = np.array([1, 1 / 4, 1, 1 / 6, 1 / 4, 1])

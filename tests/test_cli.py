@@ -11,8 +11,9 @@ from pper.buffer import Execution, NewProgram, ReplayBuffer
 
 
 def pper(*args, cwd=None, ok=True):
-    done = subprocess.run([sys.executable, "-m", "pper", *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pper", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
     if ok:
         assert done.returncode == 0, done.stderr
     return done
@@ -24,16 +25,29 @@ def test_console_script_and_help_on_every_command():
     top = pper("--help").stdout
     for command in ("run", "config", "tasks", "buffer"):
         assert command in top
-    for command in (["run"], ["config"], ["tasks"], ["buffer"], ["buffer", "stats"], ["buffer", "sample"],
-                    ["buffer", "export"]):
+    for command in (
+        ["run"],
+        ["config"],
+        ["tasks"],
+        ["buffer"],
+        ["buffer", "stats"],
+        ["buffer", "sample"],
+        ["buffer", "export"],
+    ):
         assert "Usage: pper" in pper(*command, "--help").stdout
 
 
 def test_tasks_json(mbpp_path):
     rows = [json.loads(line) for line in pper("tasks", "humaneval", "--json").stdout.splitlines()]
     assert len(rows) == 164
-    assert rows[0] == {"id": "HumanEval/0", "test_kind": "assert", "num_tests": 7, "difficulty": None,
-                       "split": "test", "source": "humaneval"}
+    assert rows[0] == {
+        "id": "HumanEval/0",
+        "test_kind": "assert",
+        "num_tests": 7,
+        "difficulty": None,
+        "split": "test",
+        "source": "humaneval",
+    }
     assert len(pper("tasks", f"mbpp:{mbpp_path}", "--split", "test", "--json").stdout.splitlines()) == 500
     table = pper("tasks", f"mbpp:{mbpp_path}", "--split", "train", "--limit", "3").stdout
     assert "mbpp/601" in table and "mbpp/604" not in table
@@ -70,18 +84,33 @@ def test_buffer_stats_sample_and_export(tmp_path):
     run_dir = tmp_path / "r"
     with ReplayBuffer.in_run(run_dir) as b:
         task_ids = [t.id for t in b.tasks()][:5]
-        ids = b.add_programs(NewProgram(t, f"def f():\n    return {i}\n", -1.0 - i, 5 + i, "m")
-                             for i, t in enumerate(task_ids))
-        b.add_executions(Execution(pid, ("passed",) * (i % 3) + ("wrong_answer",) * (2 - i % 3), i % 3)
-                         for i, pid in enumerate(ids[:4]))
+        ids = b.add_programs(
+            NewProgram(t, f"def f():\n    return {i}\n", -1.0 - i, 5 + i, "m") for i, t in enumerate(task_ids)
+        )
+        b.add_executions(
+            Execution(pid, ("passed",) * (i % 3) + ("wrong_answer",) * (2 - i % 3), i % 3)
+            for i, pid in enumerate(ids[:4])
+        )
     stats = json.loads(pper("buffer", "stats", run_dir, "--json").stdout)
     assert (stats["tasks"], stats["programs"], stats["tested"]) == (82, 5, 4)
     assert all(isinstance(stats[k], int) for k in ("tasks", "programs", "tested"))
     assert sum(stats["pass_rate_distribution"].values()) == 4
     assert "pass rate 1" in pper("buffer", "stats", run_dir).stdout
 
-    args = ("buffer", "sample", run_dir, "-n", "20", "--priority", "proportional", "--alpha", "0.3", "--seed", "5",
-            "--json")
+    args = (
+        "buffer",
+        "sample",
+        run_dir,
+        "-n",
+        "20",
+        "--priority",
+        "proportional",
+        "--alpha",
+        "0.3",
+        "--seed",
+        "5",
+        "--json",
+    )
     draws = [json.loads(line) for line in pper(*args).stdout.splitlines()]
     assert len(draws) == 20 and pper(*args).stdout == pper(*args).stdout
     assert {d["program_id"] for d in draws} <= set(ids[:4])  # the untested program is never drawn

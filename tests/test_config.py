@@ -17,7 +17,12 @@ def test_yaml_values_and_overrides(tmp_path):
     path.write_text("name: mbpp\nreplay:\n  alpha: 0.25\n  priority: proportional\ntasks:\n  source: mbpp:x.jsonl\n")
     config = load_config(path, {"replay.exponent": 0.5, "seed": 3})
     assert (config.name, config.seed, config.replay.alpha, config.replay.priority, config.replay.exponent) == (
-        "mbpp", 3, 0.25, "proportional", 0.5)
+        "mbpp",
+        3,
+        0.25,
+        "proportional",
+        0.5,
+    )
     assert str(config.run_dir) == "runs/mbpp"
 
 

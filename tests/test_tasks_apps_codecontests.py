@@ -52,8 +52,11 @@ def _corrupt(src, dst, line, mutate):
     "mutate, field, message",
     [
         (lambda r: r.update(input_output="{not json"), "input_output", "not valid JSON"),
-        (lambda r: r.update(input_output=json.dumps({"inputs": ["1"], "outputs": []})), "input_output",
-         "1 inputs but 0 outputs"),
+        (
+            lambda r: r.update(input_output=json.dumps({"inputs": ["1"], "outputs": []})),
+            "input_output",
+            "1 inputs but 0 outputs",
+        ),
         (lambda r: r.pop("question"), "question", "missing"),
         (lambda r: r.update(problem_id="9002"), "problem_id", "must be an integer"),
     ],

@@ -9,12 +9,17 @@ from pper.tasks import Task, load_tasks
 
 def _all_tasks(mbpp_path, apps_path, codecontests_path):
     with pytest.warns(UserWarning):
-        return (load_tasks("humaneval") + load_tasks(f"mbpp:{mbpp_path}")
-                + load_tasks(f"apps:{apps_path}") + load_tasks(f"codecontests:{codecontests_path}"))
+        return (
+            load_tasks("humaneval")
+            + load_tasks(f"mbpp:{mbpp_path}")
+            + load_tasks(f"apps:{apps_path}")
+            + load_tasks(f"codecontests:{codecontests_path}")
+        )
 
 
 def test_every_loaded_task_round_trips_through_the_generic_jsonl_format(
-        tmp_path, mbpp_path, apps_path, codecontests_path):
+    tmp_path, mbpp_path, apps_path, codecontests_path
+):
     tasks = _all_tasks(mbpp_path, apps_path, codecontests_path)
     path = tmp_path / "tasks.jsonl"
     path.write_text("".join(json.dumps(t.to_dict()) + "\n" for t in tasks))
@@ -27,10 +32,18 @@ def test_minimal_generic_rows_use_defaults(tmp_path):
     path = tmp_path / "mine.jsonl"
     rows = [
         {"id": "add", "prompt": "Write add(a, b).", "tests": {"kind": "assert", "asserts": ["assert add(1, 2) == 3"]}},
-        {"id": "echo", "prompt": "Echo stdin.", "split": "train", "difficulty": 3,
-         "tests": {"kind": "stdio", "cases": [{"input": "x\n", "output": "x\n"}]}},
-        {"id": "neg", "prompt": "Negate.", "tests": {"kind": "call", "fn_name": "neg",
-                                                     "cases": [{"args": [1], "expected": -1}]}},
+        {
+            "id": "echo",
+            "prompt": "Echo stdin.",
+            "split": "train",
+            "difficulty": 3,
+            "tests": {"kind": "stdio", "cases": [{"input": "x\n", "output": "x\n"}]},
+        },
+        {
+            "id": "neg",
+            "prompt": "Negate.",
+            "tests": {"kind": "call", "fn_name": "neg", "cases": [{"args": [1], "expected": -1}]},
+        },
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")  # blank lines are ignored
     add, echo, neg = load_tasks(f"jsonl:{path}")
@@ -42,14 +55,27 @@ def test_minimal_generic_rows_use_defaults(tmp_path):
 @pytest.mark.parametrize(
     "row, field, message",
     [
-        ({"id": "a", "prompt": "p", "tests": {"kind": "assert", "asserts": ["assert 1"]}, "promt": "x"},
-         "promt", "unknown field"),
+        (
+            {"id": "a", "prompt": "p", "tests": {"kind": "assert", "asserts": ["assert 1"]}, "promt": "x"},
+            "promt",
+            "unknown field",
+        ),
         ({"id": "a", "prompt": "p"}, "tests", "missing"),
         ({"id": "a", "prompt": "p", "tests": {"kind": "unit"}}, "tests.kind", "must be one of"),
-        ({"id": "a", "prompt": "p", "tests": {"kind": "stdio", "cases": [{"input": "1"}]}},
-         "tests.cases[0].output", "missing"),
-        ({"id": "a", "prompt": "p", "tests": {"kind": "call", "fn_name": "f", "cases": [{"args": 1, "expected": 1}]}},
-         "tests.cases[0].args", "must be a list"),
+        (
+            {"id": "a", "prompt": "p", "tests": {"kind": "stdio", "cases": [{"input": "1"}]}},
+            "tests.cases[0].output",
+            "missing",
+        ),
+        (
+            {
+                "id": "a",
+                "prompt": "p",
+                "tests": {"kind": "call", "fn_name": "f", "cases": [{"args": 1, "expected": 1}]},
+            },
+            "tests.cases[0].args",
+            "must be a list",
+        ),
         ({"id": 7, "prompt": "p", "tests": {"kind": "assert", "asserts": []}}, "id", "must be a string"),
     ],
 )

@@ -18,7 +18,11 @@ def test_apps_dataset_folder_with_splits(tmp_path, apps_path):
     with pytest.warns(UserWarning, match="skipped 1 rows"):
         everything = load_tasks(f"hf:{folder}")
     assert {(t.id, t.split) for t in everything} == {
-        ("apps/9001", "train"), ("apps/9002", "train"), ("apps/9003", "test"), ("apps/9004", "test")}
+        ("apps/9001", "train"),
+        ("apps/9002", "train"),
+        ("apps/9003", "test"),
+        ("apps/9004", "test"),
+    }
     with pytest.warns(UserWarning):
         test = load_tasks(f"hf:{folder}", split="test")
     with pytest.warns(UserWarning):

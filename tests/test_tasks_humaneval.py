@@ -28,3 +28,15 @@ def test_split_tests_agree_with_the_whole_check_function():
     results = assert_results(jobs)
     assert all(p == n for p, n in results[:164])
     assert all(p < n for p, n in results[164:])
+
+
+def test_a_local_file_in_the_humaneval_row_format(tmp_path):
+    import gzip
+
+    from pper.tasks.humaneval import bundled_path
+
+    with gzip.open(bundled_path(), "rt") as f:
+        lines = f.read().splitlines()[:3]
+    path = tmp_path / "HumanEval-mini.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert load_tasks(f"humaneval:{path}") == load_tasks("humaneval", limit=3)

@@ -33,7 +33,8 @@ def test_setup_code_and_challenge_tests_are_kept(mbpp_path):
     rows = [json.loads(line) for line in mbpp_path.read_text().splitlines()]
     with_setup = next(r for r in rows if r["test_setup_code"])
     task = parse_mbpp(with_setup)
-    assert isinstance(task.tests, AssertTests) and task.tests.setup == with_setup["test_setup_code"].replace("\r\n", "\n")
+    assert isinstance(task.tests, AssertTests)
+    assert task.tests.setup == with_setup["test_setup_code"].replace("\r\n", "\n")
     with_challenge = next(r for r in rows if r["challenge_test_list"])
     assert parse_mbpp(with_challenge).metadata["challenge_test_list"] == with_challenge["challenge_test_list"]
 
@@ -42,9 +43,22 @@ def test_hugging_face_sanitized_rows(mbpp_path, tmp_path):
     """The HF `mbpp` "sanitized" config names the problem `prompt` and the imports `test_imports`."""
     rows = [json.loads(line) for line in mbpp_path.read_text().splitlines()][10:13]
     sanitized = tmp_path / "test.jsonl"
-    sanitized.write_text("".join(
-        json.dumps({"source_file": "x.py", "task_id": r["task_id"], "prompt": r["text"], "code": r["code"],
-                    "test_imports": ["import math"], "test_list": r["test_list"]}) + "\n" for r in rows))
+    sanitized.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "source_file": "x.py",
+                    "task_id": r["task_id"],
+                    "prompt": r["text"],
+                    "code": r["code"],
+                    "test_imports": ["import math"],
+                    "test_list": r["test_list"],
+                }
+            )
+            + "\n"
+            for r in rows
+        )
+    )
     tasks = load_tasks(f"mbpp:{sanitized}")
     assert [t.id for t in tasks] == ["mbpp/11", "mbpp/12", "mbpp/13"]
     assert tasks[0].tests.setup == "import math" and tasks[0].prompt == rows[0]["text"]

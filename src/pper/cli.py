@@ -65,7 +65,8 @@ def run(config_path: str | None, name: str | None, runs_dir: str | None, force: 
     out.print(f"evaluation tasks: {len(prepared.eval)}")
     err.print(
         "[yellow]pper run prepares the run directory only: these phases are not built yet: "
-        + ", ".join(PHASES_NOT_BUILT) + "[/]"
+        + ", ".join(PHASES_NOT_BUILT)
+        + "[/]"
     )
 
 
@@ -93,8 +94,14 @@ def tasks(source: str, split: str | None, limit: int | None, as_json: bool) -> N
     loaded = load_tasks(source, split, limit)
     if as_json:
         for t in loaded:
-            row = {"id": t.id, "test_kind": t.test_kind, "num_tests": t.num_tests, "difficulty": t.difficulty,
-                   "split": t.split, "source": t.source}
+            row = {
+                "id": t.id,
+                "test_kind": t.test_kind,
+                "num_tests": t.num_tests,
+                "difficulty": t.difficulty,
+                "split": t.split,
+                "source": t.source,
+            }
             sys.stdout.write(json.dumps(row) + "\n")
         return
     table = Table("id", "split", "tests", "kind", "difficulty", "prompt", title=f"{source}: {len(loaded)} tasks")
@@ -129,8 +136,16 @@ def stats(run_dir: str, as_json: bool) -> None:
         click.echo(json.dumps(s, indent=2))
         return
     table = Table("", "", title=f"replay buffer {s['path']}", show_header=False)
-    for key in ("tasks", "tasks_with_programs", "tasks_solved", "programs", "tested", "untested",
-                "mean_pass_rate", "strict_accuracy"):
+    for key in (
+        "tasks",
+        "tasks_with_programs",
+        "tasks_solved",
+        "programs",
+        "tested",
+        "untested",
+        "mean_pass_rate",
+        "strict_accuracy",
+    ):
         value = s[key]
         table.add_row(key.replace("_", " "), f"{value:.3f}" if isinstance(value, float) else str(value))
     for bin_, n in s["pass_rate_distribution"].items():
@@ -142,21 +157,37 @@ def stats(run_dir: str, as_json: bool) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("-n", "n", type=click.IntRange(min=1), required=True, help="How many programs to draw.")
 @click.option("--priority", type=click.Choice(SCHEMES), default="rank", show_default=True)
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Weight of possibility against pass rate in P2Value.")
-@click.option("--exponent", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="e in P(i) = p_i^e / sum p_k^e.")
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Weight of possibility against pass rate in P2Value.",
+)
+@click.option(
+    "--exponent", type=click.FloatRange(min=0), default=1.0, show_default=True, help="e in P(i) = p_i^e / sum p_k^e."
+)
 @click.option("--possibility", type=click.Choice(POSSIBILITIES), default="geometric", show_default=True)
 @click.option("--min-pass-rate", type=click.FloatRange(0, 1), help="Replay only programs at or above it.")
 @click.option("--seed", type=int, help="Seed for reproducible draws.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per drawn program.")
-def sample(run_dir: str, n: int, priority: str, alpha: float, exponent: float, possibility: str,
-           min_pass_rate: float | None, seed: int | None, as_json: bool) -> None:
+def sample(
+    run_dir: str,
+    n: int,
+    priority: str,
+    alpha: float,
+    exponent: float,
+    possibility: str,
+    min_pass_rate: float | None,
+    seed: int | None,
+    as_json: bool,
+) -> None:
     """Draw N programs from RUN_DIR's buffer as PPER would, with replacement."""
     from .buffer import Replay, ReplayConfig
 
-    config = ReplayConfig(priority=priority, alpha=alpha, exponent=exponent, possibility=possibility,
-                          min_pass_rate=min_pass_rate)
+    config = ReplayConfig(
+        priority=priority, alpha=alpha, exponent=exponent, possibility=possibility, min_pass_rate=min_pass_rate
+    )
     with _open_buffer(run_dir) as b:
         draws = Replay.from_buffer(b, config, seed=seed).sample(n)
     if as_json:
@@ -165,16 +196,26 @@ def sample(run_dir: str, n: int, priority: str, alpha: float, exponent: float, p
         return
     table = Table("program", "task", "P(t)", "pass rate", "P2Value", "P(draw)", title=f"{n} draws ({priority})")
     for d in draws:
-        table.add_row(str(d.program_id), d.task_id, f"{d.possibility:.4f}", f"{d.pass_rate:.3f}",
-                      f"{d.p2value:.4f}", f"{d.probability:.5f}")
+        table.add_row(
+            str(d.program_id),
+            d.task_id,
+            f"{d.possibility:.4f}",
+            f"{d.pass_rate:.3f}",
+            f"{d.p2value:.4f}",
+            f"{d.probability:.5f}",
+        )
     out.print(table)
 
 
 @buffer.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--jsonl", "jsonl_path", type=click.Path(dir_okay=False), help="Write JSON Lines here.")
-@click.option("--hf", "hf_dir", type=click.Path(file_okay=False),
-              help="Save a Hugging Face dataset here (datasets.load_from_disk reads it).")
+@click.option(
+    "--hf",
+    "hf_dir",
+    type=click.Path(file_okay=False),
+    help="Save a Hugging Face dataset here (datasets.load_from_disk reads it).",
+)
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="For the p2value column.")
 @click.option("--possibility", type=click.Choice(POSSIBILITIES), default="geometric", show_default=True)
 def export(run_dir: str, jsonl_path: str | None, hf_dir: str | None, alpha: float, possibility: str) -> None:

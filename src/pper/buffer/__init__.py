@@ -11,7 +11,24 @@ from .store import BUFFER_FILE, Execution, NewProgram, Program, ReplayBuffer, Re
 from .sum_tree import SumTree
 
 __all__ = [
-    "EXPORT_COLUMNS", "export_rows", "to_hf_dataset", "to_jsonl", "p2value", "possibility", "priorities", "ranks", "Draw",
-    "Replay", "ReplayConfig", "PrioritizedSampler", "BUFFER_FILE", "Execution", "NewProgram", "Program",
-    "ReplayBuffer", "ReplayTable", "program_hash", "SumTree",
+    "EXPORT_COLUMNS",
+    "export_rows",
+    "to_hf_dataset",
+    "to_jsonl",
+    "p2value",
+    "possibility",
+    "priorities",
+    "ranks",
+    "Draw",
+    "Replay",
+    "ReplayConfig",
+    "PrioritizedSampler",
+    "BUFFER_FILE",
+    "Execution",
+    "NewProgram",
+    "Program",
+    "ReplayBuffer",
+    "ReplayTable",
+    "program_hash",
+    "SumTree",
 ]

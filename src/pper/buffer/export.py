@@ -11,14 +11,28 @@ from .priority import Possibility, p2value, possibility
 from .store import ReplayBuffer
 
 EXPORT_COLUMNS = (
-    "program_id", "task_id", "split", "prompt", "program", "logprob", "num_tokens", "possibility", "model",
-    "round", "tested", "pass_rate", "passed", "total", "verdicts", "error", "duration", "p2value",
+    "program_id",
+    "task_id",
+    "split",
+    "prompt",
+    "program",
+    "logprob",
+    "num_tokens",
+    "possibility",
+    "model",
+    "round",
+    "tested",
+    "pass_rate",
+    "passed",
+    "total",
+    "verdicts",
+    "error",
+    "duration",
+    "p2value",
 )
 
 
-def export_rows(
-    buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = "geometric"
-) -> Iterator[dict[str, Any]]:
+def export_rows(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = "geometric") -> Iterator[dict[str, Any]]:
     """Every stored program with its task's prompt and split, its execution and its P2Value.
 
     Untested programs have None for the execution columns and for p2value.

@@ -49,8 +49,10 @@ class Replay:
 
     def __init__(self, table: ReplayTable, config: ReplayConfig, seed: int | None = None):
         if len(table) == 0:
-            raise PperError("nothing to replay: the buffer has no tested programs"
-                            + (" at or above min_pass_rate" if config.min_pass_rate is not None else ""))
+            raise PperError(
+                "nothing to replay: the buffer has no tested programs"
+                + (" at or above min_pass_rate" if config.min_pass_rate is not None else "")
+            )
         self.table, self.config = table, config
         self.possibility = possibility(table.logprob, table.num_tokens, config.possibility)
         self.p2value = p2value(self.possibility, table.pass_rate, config.alpha)
@@ -73,4 +75,4 @@ class Replay:
         """Draw `n` programs with replacement."""
         i, t = self.sampler.sample(n), self.table
         columns = (t.program_id, t.task_id, self.possibility, t.pass_rate, self.p2value, self.probability)
-        return list(map(Draw._make, zip(*(c[i].tolist() for c in columns))))
+        return list(map(Draw._make, zip(*(c[i].tolist() for c in columns), strict=True)))

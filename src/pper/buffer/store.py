@@ -228,7 +228,7 @@ class ReplayBuffer:
             if p.num_tokens < 1:
                 raise ValueError(f"program for {p.task_id}: num_tokens must be >= 1, got {p.num_tokens}")
             if not np.isfinite(p.logprob) or p.logprob > 1e-6:
-                raise ValueError(f"program for {p.task_id}: logprob must be a finite value <= 0, got {p.logprob}")
+                raise ValueError(f"program for {p.task_id}: logprob must be finite and <= 0, got {p.logprob}")
         now = time.time()
         ids = []
         with self._write():
@@ -236,7 +236,8 @@ class ReplayBuffer:
                 digest = program_hash(p.text)
                 try:
                     self._db.execute(
-                        "INSERT OR IGNORE INTO programs (task_id, hash, text, logprob, num_tokens, model, round, created)"
+                        "INSERT OR IGNORE INTO programs"
+                        " (task_id, hash, text, logprob, num_tokens, model, round, created)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (p.task_id, digest, p.text, min(p.logprob, 0.0), p.num_tokens, p.model, p.round, now),
                     )
@@ -309,7 +310,7 @@ class ReplayBuffer:
         if min_pass_rate is not None:
             sql, args = sql + " WHERE e.pass_rate >= ?", (min_pass_rate,)
         rows = self._db.execute(sql + " ORDER BY p.id", args).fetchall()
-        cols = list(zip(*rows)) if rows else [(), (), (), (), ()]
+        cols = list(zip(*rows, strict=True)) if rows else [(), (), (), (), ()]
         return ReplayTable(
             program_id=np.array(cols[0], dtype=np.int64),
             task_id=np.array(cols[1], dtype=object),

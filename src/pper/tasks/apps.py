@@ -38,14 +38,14 @@ def parse_apps(row: dict[str, Any], split: str | None = None) -> Task | None:
                 raise RowError(f"input_output.inputs[{i}]", "must be a list of arguments for a call-based problem")
         tests: CallTests | StdioTests = CallTests(
             fn_name=fn_name,
-            cases=tuple(CallCase(args=a, expected=o) for a, o in zip(inputs, outputs)),
+            cases=tuple(CallCase(args=a, expected=o) for a, o in zip(inputs, outputs, strict=True)),
             unwrap_expected=True,
         )
     else:
         tests = StdioTests(
             cases=tuple(
                 StdioCase(input=_text(i, f"input_output.inputs[{n}]"), output=_text(o, f"input_output.outputs[{n}]"))
-                for n, (i, o) in enumerate(zip(inputs, outputs))
+                for n, (i, o) in enumerate(zip(inputs, outputs, strict=True))
             )
         )
     solutions = json_field(row, "solutions") or []

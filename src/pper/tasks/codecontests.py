@@ -16,7 +16,13 @@ from .rows import RowError, need, optional
 TEST_GROUPS = ("public_tests", "private_tests", "generated_tests")
 PYTHON3 = 3  # the `Language` enum: 0 unknown, 1 Python 2, 2 C++, 3 Python 3, 4 Java
 DIFFICULTIES = (
-    "UNKNOWN_DIFFICULTY", "EASY", "MEDIUM", "HARD", "HARDER", "HARDEST", "EXTERNAL",
+    "UNKNOWN_DIFFICULTY",
+    "EASY",
+    "MEDIUM",
+    "HARD",
+    "HARDER",
+    "HARDEST",
+    "EXTERNAL",
     *"ABCDEFGHIJKLMNOPQRSTUV",
 )
 SOURCES = ("UNKNOWN_SOURCE", "CODECHEF", "CODEFORCES", "HACKEREARTH", "CODEJAM", "ATCODER", "AIZU")
@@ -32,7 +38,7 @@ def parse_codecontests(row: dict[str, Any], split: str | None = None) -> Task | 
         inputs, outputs = tests.get("input") or [], tests.get("output") or []
         if len(inputs) != len(outputs):
             raise RowError(group, f"has {len(inputs)} inputs but {len(outputs)} outputs")
-        for i, (stdin, stdout) in enumerate(zip(inputs, outputs)):
+        for i, (stdin, stdout) in enumerate(zip(inputs, outputs, strict=True)):
             if not isinstance(stdin, str) or not isinstance(stdout, str):
                 raise RowError(f"{group}[{i}]", "input and output must be strings")
             cases.append(StdioCase(input=stdin, output=stdout, group=group.removesuffix("_tests")))
@@ -49,7 +55,7 @@ def parse_codecontests(row: dict[str, Any], split: str | None = None) -> Task | 
         prompt_style="instruction",
         entry_point=None,
         tests=StdioTests(cases=tuple(cases)),
-        solutions=tuple(s for lang, s in zip(languages, texts) if lang == PYTHON3),
+        solutions=tuple(s for lang, s in zip(languages, texts, strict=True) if lang == PYTHON3),
         difficulty=_enum(row, "difficulty", DIFFICULTIES),
         split=split,
         source="codecontests",

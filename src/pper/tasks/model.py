@@ -153,8 +153,16 @@ class Task:
     def from_dict(cls, row: dict[str, Any]) -> Task:
         """Parse pper's generic format; raises `RowError` naming the offending field."""
         known = {
-            "id", "prompt", "prompt_style", "entry_point", "tests", "solutions",
-            "difficulty", "split", "source", "metadata",
+            "id",
+            "prompt",
+            "prompt_style",
+            "entry_point",
+            "tests",
+            "solutions",
+            "difficulty",
+            "split",
+            "source",
+            "metadata",
         }
         unknown = sorted(set(row) - known)
         if unknown:
@@ -200,10 +208,7 @@ def tests_from_dict(d: dict[str, Any], prefix: str = "tests") -> TestSuite:
         return AssertTests(asserts=tuple(asserts), setup=optional(d, "setup", str, prefix) or "")
     if kind == "call":
         cases = []
-        for i, c in enumerate(need(d, "cases", list, prefix)):
-            where = f"{prefix}.cases[{i}]"
-            if not isinstance(c, dict):
-                raise RowError(where, f"must be an object, got {type(c).__name__}")
+        for where, c in _cases(d, prefix):
             if "expected" not in c:
                 raise RowError(f"{where}.expected", "missing")
             cases.append(CallCase(args=need(c, "args", list, where), expected=c["expected"]))
@@ -213,17 +218,21 @@ def tests_from_dict(d: dict[str, Any], prefix: str = "tests") -> TestSuite:
             unwrap_expected=bool(optional(d, "unwrap_expected", bool, prefix)),
         )
     if kind == "stdio":
-        cases = []
-        for i, c in enumerate(need(d, "cases", list, prefix)):
-            where = f"{prefix}.cases[{i}]"
-            if not isinstance(c, dict):
-                raise RowError(where, f"must be an object, got {type(c).__name__}")
-            cases.append(
-                StdioCase(
-                    input=need(c, "input", str, where),
-                    output=need(c, "output", str, where),
-                    group=optional(c, "group", str, where),
-                )
+        return StdioTests(
+            cases=tuple(
+                StdioCase(need(c, "input", str, where), need(c, "output", str, where), optional(c, "group", str, where))
+                for where, c in _cases(d, prefix)
             )
-        return StdioTests(cases=tuple(cases))
+        )
     raise RowError(f"{prefix}.kind", f"must be one of {TEST_KINDS}, got {kind!r}")
+
+
+def _cases(d: dict[str, Any], prefix: str) -> list[tuple[str, dict[str, Any]]]:
+    """(location, case) for each entry of `cases`, which must all be objects."""
+    out = []
+    for i, c in enumerate(need(d, "cases", list, prefix)):
+        where = f"{prefix}.cases[{i}]"
+        if not isinstance(c, dict):
+            raise RowError(where, f"must be an object, got {type(c).__name__}")
+        out.append((where, c))
+    return out

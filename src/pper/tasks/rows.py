@@ -90,7 +90,8 @@ def iter_file_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataFormatError(str(path), f"line {i}", None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+                    problem = f"invalid JSON ({e.msg} at column {e.colno})"
+                    raise DataFormatError(str(path), f"line {i}", None, problem) from None
                 yield f"line {i}", _as_row(row, path, f"line {i}")
 
 

@@ -138,5 +138,5 @@ def _load_hf(arg: str, split: str | None) -> list[Task]:
     for name, table in parts.items():
         parse = PARSERS[detect_format(set(table.column_names))]
         rows = ((f"split {name}, row {i}", row) for i, row in enumerate(table, 1))
-        tasks += _parse_all(rows, lambda row, name=name: parse(row, name), f"hf:{arg}")
+        tasks += _parse_all(rows, lambda row, parse=parse, name=name: parse(row, name), f"hf:{arg}")
     return tasks
