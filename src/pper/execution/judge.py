@@ -29,12 +29,20 @@ from .results import (
 from .values import loads
 
 _STATUS_VERDICTS = {
-    "timeout": TIMEOUT, "memory": MEMORY_LIMIT, "output": OUTPUT_LIMIT, "syntax_error": SYNTAX_ERROR,
-    "error": RUNTIME_ERROR, "fail": WRONG_ANSWER, "unencodable": WRONG_ANSWER,
+    "timeout": TIMEOUT,
+    "memory": MEMORY_LIMIT,
+    "output": OUTPUT_LIMIT,
+    "syntax_error": SYNTAX_ERROR,
+    "error": RUNTIME_ERROR,
+    "fail": WRONG_ANSWER,
+    "unencodable": WRONG_ANSWER,
 }
 _SAFE_BUILTINS = {name: getattr(builtins, name) for name in SAFE_FUNCTIONS}
-MESSAGES = {TIMEOUT: "time limit exceeded", MEMORY_LIMIT: "memory limit exceeded",
-            OUTPUT_LIMIT: "output limit exceeded"}
+MESSAGES = {
+    TIMEOUT: "time limit exceeded",
+    MEMORY_LIMIT: "memory limit exceeded",
+    OUTPUT_LIMIT: "output limit exceeded",
+}
 
 
 def judge(plan: Plan, response: dict[str, Any]) -> ProgramResult:

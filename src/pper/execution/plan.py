@@ -24,14 +24,51 @@ from typing import Any
 from ..tasks import AssertTests, CallTests, StdioTests, Task
 
 SAFE_FUNCTIONS = {
-    "abs", "all", "any", "bool", "dict", "float", "frozenset", "int", "isinstance", "len", "list", "max",
-    "min", "round", "set", "sorted", "str", "sum", "tuple", "type",
+    "abs",
+    "all",
+    "any",
+    "bool",
+    "dict",
+    "float",
+    "frozenset",
+    "int",
+    "isinstance",
+    "len",
+    "list",
+    "max",
+    "min",
+    "round",
+    "set",
+    "sorted",
+    "str",
+    "sum",
+    "tuple",
+    "type",
 }
 SAFE_NAMES = SAFE_FUNCTIONS | {"True", "False", "None", "math"}
 _SAFE_NODES = (
-    ast.Expression, ast.Compare, ast.BoolOp, ast.UnaryOp, ast.BinOp, ast.Constant, ast.Name, ast.Load,
-    ast.List, ast.Tuple, ast.Set, ast.Dict, ast.Call, ast.Attribute, ast.keyword, ast.Subscript, ast.Slice,
-    ast.IfExp, ast.cmpop, ast.boolop, ast.unaryop, ast.operator,
+    ast.Expression,
+    ast.Compare,
+    ast.BoolOp,
+    ast.UnaryOp,
+    ast.BinOp,
+    ast.Constant,
+    ast.Name,
+    ast.Load,
+    ast.List,
+    ast.Tuple,
+    ast.Set,
+    ast.Dict,
+    ast.Call,
+    ast.Attribute,
+    ast.keyword,
+    ast.Subscript,
+    ast.Slice,
+    ast.IfExp,
+    ast.cmpop,
+    ast.boolop,
+    ast.unaryop,
+    ast.operator,
 )
 
 
@@ -110,7 +147,10 @@ def split_assert(source: str, targets: set[str]) -> OutsideCheck | None:
     ast.fix_missing_locations(check)
     return OutsideCheck(
         prelude="\n".join(ast.unparse(s) for s in prelude),
-        calls=tuple(calls), check=ast.unparse(check), source=source, code=compile(check, "<check>", "eval")
+        calls=tuple(calls),
+        check=ast.unparse(check),
+        source=source,
+        code=compile(check, "<check>", "eval"),
     )
 
 

@@ -90,8 +90,9 @@ class Sandbox:
         if self.isolated:
             cmd = [shutil.which("unshare"), *([] if root else ["--map-root-user"]), *_NAMESPACES, *cmd]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}  # nothing secret inherited
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
+        )
         self.known_suites = set()
         self._buffer = b""
         ready = self._read_line(60.0)
@@ -203,8 +204,9 @@ class Executor:
                     return judge(plan, sandbox.run(program, plan, self.limits))
                 except SandboxError as e:
                     error = str(e)
-            return ProgramResult(tuple(TestResult(RUNTIME_ERROR, f"the sandbox failed twice: {error}")
-                                       for _ in plan.checks))
+            return ProgramResult(
+                tuple(TestResult(RUNTIME_ERROR, f"the sandbox failed twice: {error}") for _ in plan.checks)
+            )
         finally:
             self._sandboxes.put(sandbox)
 

@@ -30,8 +30,24 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32,
 PR_SET_CHILD_SUBREAPER = 36
 SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
 PRELOAD = (
-    "array", "bisect", "collections", "copy", "datetime", "decimal", "fractions", "functools", "hashlib",
-    "heapq", "itertools", "math", "operator", "random", "re", "statistics", "string", "typing",
+    "array",
+    "bisect",
+    "collections",
+    "copy",
+    "datetime",
+    "decimal",
+    "fractions",
+    "functools",
+    "hashlib",
+    "heapq",
+    "itertools",
+    "math",
+    "operator",
+    "random",
+    "re",
+    "statistics",
+    "string",
+    "typing",
 )
 STDERR_TAIL = 4000
 _exit = os._exit  # captured before any program runs: a program that patches os._exit cannot stay alive
@@ -41,7 +57,6 @@ class Server:
     def __init__(self, uid: int, isolated: bool, nproc_base: int):
         self.uid, self.isolated, self.nproc_base = uid, isolated, nproc_base
         self.suites: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        self.counter = 0
         self.root = "/tmp/pper-sandbox" if isolated else f"/tmp/pper-sandbox-{os.getpid()}"
         os.makedirs(self.root, mode=0o711, exist_ok=True)
         self.devnull = os.open(os.devnull, os.O_RDWR)
@@ -51,20 +66,27 @@ class Server:
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         limits = Limits(**request["limits"])
         suite, compiled = self._suite(request["suite"])
-        self.counter += 1
-        workdir = os.path.join(self.root, str(self.counter))
+        workdir = self._workdir()
+        start = time.monotonic()
+        if suite["kind"] == "stdio":
+            load, tests = self._stdio(request["program"], suite, limits, workdir)
+        else:
+            load, tests = self._functions(request["program"], suite, compiled, limits, workdir)
+        return {"id": request["id"], "load": load, "tests": tests, "time": time.monotonic() - start}
+
+    def _workdir(self) -> str:
+        """An empty working directory owned by the sandbox uid (the last one, if the program left it empty)."""
+        workdir = os.path.join(self.root, "work")
+        try:
+            if not os.listdir(workdir) and os.stat(workdir).st_mode & 0o7777 == 0o700:
+                return workdir
+            shutil.rmtree(workdir)
+        except FileNotFoundError:
+            pass
         os.mkdir(workdir, 0o700)
         if self.uid >= 0:
             os.chown(workdir, self.uid, self.uid)
-        start = time.monotonic()
-        try:
-            if suite["kind"] == "stdio":
-                load, tests = self._stdio(request["program"], suite, limits, workdir)
-            else:
-                load, tests = self._functions(request["program"], suite, compiled, limits, workdir)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        return {"id": request["id"], "load": load, "tests": tests, "time": time.monotonic() - start}
+        return workdir
 
     def _suite(self, spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         if "body" in spec:
@@ -80,7 +102,12 @@ class Server:
         first, load = 0, None
         while first < n:
             run = self._run_child(
-                lambda f=first: harness.run_functions(program, suite, compiled, f), limits, workdir, None, first, n - first
+                lambda f=first: harness.run_functions(program, suite, compiled, f),
+                limits,
+                workdir,
+                None,
+                first,
+                n - first,
             )
             if run["load"]["status"] != "ok":
                 load = run["load"]
@@ -110,8 +137,16 @@ class Server:
 
     # -- one child -----------------------------------------------------------------------------
 
-    def _run_child(self, body, limits: Limits, workdir: str, stdin_path: str | None, first: int, n_tests: int,
-                   capture: bool = False) -> dict[str, Any]:
+    def _run_child(
+        self,
+        body,
+        limits: Limits,
+        workdir: str,
+        stdin_path: str | None,
+        first: int,
+        n_tests: int,
+        capture: bool = False,
+    ) -> dict[str, Any]:
         """Fork a child running `body`, supervise it (see `_supervise`), then kill what is left."""
         res_r, res_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -191,11 +226,11 @@ class Server:
                 if not data:
                     poller.unregister(fd)
                     open_fds.discard(fd)
-                elif fd == err_r:
-                    stderr = (stderr + data)[-STDERR_TAIL:]
-                elif fd == out_r:
+                elif fd == err_r or fd == out_r:
                     out_bytes += len(data)
-                    if capture:
+                    if fd == err_r:
+                        stderr = (stderr + data)[-STDERR_TAIL:]
+                    elif capture:
                         stdout.append(data)
                     if out_bytes > limits.output_size:
                         stopped = {"status": "output"}
@@ -225,9 +260,14 @@ class Server:
                         else:
                             stopped = {"status": "error", "error": "the program wrote to the sandbox's result channel"}
                             done = True
-        status = self._reap_child(pid, done and stopped is None)
+        grace = 1.0 if done and stopped is None else 0.2 if stopped is None else 0.0
+        status, killed = self._reap_child(pid, grace)
         if not done and stopped is None:  # the child ended without finishing: why?
-            stopped = _death(status, stderr)
+            stopped = (
+                {"status": "error", "error": "the program closed the sandbox's result channel"}
+                if killed
+                else _death(status, stderr)
+            )
         captured = b"".join(stdout).decode("utf-8", errors="replace")
         if load is None:  # it never got to run a test: the failure is the program's load
             load = stopped or {"status": "error", "error": "the program ended before it was loaded"}
@@ -238,22 +278,22 @@ class Server:
                 stopped["error"] = stderr.decode(errors="replace").strip().splitlines()[-1][:2000]
         return {"load": load, "tests": tests, "stopped": stopped, "stdout": captured}
 
-    def _reap_child(self, pid: int, finished: bool) -> int:
-        """Wait for the child (killing it unless it finished and exits within a second); its wait status."""
-        if finished:
+    def _reap_child(self, pid: int, grace: float) -> tuple[int, bool]:
+        """Wait up to `grace` seconds for the child to exit, then kill it; (wait status, killed here)."""
+        if grace > 0:
             pidfd = os.pidfd_open(pid)
             try:
-                select.select([pidfd], [], [], 1.0)
+                select.select([pidfd], [], [], grace)
             finally:
                 os.close(pidfd)
             got, status = os.waitpid(pid, os.WNOHANG)
             if got:
-                return status
+                return status, False
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        return os.waitpid(pid, 0)[1]
+        return os.waitpid(pid, 0)[1], True
 
     def _kill_all(self, pid: int) -> None:
         """Kill every process the program left behind, and reap them."""
@@ -322,29 +362,75 @@ def _compile_suite(suite: dict[str, Any]) -> dict[str, Any]:
     return {"tests": list(range(len(suite["inputs"])))}
 
 
-def _isolate_filesystem() -> None:
-    """Every mount read-only; private tmpfs where programs may write."""
+def _isolate_filesystem(exposed: list[str]) -> None:
+    """Private tmpfs where programs may write; the `exposed` paths reachable by the sandbox uid; every
+    mount read-only. Runs as root of a new mount namespace, so the host sees none of it."""
     libc = ctypes.CDLL(None, use_errno=True)
+
+    def mount(source, target, fstype, flags, data=None):
+        if (
+            libc.mount(
+                source and source.encode(), target.encode(), fstype and fstype.encode(), flags, data and data.encode()
+            )
+            != 0
+        ):
+            raise OSError(ctypes.get_errno(), f"mount {source} on {target} failed")
+
+    for point in ("/tmp", "/var/tmp", "/dev/shm"):
+        if os.path.isdir(point):
+            mount("tmpfs", point, "tmpfs", MS_NOSUID | MS_NODEV, "size=1g,mode=1777")
+    _expose(exposed, mount)
     with open("/proc/self/mountinfo") as f:
         mounts = [(line.split()[4], line.split()[5].split(",")) for line in f]
     for point, options in mounts:
-        if point.startswith(("/proc", "/sys", "/dev")) and point != "/dev/shm":
+        if point.startswith(("/proc", "/sys", "/dev")):
             continue
         flags = MS_REMOUNT | MS_BIND | MS_RDONLY
         for name, bit in (("nosuid", MS_NOSUID), ("nodev", MS_NODEV), ("noexec", MS_NOEXEC)):
             if name in options:  # flags locked by the kernel must be kept
                 flags |= bit
+        if point in ("/tmp", "/var/tmp"):
+            continue  # the program's scratch space stays writable
         libc.mount(None, point.encode(), None, flags, None)
-    for point in ("/tmp", "/var/tmp", "/dev/shm"):
-        if os.path.isdir(point) and libc.mount(b"tmpfs", point.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
-                                               b"size=1g,mode=1777") != 0:
-            raise OSError(ctypes.get_errno(), f"cannot mount a tmpfs on {point}")
+
+
+def _expose(paths: list[str], mount) -> None:
+    """Let other uids reach `paths` (the Python installation) when an ancestor directory forbids it,
+    as /root (mode 700) does for a Python under /root/.pyenv: a tmpfs (mode 755) covers that ancestor,
+    hiding everything else in it, and the paths are bind-mounted back inside it."""
+    by_blocker: dict[str, list[str]] = {}
+    for path in sorted({os.path.realpath(p) for p in paths if os.path.exists(p)}):
+        parts = path.split("/")
+        for i in range(2, len(parts)):
+            ancestor = "/".join(parts[:i])
+            if not os.stat(ancestor).st_mode & 0o001:
+                by_blocker.setdefault(ancestor, []).append(path)
+                break
+    for n, (blocker, inside) in enumerate(sorted(by_blocker.items())):
+        inside = [p for p in inside if not any(p.startswith(q + "/") for q in inside if q != p)]
+        staged = []
+        for i, path in enumerate(inside):
+            stage = f"/tmp/.pper-stage-{n}-{i}"
+            if os.path.isdir(path):
+                os.mkdir(stage)
+            else:
+                open(stage, "w").close()
+            mount(path, stage, None, MS_BIND | (1 << 14))  # MS_REC: with the mounts below it
+            staged.append((stage, path))
+        mount("tmpfs", blocker, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+        for stage, path in staged:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            if os.path.isdir(stage):
+                os.makedirs(path, mode=0o755, exist_ok=True)
+            else:
+                open(path, "w").close()
+            mount(stage, path, None, MS_BIND | (1 << 14))
 
 
 def main(argv: list[str]) -> None:
     uid, isolated, nproc_base = int(argv[0]), argv[1] == "1", int(argv[2])
     if isolated:
-        _isolate_filesystem()
+        _isolate_filesystem([sys.prefix, sys.base_prefix, sys.exec_prefix, *filter(None, sys.path)])
     else:
         ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     for name in PRELOAD:

@@ -1,0 +1,33 @@
+"""Progress bars for long phases: counts, rate and elapsed time, on stderr."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+T = TypeVar("T")
+_console = Console(stderr=True)
+
+
+class _Rate(ProgressColumn):
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="progress.data.speed")
+
+
+def progress(items: Iterable[T], total: int | None, description: str, unit: str = "it") -> Iterator[T]:
+    """Yield `items` while showing a progress bar (nothing is drawn when stderr is not a terminal)."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(unit), TimeElapsedColumn())
+    with Progress(*columns, console=_console, transient=False, disable=not _console.is_terminal) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
