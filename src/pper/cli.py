@@ -134,35 +134,18 @@ def test_cmd(
 
     Writes one result per sample (pass rate, passed, per-test verdicts and errors) and prints a summary.
     """
-    import time
     from dataclasses import replace
 
-    from .execution import Executor, Limits, read_samples
-    from .execution.samples import result_row, write_results
-    from .progress import progress
+    from .execution import Limits
+    from .execution.samples import test_samples
     from .tasks import load_tasks
 
-    rows = read_samples(samples, load_tasks(source, split))
     limits = Limits() if wall_time is None else replace(Limits(), wall_time=wall_time, cpu_time=wall_time)
-    out_path = out or f"{samples}_results.jsonl"
-    start = time.perf_counter()
-    with Executor(limits=limits, workers=workers, isolation=isolation) as executor:
-        results = list(progress(executor.map((s.task, s.program) for s in rows), len(rows), "testing", "programs"))
-    elapsed = time.perf_counter() - start
-    write_results(out_path, (result_row(s, r) for s, r in zip(rows, results, strict=True)))
-    n = len(results)
-    summary = {
-        "samples": n,
-        "passed": sum(r.all_passed for r in results),
-        "strict_accuracy": sum(r.all_passed for r in results) / n if n else 0.0,
-        "mean_pass_rate": sum(r.pass_rate for r in results) / n if n else 0.0,
-        "seconds": round(elapsed, 3),
-        "programs_per_second": round(n / elapsed, 1) if elapsed else None,
-        "results": out_path,
-    }
+    summary = test_samples(samples, load_tasks(source, split), out, limits, workers, isolation, show_progress=True)
     err.print(
-        f"{n} samples: {summary['passed']} pass every test ({summary['strict_accuracy']:.1%}), mean pass rate "
-        f"{summary['mean_pass_rate']:.3f}, {summary['programs_per_second']} programs/s; results in {out_path}",
+        f"{summary['samples']} samples: {summary['passed']} pass every test ({summary['strict_accuracy']:.1%}), "
+        f"mean pass rate {summary['mean_pass_rate']:.3f}, {summary['programs_per_second']} programs/s; "
+        f"results in {summary['results']}",
         highlight=False,
     )
     if as_json:

