@@ -95,7 +95,18 @@ class Sandbox:
         nproc_base = 0 if root else _own_process_count() + 64
         path = [str(Path(__file__).resolve().parents[2])] + [p for p in sys.path if p and os.path.isabs(p)]
         boot = _BOOT.format(path=path)
-        cmd = [sys.executable, "-I", "-S", "-c", boot, str(uid), "1" if self.isolated else "0", str(nproc_base)]
+        hidden = sorted({os.path.expanduser("~"), "/root", "/home"})  # secrets live there: programs see them empty
+        cmd = [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            boot,
+            str(uid),
+            "1" if self.isolated else "0",
+            str(nproc_base),
+            *hidden,
+        ]
         if self.isolated:
             cmd = [shutil.which("unshare"), *([] if root else ["--map-root-user"]), *_NAMESPACES, *cmd]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}  # nothing secret inherited

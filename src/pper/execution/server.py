@@ -25,7 +25,7 @@ from typing import Any
 
 from . import harness
 
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
 PR_SET_CHILD_SUBREAPER = 36
 SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
 # Modules imported before forking, so programs do not pay for importing them: those that HumanEval's and
@@ -374,9 +374,10 @@ def _compile_suite(suite: dict[str, Any]) -> dict[str, Any]:
     return {"tests": list(range(len(suite["inputs"])))}
 
 
-def _isolate_filesystem(exposed: list[str]) -> None:
-    """Private tmpfs where programs may write; the `exposed` paths reachable by the sandbox uid; every
-    mount read-only. Runs as root of a new mount namespace, so the host sees none of it."""
+def _isolate_filesystem(exposed: list[str], hidden: list[str]) -> None:
+    """Private tmpfs where programs may write; `hidden` directories (home directories) covered by an empty
+    tmpfs; the `exposed` paths (the Python installation) reachable by the sandbox uid; every mount
+    read-only. Runs as root of a new mount namespace, so the host sees none of it."""
     libc = ctypes.CDLL(None, use_errno=True)
 
     def mount(source, target, fstype, flags, data=None):
@@ -391,34 +392,35 @@ def _isolate_filesystem(exposed: list[str]) -> None:
     for point in ("/tmp", "/var/tmp", "/dev/shm"):
         if os.path.isdir(point):
             mount("tmpfs", point, "tmpfs", MS_NOSUID | MS_NODEV, "size=1g,mode=1777")
-    _expose(exposed, mount)
+    _cover(exposed, hidden, mount)
     with open("/proc/self/mountinfo") as f:
         mounts = [(line.split()[4], line.split()[5].split(",")) for line in f]
     for point, options in mounts:
-        if point.startswith(("/proc", "/sys", "/dev")):
-            continue
+        if point.startswith(("/proc", "/sys", "/dev")) or point in ("/tmp", "/var/tmp"):
+            continue  # the program's scratch space stays writable
         flags = MS_REMOUNT | MS_BIND | MS_RDONLY
         for name, bit in (("nosuid", MS_NOSUID), ("nodev", MS_NODEV), ("noexec", MS_NOEXEC)):
             if name in options:  # flags locked by the kernel must be kept
                 flags |= bit
-        if point in ("/tmp", "/var/tmp"):
-            continue  # the program's scratch space stays writable
         libc.mount(None, point.encode(), None, flags, None)
 
 
-def _expose(paths: list[str], mount) -> None:
-    """Let other uids reach `paths` (the Python installation) when an ancestor directory forbids it,
-    as /root (mode 700) does for a Python under /root/.pyenv: a tmpfs (mode 755) covers that ancestor,
-    hiding everything else in it, and the paths are bind-mounted back inside it."""
-    by_blocker: dict[str, list[str]] = {}
-    for path in sorted({os.path.realpath(p) for p in paths if os.path.exists(p)}):
+def _cover(exposed: list[str], hidden: list[str], mount) -> None:
+    """Cover each `hidden` directory, and each directory the sandbox uid may not traverse on the way to an
+    `exposed` path (as /root, mode 700, on the way to /root/.pyenv), with an empty tmpfs (mode 755); then
+    bind-mount the exposed paths inside it back in place. Everything else in them stays out of reach."""
+    hidden_set = {os.path.realpath(h) for h in hidden if os.path.isdir(h) and os.path.realpath(h) != "/"}
+    covers: dict[str, list[str]] = {h: [] for h in hidden_set}
+    for path in sorted({os.path.realpath(p) for p in exposed if os.path.exists(p)}):
         parts = path.split("/")
         for i in range(2, len(parts)):
             ancestor = "/".join(parts[:i])
-            if not os.stat(ancestor).st_mode & 0o001:
-                by_blocker.setdefault(ancestor, []).append(path)
+            if ancestor in hidden_set or not os.stat(ancestor).st_mode & 0o001:
+                covers.setdefault(ancestor, []).append(path)
                 break
-    for n, (blocker, inside) in enumerate(sorted(by_blocker.items())):
+    for n, (cover, inside) in enumerate(sorted(covers.items())):
+        if any(cover.startswith(other + "/") for other in covers):
+            continue  # inside another cover: handled with it
         inside = [p for p in inside if not any(p.startswith(q + "/") for q in inside if q != p)]
         staged = []
         for i, path in enumerate(inside):
@@ -427,22 +429,22 @@ def _expose(paths: list[str], mount) -> None:
                 os.mkdir(stage)
             else:
                 open(stage, "w").close()
-            mount(path, stage, None, MS_BIND | (1 << 14))  # MS_REC: with the mounts below it
+            mount(path, stage, None, MS_BIND | MS_REC)
             staged.append((stage, path))
-        mount("tmpfs", blocker, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+        mount("tmpfs", cover, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
         for stage, path in staged:
             os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
             if os.path.isdir(stage):
                 os.makedirs(path, mode=0o755, exist_ok=True)
             else:
                 open(path, "w").close()
-            mount(stage, path, None, MS_BIND | (1 << 14))
+            mount(stage, path, None, MS_BIND | MS_REC)
 
 
 def main(argv: list[str]) -> None:
-    uid, isolated, nproc_base = int(argv[0]), argv[1] == "1", int(argv[2])
+    uid, isolated, nproc_base, hidden = int(argv[0]), argv[1] == "1", int(argv[2]), argv[3:]
     if isolated:
-        _isolate_filesystem([sys.prefix, sys.base_prefix, sys.exec_prefix, *filter(None, sys.path)])
+        _isolate_filesystem([sys.prefix, sys.base_prefix, sys.exec_prefix, *filter(None, sys.path)], hidden)
     else:
         ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     for name in PRELOAD:

@@ -1,0 +1,121 @@
+"""The worker pool: killed workers are replaced and their programs re-run; the fallback without namespaces."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import pper
+from pper.execution import Executor, Limits
+from pper.tasks import AssertTests, Task
+
+TASK = Task(id="t", prompt="", entry_point="f", tests=AssertTests(asserts=("assert f(1) == 2", "assert f(5) == 6")))
+SLOW_OK = "import time\ndef f(x):\n    time.sleep(0.3)\n    return x + 1\n"
+
+
+def _kill_servers_soon(executor: Executor, delay: float) -> threading.Thread:
+    def kill():
+        time.sleep(delay)
+        for sandbox in executor._sandboxes:
+            if sandbox.alive:
+                os.killpg(sandbox.proc.pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=kill)
+    thread.start()
+    return thread
+
+
+def test_a_killed_worker_is_replaced_and_its_programs_run_again():
+    with Executor(workers=1, limits=Limits(wall_time=2.0)) as executor:
+        executor.run(TASK, SLOW_OK)  # the worker is up
+        first_pid = executor._sandboxes[0].proc.pid
+        killer = _kill_servers_soon(executor, 0.2)
+        results = list(executor.map([(TASK, SLOW_OK)] * 3))
+        killer.join()
+        assert [r.verdicts for r in results] == [("passed", "passed")] * 3  # nothing lost
+        assert executor._sandboxes[0].proc.pid != first_pid  # a new server took over
+
+
+def test_a_program_that_keeps_killing_workers_is_marked_not_lost(monkeypatch):
+    with Executor(workers=1) as executor:
+        executor.run(TASK, SLOW_OK)
+        sandbox = executor._sandboxes[0]
+        original = sandbox.send
+
+        def send_then_die(*args, **kwargs):  # every attempt's server dies under it
+            request = original(*args, **kwargs)
+            os.killpg(sandbox.proc.pid, signal.SIGKILL)
+            return request
+
+        monkeypatch.setattr(sandbox, "send", send_then_die)
+        result = executor.run(TASK, SLOW_OK)
+        assert result.verdicts == ("runtime_error", "runtime_error")
+        assert "the sandbox failed twice" in result.error
+
+
+def test_without_namespaces_the_limits_still_hold():
+    with Executor(workers=1, isolation="none", limits=Limits(wall_time=0.5, cpu_time=0.5)) as executor:
+        assert executor.run(TASK, "def f(x):\n    return x + 1\n").all_passed
+        assert executor.run(TASK, "def f(x):\n    while True:\n        pass\n").verdicts == ("timeout", "timeout")
+        orphan = (
+            "import os, time\ndef f(x):\n    if os.fork() == 0:\n        os.setsid()\n        time.sleep(1000)\n"
+            "    return x + 1\n"
+        )
+        assert executor.run(TASK, orphan).all_passed
+    time.sleep(0.2)
+    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _uid(p) in range(61000, 61064)]
+    assert leftovers == []
+
+
+def _uid(pid: str) -> int:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except FileNotFoundError:
+        return -1
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _unprivileged_python() -> list[str] | None:
+    """A command that runs Python with pper.execution importable as uid 65534 (execution is stdlib-only)."""
+    source = str(Path(pper.__file__).resolve().parents[1])
+    for python in (sys.executable, "/usr/bin/python3"):
+        cmd = [*NOBODY, "env", f"PYTHONPATH={source}", python]
+        probe = subprocess.run([*cmd, "-c", "import pper.execution.pool"], capture_output=True, timeout=60)
+        if probe.returncode == 0:
+            return cmd
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to switch to a plain user")
+def test_as_an_unprivileged_user():
+    """pper run by a plain user: a user namespace instead of a uid switch, the same limits."""
+    python = _unprivileged_python()
+    if python is None:
+        pytest.skip("uid 65534 can run no Python that imports pper here (is the checkout under /root?)")
+    script = (
+        "from pper.execution import Executor, Limits\n"
+        "from pper.tasks import AssertTests, Task\n"
+        "t = Task(id='t', prompt='', entry_point='f', tests=AssertTests(asserts=('assert f(1) == 2',)))\n"
+        "with Executor(workers=1, limits=Limits(wall_time=1.0)) as ex:\n"
+        "    for p in ['def f(x):\\n    return x + 1\\n',\n"
+        "              'import os\\ndef f(x):\\n    while True:\\n        os.fork()\\n',\n"
+        "              'import socket\\ndef f(x):\\n    socket.create_connection((\"127.0.0.1\", 22), timeout=1)\\n',\n"
+        '              \'def f(x):\\n    open("/pper-pwned", "w")\\n\']:\n'
+        "        r = ex.run(t, p)\n"
+        "        print(r.verdicts[0], '|', r.error)\n"
+    )
+    done = subprocess.run([*python, "-c", script], capture_output=True, text=True, timeout=120, cwd="/")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("passed")
+    assert lines[1].startswith("runtime_error | BlockingIOError")  # the fork bomb hits the process limit
+    assert "Network is unreachable" in lines[2] and "Read-only file system" in lines[3]
+    assert not Path("/pper-pwned").exists()
