@@ -119,3 +119,20 @@ def test_as_an_unprivileged_user():
     assert lines[1].startswith("runtime_error | BlockingIOError")  # the fork bomb hits the process limit
     assert "Network is unreachable" in lines[2] and "Read-only file system" in lines[3]
     assert not Path("/pper-pwned").exists()
+
+
+def test_more_suites_than_the_servers_cache_holds(monkeypatch):
+    from pper.execution import pool
+
+    monkeypatch.setattr(pool, "KNOWN_SUITES", 3)  # the server then caches 6
+    tasks = [
+        Task(id=f"t{i}", prompt="", entry_point="f", tests=AssertTests(asserts=(f"assert f({i}) == {i + 1}",)))
+        for i in range(20)
+    ]
+    with Executor(workers=1) as executor:
+        first_pid = None
+        for _ in range(2):
+            results = list(executor.map((t, "def f(x):\n    return x + 1\n") for t in tasks))
+            assert all(r.all_passed for r in results)
+            first_pid = first_pid or executor._sandboxes[0].proc.pid
+        assert executor._sandboxes[0].proc.pid == first_pid  # no restart: the pool never sent a dropped key

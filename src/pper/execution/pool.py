@@ -34,6 +34,7 @@ from .results import RUNTIME_ERROR, ProgramResult, TestResult
 Isolation = Literal["auto", "namespaces", "none"]
 SANDBOX_UID = 61000  # worker i runs programs as uid SANDBOX_UID + i when pper runs as root
 IN_FLIGHT = 2  # programs sent to one server ahead of its answers
+KNOWN_SUITES = 1000  # suites a server is known to hold; it holds twice as many (see server.Server._suite)
 # The server starts with -I -S (no `site`: 5 MB less to copy on every fork) and gets this process's
 # import path, where `site` has already put site-packages, so programs can still import numpy & co.
 _BOOT = "import sys; sys.path[:] = {path!r}; from pper.execution.server import main; main(sys.argv[1:])"
@@ -85,7 +86,7 @@ class Sandbox:
             )
         self.index = index
         self.proc: subprocess.Popen | None = None
-        self._known_suites: set[str] = set()
+        self._known_suites: dict[str, None] = {}  # in the order the server received them
         self._next_id = 0
         self._buffer = b""
 
@@ -105,6 +106,7 @@ class Sandbox:
             str(uid),
             "1" if self.isolated else "0",
             str(nproc_base),
+            str(2 * KNOWN_SUITES),
             *hidden,
         ]
         if self.isolated:
@@ -118,7 +120,7 @@ class Sandbox:
             env=env,
             start_new_session=True,
         )
-        self._known_suites, self._buffer = set(), b""
+        self._known_suites, self._buffer = {}, b""
         if self.receive(60.0) != {"ready": True}:
             raise SandboxError(f"sandbox worker {self.index} did not start: {self._stderr()}")
 
@@ -140,7 +142,10 @@ class Sandbox:
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise SandboxError(f"sandbox worker {self.index} died: {self._stderr()}") from None
-        self._known_suites.add(plan.key)
+        if "body" in suite:
+            self._known_suites[plan.key] = None
+            if len(self._known_suites) > KNOWN_SUITES:
+                del self._known_suites[next(iter(self._known_suites))]
         return self._next_id
 
     def receive(self, timeout: float) -> dict:

@@ -51,8 +51,8 @@ _exit = os._exit  # captured before any program runs: a program that patches os.
 
 
 class Server:
-    def __init__(self, uid: int, isolated: bool, nproc_base: int):
-        self.uid, self.isolated, self.nproc_base = uid, isolated, nproc_base
+    def __init__(self, uid: int, isolated: bool, nproc_base: int, cache_size: int = 2000):
+        self.uid, self.isolated, self.nproc_base, self.cache_size = uid, isolated, nproc_base, cache_size
         self.suites: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self.root = "/tmp/pper-sandbox" if isolated else f"/tmp/pper-sandbox-{os.getpid()}"
         os.makedirs(self.root, mode=0o711, exist_ok=True)
@@ -92,10 +92,12 @@ class Server:
         return workdir
 
     def _suite(self, spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The suite sent with this request, or cached from an earlier one. The cache drops the suite
+        received longest ago; the pool keeps track of half as many, so it never omits a dropped one."""
         if "body" in spec:
-            suite = spec["body"]
-            self.suites[spec["key"]] = (suite, _compile_suite(suite))
-            if len(self.suites) > 2000:
+            self.suites.pop(spec["key"], None)  # a suite sent again counts as received now
+            self.suites[spec["key"]] = (spec["body"], _compile_suite(spec["body"]))
+            if len(self.suites) > self.cache_size:
                 self.suites.pop(next(iter(self.suites)))
         return self.suites[spec["key"]]
 
@@ -117,7 +119,7 @@ class Server:
                 break
             tests[first : first + len(run["tests"])] = run["tests"]
             first += len(run["tests"])
-            if run["stopped"] is not None:  # the test that ended the child; go on with the next
+            if run["stopped"] is not None and first < n:  # the test that ended the child; go on with the next
                 tests[first] = run["stopped"]
                 first += 1
         return load or {"status": "ok"}, tests if load is None else []
@@ -442,7 +444,7 @@ def _cover(exposed: list[str], hidden: list[str], mount) -> None:
 
 
 def main(argv: list[str]) -> None:
-    uid, isolated, nproc_base, hidden = int(argv[0]), argv[1] == "1", int(argv[2]), argv[3:]
+    uid, isolated, nproc_base, cache_size, hidden = int(argv[0]), argv[1] == "1", int(argv[2]), int(argv[3]), argv[4:]
     if isolated:
         _isolate_filesystem([sys.prefix, sys.base_prefix, sys.exec_prefix, *filter(None, sys.path)], hidden)
     else:
@@ -455,7 +457,7 @@ def main(argv: list[str]) -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
-    server = Server(uid, isolated, nproc_base)
+    server = Server(uid, isolated, nproc_base, cache_size)
     os.write(responses, b'{"ready": true}\n')
     for line in requests:
         try:
