@@ -111,6 +111,55 @@ def tasks(source: str, split: str | None, limit: int | None, as_json: bool) -> N
     out.print(table)
 
 
+@cli.command("sample")
+@click.option("--model", default=None, help="Model: default (SmolLM2-135M-Instruct), a directory, a .gguf or a hub id.")
+@click.option("--tasks", "source", required=True, help="Task source (humaneval, mbpp:PATH, ...).")
+@click.option("--split", help="Split of the task source.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N tasks.")
+@click.option("--mode", type=click.Choice(["beam", "sample", "greedy"]), default="beam", show_default=True)
+@click.option("--k", type=click.IntRange(min=1), default=3, show_default=True, help="Beams or samples per task.")
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--round", "round_", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def sample_cmd(
+    model: str | None,
+    source: str,
+    split: str | None,
+    limit: int | None,
+    mode: str,
+    k: int,
+    run_dir: str,
+    round_: int,
+    batch_size: int,
+    max_new_tokens: int,
+    dtype: str,
+    seed: int,
+) -> None:
+    """Sample candidate programs for tasks into RUN_DIR's replay buffer (resumable: sampled tasks are skipped)."""
+    from .buffer import ReplayBuffer
+    from .generation import DEFAULT_MODEL, transformers_sampler
+    from .generation.config import GenerationConfig
+    from .pipeline import sample_into_buffer
+    from .tasks import load_tasks
+
+    tasks = load_tasks(source, split, limit)
+    config = GenerationConfig(
+        model=model or DEFAULT_MODEL, mode=mode, k=k, batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype
+    )
+    sampler = transformers_sampler(config, seed)
+    with ReplayBuffer.in_run(run_dir) as buffer:
+        before = buffer.stats()["programs"]
+        sampled = sample_into_buffer(buffer, sampler, tasks, mode, k, round_)
+        after = buffer.stats()["programs"]
+    err.print(
+        f"sampled {sampled} tasks ({len(tasks) - sampled} already done); {after - before} new programs in {run_dir}",
+        highlight=False,
+    )
+
+
 @cli.command("test")
 @click.argument("samples", type=click.Path(dir_okay=False, exists=True))
 @click.option("--tasks", "source", required=True, help="Task source the samples answer (e.g. humaneval).")
@@ -194,7 +243,7 @@ def stats(run_dir: str, as_json: bool) -> None:
     out.print(table)
 
 
-@buffer.command()
+@buffer.command("sample")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("-n", "n", type=click.IntRange(min=1), required=True, help="How many programs to draw.")
 @click.option("--priority", type=click.Choice(SCHEMES), default="rank", show_default=True)
@@ -212,7 +261,7 @@ def stats(run_dir: str, as_json: bool) -> None:
 @click.option("--min-pass-rate", type=click.FloatRange(0, 1), help="Replay only programs at or above it.")
 @click.option("--seed", type=int, help="Seed for reproducible draws.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per drawn program.")
-def sample(
+def buffer_sample(
     run_dir: str,
     n: int,
     priority: str,

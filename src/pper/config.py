@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .buffer.replay import ReplayConfig
 from .errors import PperError
 from .execution.config import ExecutionConfig
+from .generation.config import GenerationConfig
 
 
 class TasksConfig(BaseModel):
@@ -43,6 +44,7 @@ class PperConfig(BaseModel):
     runs_dir: Path = Path("runs")
     seed: int = 0
     tasks: TasksConfig = TasksConfig()
+    generation: GenerationConfig = GenerationConfig()
     execution: ExecutionConfig = ExecutionConfig()
     replay: ReplayConfig = ReplayConfig()
 

@@ -1,7 +1,7 @@
 """The BTP pipeline: sample -> test -> PPER fine-tune -> evaluate, in rounds, resumable.
 
 Built so far: the run directory (resolved config, the task split, the replay buffer with the training
-tasks) and the testing step. Sampling, training and evaluation join as their packages land.
+tasks), the sampling step and the testing step. Training and evaluation join as their packages land.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import yaml
 
-from .buffer import Execution, ReplayBuffer
+from .buffer import Execution, NewProgram, ReplayBuffer
 from .config import PperConfig, validate_config
 from .errors import PperError
 from .tasks import Task, holdout_split, load_tasks
 
 CONFIG_FILE = "config.yaml"
 TASKS_FILE = "tasks.json"
-PHASES_NOT_BUILT = ("sampling (beam search)", "PPER fine-tuning", "evaluation")
+PHASES_NOT_BUILT = ("PPER fine-tuning", "evaluation")
 TEST_BATCH = 64  # executions committed together: a killed run loses at most one batch of test work
 
 
@@ -106,3 +106,23 @@ def execute_untested(buffer: ReplayBuffer, executor, show_progress: bool = True)
             batch = []
     buffer.add_executions(batch)
     return len(untested)
+
+
+def sample_into_buffer(
+    buffer: ReplayBuffer, sampler, tasks: list[Task], mode: str, k: int, round: int = 0, show_progress: bool = True
+) -> int:
+    """Sample candidates for every task `sampler` has not sampled in `round` yet and store them, one
+    transaction per task, so a killed run resumes with the tasks it had not finished. Returns how many
+    tasks were sampled now."""
+    from .progress import progress
+
+    buffer.add_tasks(tasks)
+    done = buffer.sampled_tasks(sampler.name, round)
+    todo = [t for t in tasks if t.id not in done]
+    results = sampler.sample(todo, mode, k)
+    if show_progress:
+        results = progress(results, len(todo), f"sampling ({mode}, k={k})", "tasks")
+    for task, candidates in results:
+        programs = [NewProgram(task.id, c.program, c.logprob, c.num_tokens, c.model, round) for c in candidates]
+        buffer.add_sampled(task.id, sampler.name, round, programs)
+    return len(todo)

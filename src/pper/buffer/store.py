@@ -56,6 +56,14 @@ CREATE TABLE IF NOT EXISTS executions (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS programs_by_task ON programs(task_id);
+CREATE TABLE IF NOT EXISTS samplings (
+    task_id TEXT NOT NULL REFERENCES tasks(id),
+    model TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    candidates INTEGER NOT NULL,     -- programs the sampler returned (before deduplication)
+    created REAL NOT NULL,
+    PRIMARY KEY (task_id, model, round)
+);
 """
 
 
@@ -223,7 +231,10 @@ class ReplayBuffer:
 
     def add_programs(self, programs: Iterable[NewProgram]) -> list[int]:
         """Store programs in one transaction; returns their ids (the stored id for a duplicate)."""
-        programs = list(programs)
+        with self._write():
+            return self._insert_programs(list(programs))
+
+    def _insert_programs(self, programs: list[NewProgram]) -> list[int]:
         for p in programs:
             if p.num_tokens < 1:
                 raise ValueError(f"program for {p.task_id}: num_tokens must be >= 1, got {p.num_tokens}")
@@ -231,23 +242,38 @@ class ReplayBuffer:
                 raise ValueError(f"program for {p.task_id}: logprob must be finite and <= 0, got {p.logprob}")
         now = time.time()
         ids = []
-        with self._write():
-            for p in programs:
-                digest = program_hash(p.text)
-                try:
-                    self._db.execute(
-                        "INSERT OR IGNORE INTO programs"
-                        " (task_id, hash, text, logprob, num_tokens, model, round, created)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (p.task_id, digest, p.text, min(p.logprob, 0.0), p.num_tokens, p.model, p.round, now),
-                    )
-                except sqlite3.IntegrityError:
-                    raise KeyError(f"program for unknown task {p.task_id!r}: add the task first") from None
-                row = self._db.execute(
-                    "SELECT id FROM programs WHERE task_id = ? AND hash = ?", (p.task_id, digest)
-                ).fetchone()
-                ids.append(row[0])
+        for p in programs:
+            digest = program_hash(p.text)
+            try:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO programs"
+                    " (task_id, hash, text, logprob, num_tokens, model, round, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (p.task_id, digest, p.text, min(p.logprob, 0.0), p.num_tokens, p.model, p.round, now),
+                )
+            except sqlite3.IntegrityError:
+                raise KeyError(f"program for unknown task {p.task_id!r}: add the task first") from None
+            row = self._db.execute(
+                "SELECT id FROM programs WHERE task_id = ? AND hash = ?", (p.task_id, digest)
+            ).fetchone()
+            ids.append(row[0])
         return ids
+
+    def add_sampled(self, task_id: str, model: str, round: int, programs: list[NewProgram]) -> list[int]:
+        """Store one task's candidates and record the task as sampled by `model` in `round`, in one
+        transaction: a run killed midway re-samples exactly the tasks it had not finished."""
+        with self._write():
+            ids = self._insert_programs(programs)
+            self._db.execute(
+                "INSERT OR REPLACE INTO samplings (task_id, model, round, candidates, created) VALUES (?, ?, ?, ?, ?)",
+                (task_id, model, round, len(programs), time.time()),
+            )
+        return ids
+
+    def sampled_tasks(self, model: str, round: int) -> set[str]:
+        """Tasks `model` has sampled in `round`."""
+        rows = self._db.execute("SELECT task_id FROM samplings WHERE model = ? AND round = ?", (model, round))
+        return {r[0] for r in rows}
 
     def untested(self, limit: int | None = None) -> list[Program]:
         """Programs without an execution, oldest first."""

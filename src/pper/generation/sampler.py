@@ -1,0 +1,36 @@
+"""The sampler protocol: tasks in, candidate programs with their sequence log-probability out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from ..tasks import Task
+
+Mode = Literal["beam", "sample", "greedy"]
+MODES = ("beam", "sample", "greedy")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One program for a task: the model's completion, the runnable program made from it, and
+    log P(completion tokens | prompt) over exactly `num_tokens` tokens."""
+
+    task_id: str
+    program: str
+    completion: str
+    logprob: float
+    num_tokens: int
+    model: str
+
+
+class Sampler(Protocol):
+    """Anything that turns tasks into candidates: a local model, a teacher behind an API."""
+
+    name: str
+
+    def sample(self, tasks: Sequence[Task], mode: Mode, k: int) -> Iterator[tuple[Task, list[Candidate]]]:
+        """For each task (in any order, each exactly once), its candidates: the top-k beams (`beam`),
+        k samples (`sample`) or the greedy completion (`greedy`, k = 1)."""
+        ...
