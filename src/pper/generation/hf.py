@@ -102,6 +102,7 @@ class TransformersSampler:
                     logprob=logprobs[i],
                     num_tokens=len(tokens),
                     model=self.name,
+                    tokens=tuple(tokens),
                 )
             )
         return results

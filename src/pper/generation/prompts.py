@@ -90,7 +90,7 @@ def code_from_answer(answer: str) -> str:
         for end in range(len(lines), start, -1):
             chunk = "\n".join(lines[start:end])
             if chunk.strip() and _parses(chunk) and any(c in chunk for c in "=():"):
-                return chunk.rstrip() + "\n"
+                return chunk.strip("\n").rstrip() + "\n"
     return answer.strip() + "\n"
 
 

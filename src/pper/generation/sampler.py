@@ -14,8 +14,8 @@ MODES = ("beam", "sample", "greedy")
 
 @dataclass(frozen=True)
 class Candidate:
-    """One program for a task: the model's completion, the runnable program made from it, and
-    log P(completion tokens | prompt) over exactly `num_tokens` tokens."""
+    """One program for a task: the model's completion (`tokens`, decoded as `completion`), the runnable
+    program made from it, and log P(tokens | prompt) over exactly those `num_tokens` tokens."""
 
     task_id: str
     program: str
@@ -23,6 +23,7 @@ class Candidate:
     logprob: float
     num_tokens: int
     model: str
+    tokens: tuple[int, ...] = ()
 
 
 class Sampler(Protocol):

