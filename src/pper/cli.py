@@ -124,6 +124,11 @@ def tasks(source: str, split: str | None, limit: int | None, as_json: bool) -> N
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--api-base", help="Sample from a teacher behind an OpenAI-compatible API at this URL (e.g. http://host:8000/v1)."
+)
+@click.option("--api-model", help="The teacher's model name on that server.")
+@click.option("--api-concurrency", type=click.IntRange(min=1), default=4, show_default=True)
 def sample_cmd(
     model: str | None,
     source: str,
@@ -137,8 +142,15 @@ def sample_cmd(
     max_new_tokens: int,
     dtype: str,
     seed: int,
+    api_base: str | None,
+    api_model: str | None,
+    api_concurrency: int,
 ) -> None:
-    """Sample candidate programs for tasks into RUN_DIR's replay buffer (resumable: sampled tasks are skipped)."""
+    """Sample candidate programs for tasks into RUN_DIR's replay buffer (resumable: sampled tasks are skipped).
+
+    With --api-base and --api-model the programs come from a teacher model behind an OpenAI-compatible API
+    (its key from $OPENAI_API_KEY), with the log-probabilities it returns.
+    """
     from .buffer import ReplayBuffer
     from .generation import DEFAULT_MODEL, transformers_sampler
     from .generation.config import GenerationConfig
@@ -149,7 +161,16 @@ def sample_cmd(
     config = GenerationConfig(
         model=model or DEFAULT_MODEL, mode=mode, k=k, batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype
     )
-    sampler = transformers_sampler(config, seed)
+    if api_base or api_model:
+        if not (api_base and api_model):
+            raise click.UsageError("a teacher needs both --api-base and --api-model")
+        from .generation.openai_api import OpenAISampler
+
+        sampler = OpenAISampler(
+            api_base, api_model, concurrency=api_concurrency, max_new_tokens=max_new_tokens, seed=seed
+        )
+    else:
+        sampler = transformers_sampler(config, seed)
     with ReplayBuffer.in_run(run_dir) as buffer:
         before = buffer.stats()["programs"]
         sampled = sample_into_buffer(buffer, sampler, tasks, mode, k, round_)

@@ -1,0 +1,121 @@
+"""Teacher models behind an OpenAI-compatible API (OpenAI, vLLM, llama.cpp, ...): the paper's "better
+models help fine-tune normal models" setting.
+
+Code-completion tasks go to `/v1/completions`, instruction tasks to `/v1/chat/completions`; both are asked
+for log-probabilities, which P(t) needs, and a server that returns none is an error. k samples are k
+requests, `concurrency` at a time. The official client retries connection errors, timeouts, 429 and 5xx
+with exponential backoff (`max_retries`); what still fails becomes one clear error. APIs have no beam
+search, so `beam` mode is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..errors import PperError
+from ..tasks import Task
+from .prompts import build_prompt, extract_program, instruction, stop_index
+from .sampler import Candidate, Mode
+
+MAX_API_STOPS = 4  # the OpenAI API takes at most four stop sequences; the rest are applied here
+
+
+class OpenAISampler:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        concurrency: int = 4,
+        timeout: float = 120.0,
+        max_retries: int = 5,
+        max_new_tokens: int = 300,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        seed: int | None = 0,
+    ):
+        import openai
+
+        self.base_url, self.model = base_url, model
+        self.name = f"api:{model}"
+        self.client = openai.OpenAI(
+            base_url=base_url,
+            api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none",
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+        self.concurrency, self.max_new_tokens = concurrency, max_new_tokens
+        self.temperature, self.top_p, self.seed = temperature, top_p, seed
+
+    def sample(self, tasks: Sequence[Task], mode: Mode, k: int) -> Iterator[tuple[Task, list[Candidate]]]:
+        if mode == "beam":
+            raise PperError(
+                "an OpenAI-compatible API offers no beam search: use --mode sample or greedy with a teacher"
+            )
+        n = 1 if mode == "greedy" else k
+        temperature = 0.0 if mode == "greedy" else self.temperature
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            futures = [[pool.submit(self._one, t, temperature, i) for i in range(n)] for t in tasks]
+            for task, pending in zip(tasks, futures, strict=True):
+                candidates = [f.result() for f in pending]
+                unique = {c.completion: c for c in candidates if c is not None and c.num_tokens}
+                yield task, list(unique.values())
+
+    def _one(self, task: Task, temperature: float, i: int) -> Candidate | None:
+        import openai
+
+        prompt = build_prompt(task)
+        seed = None if self.seed is None else self.seed + i
+        common = {
+            "model": self.model,
+            "max_tokens": self.max_new_tokens,
+            "temperature": temperature,
+            "top_p": self.top_p,
+            "seed": seed,
+        }
+        try:
+            if task.prompt_style == "completion":
+                response = self.client.completions.create(
+                    prompt=prompt.text, stop=list(prompt.stops[:MAX_API_STOPS]) or None, logprobs=1, **common
+                )
+                choice = response.choices[0]
+                if choice.logprobs is None or not choice.logprobs.tokens:
+                    self._no_logprobs("completions")
+                tokens, logprobs = choice.logprobs.tokens, choice.logprobs.token_logprobs
+            else:
+                response = self.client.chat.completions.create(
+                    messages=[{"role": "user", "content": instruction(task)}],
+                    logprobs=True,
+                    top_logprobs=1,
+                    **common,
+                )
+                choice = response.choices[0]
+                if choice.logprobs is None or not choice.logprobs.content:
+                    self._no_logprobs("chat/completions")
+                tokens = [t.token for t in choice.logprobs.content]
+                logprobs = [t.logprob for t in choice.logprobs.content]
+        except openai.APIConnectionError as e:
+            raise PperError(f"cannot reach the API server at {self.base_url} ({e}); is it running?") from None
+        except openai.APIStatusError as e:
+            raise PperError(f"the API server at {self.base_url} answered {e.status_code}: {e.message}") from None
+        kept_text, kept_logp, count = "", 0.0, 0
+        cut = stop_index("".join(tokens), prompt.stops) if prompt.stops else None
+        for token, logp in zip(tokens, logprobs, strict=True):
+            if logp is None:
+                continue
+            if cut is not None and len(kept_text) + len(token) > cut:
+                break
+            kept_text, kept_logp, count = kept_text + token, kept_logp + logp, count + 1
+        if not count:
+            return None
+        return Candidate(task.id, extract_program(prompt, kept_text), kept_text, kept_logp, count, self.name)
+
+    def _no_logprobs(self, endpoint: str) -> Any:
+        raise PperError(
+            f"the API server at {self.base_url} returned no logprobs from /v1/{endpoint} for model {self.model!r}: "
+            "pper needs them for P(program); use a server that supports logprobs (OpenAI completions, vLLM, "
+            "llama.cpp)"
+        )

@@ -1,0 +1,160 @@
+"""The OpenAI-compatible back-end against a real llama.cpp server on loopback, through the official client."""
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from pper.errors import PperError
+from pper.generation.models import embedded_gguf
+from pper.generation.openai_api import OpenAISampler
+from pper.generation.prompts import COMPLETION_STOPS, build_prompt
+from pper.tasks import load_tasks
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python[server] (installed by the dev group)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(embedded_gguf()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/models", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail("llama_cpp.server exited at start")
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_completion_tasks_get_programs_with_logprobs(llama_server):
+    tasks = load_tasks("humaneval", limit=2)
+    sampler = OpenAISampler(llama_server, "smollm2", max_new_tokens=64, concurrency=2)
+    results = list(sampler.sample(tasks, "sample", 2))
+    assert [t.id for t, _ in results] == [t.id for t in tasks]
+    for task, candidates in results:
+        assert 1 <= len(candidates) <= 2
+        prompt = build_prompt(task)
+        for c in candidates:
+            assert c.model == "api:smollm2" and 1 <= c.num_tokens <= 64 and c.logprob < 0
+            assert not any(stop in c.completion for stop in COMPLETION_STOPS)
+            assert c.program.startswith(prompt.text)
+    greedy = [cs for _, cs in sampler.sample(tasks, "greedy", 5)]
+    assert all(len(cs) == 1 for cs in greedy)
+    again = [cs for _, cs in sampler.sample(tasks, "greedy", 1)]
+    assert [c[0].completion for c in greedy] == [c[0].completion for c in again]  # temperature 0
+
+
+def test_instruction_tasks_use_the_chat_endpoint(llama_server, mbpp_path):
+    task = load_tasks(f"mbpp:{mbpp_path}", split="test", limit=1)[0]
+    sampler = OpenAISampler(llama_server, "smollm2", max_new_tokens=96)
+    [(_, [candidate])] = list(sampler.sample([task], "greedy", 1))
+    assert candidate.logprob < 0 and candidate.num_tokens >= 1 and "```" not in candidate.program
+
+
+def test_beam_search_is_refused(llama_server):
+    sampler = OpenAISampler(llama_server, "smollm2")
+    with pytest.raises(PperError, match="no beam search"):
+        list(sampler.sample(load_tasks("humaneval", limit=1), "beam", 3))
+
+
+class _Scripted(BaseHTTPRequestHandler):
+    """A loopback server answering /v1/completions from a script of (status, body) pairs."""
+
+    script: list = []
+    seen = 0
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        status, body = _Scripted.script[min(_Scripted.seen, len(_Scripted.script) - 1)]
+        _Scripted.seen += 1
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def scripted():
+    server = HTTPServer(("127.0.0.1", 0), _Scripted)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Scripted.seen = 0
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def _completion(logprobs):
+    choice = {"index": 0, "text": "\n    return 1", "finish_reason": "stop", "logprobs": logprobs}
+    return {"id": "c", "object": "text_completion", "created": 0, "model": "m", "choices": [choice]}
+
+
+def test_retries_on_429_then_succeeds(scripted):
+    ok = _completion(
+        {
+            "tokens": ["\n   ", " return", " 1"],
+            "token_logprobs": [-0.5, -0.25, -0.25],
+            "top_logprobs": None,
+            "text_offset": [0, 4, 11],
+        }
+    )
+    _Scripted.script = [
+        (429, {"error": {"message": "slow down"}}),
+        (429, {"error": {"message": "slow down"}}),
+        (200, ok),
+    ]
+    sampler = OpenAISampler(scripted, "m", max_retries=3)
+    [(_, [candidate])] = list(sampler.sample(load_tasks("humaneval", limit=1), "greedy", 1))
+    assert _Scripted.seen == 3 and candidate.logprob == pytest.approx(-1.0) and candidate.num_tokens == 3
+
+
+def test_a_server_without_logprobs_is_a_clear_error(scripted):
+    _Scripted.script = [(200, _completion(None))]
+    with pytest.raises(PperError, match="returned no logprobs"):
+        list(OpenAISampler(scripted, "m").sample(load_tasks("humaneval", limit=1), "greedy", 1))
+
+
+def test_a_dead_or_failing_server_is_a_clear_error(scripted):
+    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    with pytest.raises(PperError, match="cannot reach the API server"):
+        list(OpenAISampler(dead, "m", max_retries=0, timeout=5).sample(load_tasks("humaneval", limit=1), "greedy", 1))
+    _Scripted.script = [(500, {"error": {"message": "boom"}})]
+    with pytest.raises(PperError, match="answered 500"):
+        list(OpenAISampler(scripted, "m", max_retries=1).sample(load_tasks("humaneval", limit=1), "greedy", 1))
