@@ -87,7 +87,7 @@ def test_instruction_tasks_use_the_chat_endpoint(llama_server, mbpp_path):
 
 def test_beam_search_is_refused(llama_server):
     sampler = OpenAISampler(llama_server, "smollm2")
-    with pytest.raises(PperError, match="no beam search"):
+    with pytest.raises(PperError, match="no beam search: use --mode sample or greedy"):
         list(sampler.sample(load_tasks("humaneval", limit=1), "beam", 3))
 
 
