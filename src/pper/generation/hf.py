@@ -19,6 +19,16 @@ from .sampler import Candidate, Mode
 LOGITS_BUDGET = 256 << 20  # bytes of logits materialised at once while scoring
 
 
+def _top_p(probs, top_p: float):
+    """`probs` with the tail beyond cumulative probability `top_p` set to zero (nucleus sampling)."""
+    if top_p >= 1.0:
+        return probs
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    drop = sorted_probs.cumsum(-1) - sorted_probs > top_p
+    sorted_probs[drop] = 0.0
+    return probs.zero_().scatter_(-1, order, sorted_probs)
+
+
 class TransformersSampler:
     def __init__(
         self,
@@ -61,51 +71,151 @@ class TransformersSampler:
         return next(self.model.parameters()).device
 
     def _batch(self, batch: list[Prompt], mode: Mode, k: int) -> list[list[Candidate]]:
-        import torch
-
         tok = self.tokenizer
-        encoded = tok([p.text for p in batch], return_tensors="pt", padding=True).to(self.device)
-        options: dict[str, Any] = {"num_return_sequences": k}
-        if mode == "sample":
-            options.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
-        else:
-            options.update(do_sample=False, num_beams=k)
-        if batch[0].stops:
-            options.update(stop_strings=list(batch[0].stops), tokenizer=tok)
-        with torch.inference_mode():
-            out = self.model.generate(
-                **encoded, max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id, **options
-            )
-        new = out[:, encoded.input_ids.shape[1] :].tolist()
-        ends = {tok.eos_token_id, tok.pad_token_id}
-        kept: list[list[int]] = []
-        for row in new:
-            cut = next((i for i, t in enumerate(row) if t in ends), len(row))
-            self.generated_tokens += cut
-            kept.append(self._until_stop(row[:cut], batch[0].stops))
-        prompt_ids = [tok(p.text).input_ids for p in batch]
-        rows = [(prompt_ids[i // k], kept[i]) for i in range(len(kept))]
-        logprobs = self.score(rows)
+        hypotheses = self._decode(batch, mode, k)
         results: list[list[Candidate]] = [[] for _ in batch]
-        seen: set[tuple[int, tuple[int, ...]]] = set()
-        for i, tokens in enumerate(kept):
-            if not tokens or (i // k, tuple(tokens)) in seen:  # no program, or beams equal up to the stop
-                continue
-            seen.add((i // k, tuple(tokens)))
-            prompt = batch[i // k]
-            completion = tok.decode(tokens)
-            results[i // k].append(
-                Candidate(
-                    task_id=prompt.task.id,
-                    program=extract_program(prompt, completion),
-                    completion=completion,
-                    logprob=logprobs[i],
-                    num_tokens=len(tokens),
-                    model=self.name,
-                    tokens=tuple(tokens),
+        for t, (prompt, found) in enumerate(zip(batch, hypotheses, strict=True)):
+            seen: set[tuple[int, ...]] = set()
+            for tokens, logps in found:
+                kept = self._until_stop(tokens, prompt.stops)
+                if not kept or tuple(kept) in seen:  # no program, or equal to another up to the stop
+                    continue
+                seen.add(tuple(kept))
+                completion = tok.decode(kept)
+                results[t].append(
+                    Candidate(
+                        task_id=prompt.task.id,
+                        program=extract_program(prompt, completion),
+                        completion=completion,
+                        logprob=float(sum(logps[: len(kept)])),
+                        num_tokens=len(kept),
+                        model=self.name,
+                        tokens=tuple(kept),
+                    )
                 )
-            )
         return results
+
+    def _decode(self, batch: list[Prompt], mode: Mode, k: int) -> list[list[tuple[list[int], list[float]]]]:
+        """Decode a batch with a KV cache, dropping each task's rows as soon as it is finished.
+
+        Returns, per task, its hypotheses as (tokens, per-token log-probabilities): the top-k beams
+        (ranked by logP / length, as transformers does), or k samples, or the greedy sequence. A hypothesis
+        ends at end of text or at a stop string (its tokens then run past the stop; callers cut them).
+        """
+        import torch
+        from transformers import DynamicCache
+
+        tok, model = self.tokenizer, self.model
+        beam = mode == "beam" and k > 1
+        per_task = k if mode in ("beam", "sample") else 1
+        enc = tok([p.text for p in batch], return_tensors="pt", padding=True).to(self.device)
+        ids = enc.input_ids.repeat_interleave(per_task, 0)
+        mask = enc.attention_mask.repeat_interleave(per_task, 0)
+        cache = DynamicCache()
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                           past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        rows = [(i // per_task, [], []) for i in range(len(ids))]  # (task, tokens, token log-probs)
+        scores = torch.zeros(len(rows), device=self.device)
+        if beam:  # at the first step all k beams of a task are the same: expand only the first
+            scores.view(-1, k)[:, 1:] = float("-inf")
+        finished: list[list[tuple[float, list[int], list[float]]]] = [[] for _ in batch]
+        stops = batch[0].stops
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        for step in range(self.max_new_tokens):
+            logp = logits.float().log_softmax(-1)
+            last = step == self.max_new_tokens - 1
+            if beam:
+                parents, tokens, new_scores = self._beam_step(rows, scores, logp, k, finished, stops, last)
+            else:
+                if mode == "sample":
+                    probs = _top_p((logits.float() / self.temperature).softmax(-1), self.top_p)
+                    chosen = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                else:
+                    chosen = logits.argmax(-1)
+                chosen_lp = logp.gather(-1, chosen[:, None]).squeeze(-1).tolist()
+                parents, tokens, new_scores = [], [], []
+                for r, (token, lp) in enumerate(zip(chosen.tolist(), chosen_lp, strict=True)):
+                    task, seq, lps = rows[r]
+                    if token == tok.eos_token_id or token == tok.pad_token_id:
+                        finished[task].append((0.0, seq, lps))
+                    elif last or self._hits_stop(seq + [token], stops):
+                        finished[task].append((0.0, seq + [token], lps + [lp]))
+                    else:
+                        parents.append(r)
+                        tokens.append((task, seq + [token], lps + [lp], token))
+                        new_scores.append(0.0)
+            self.generated_tokens += len(rows)
+            if not parents:
+                break
+            index = torch.tensor(parents, device=self.device)
+            cache.batch_select_indices(index)
+            mask = torch.cat([mask[index], mask.new_ones(len(parents), 1)], dim=-1)
+            rows = [(task, seq, lps) for task, seq, lps, _ in tokens]
+            scores = torch.tensor(new_scores, device=self.device)
+            next_ids = torch.tensor([[token] for *_, token in tokens], device=self.device)
+            with torch.inference_mode():
+                logits = model(input_ids=next_ids, attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                               past_key_values=cache, use_cache=True).logits[:, -1]
+        ranked = []
+        for found in finished:
+            found.sort(key=lambda h: -h[0])
+            ranked.append([(seq, lps) for _, seq, lps in found[: max(per_task, 1)]])
+        return ranked
+
+    def _beam_step(self, rows, scores, logp, k, finished, stops, last):
+        """One beam-search step over all active tasks: their k best continuations, and the hypotheses
+        that end here. Returns the rows to keep (parents), their new state and their scores."""
+        tok = self.tokenizer
+        vocab = logp.shape[-1]
+        n_tasks = len(rows) // k
+        candidates = (scores[:, None] + logp).view(n_tasks, k * vocab)
+        top_scores, top_index = candidates.topk(2 * k, dim=-1)
+        top_scores, top_index = top_scores.tolist(), top_index.tolist()
+        flat_logp = logp.view(-1)
+        parents, tokens, new_scores = [], [], []
+        for t in range(n_tasks):
+            task = rows[t * k][0]
+            done = finished[task]
+            keep = []
+            for rank, (score, flat) in enumerate(zip(top_scores[t], top_index[t], strict=True)):
+                if score == float("-inf"):
+                    break
+                parent, token = t * k + flat // vocab, flat % vocab
+                _, seq, lps = rows[parent]
+                lp = float(flat_logp[parent * vocab + token])
+                if token == tok.eos_token_id or token == tok.pad_token_id:
+                    if rank < k:
+                        done.append((score / max(len(seq) + 1, 1), seq, lps))
+                elif self._hits_stop(seq + [token], stops):
+                    if rank < k:
+                        done.append((score / (len(seq) + 1), seq + [token], lps + [lp]))
+                else:
+                    keep.append((parent, score, (task, seq + [token], lps + [lp], token)))
+                if len(keep) == k:
+                    break
+            length = len(rows[t * k][1]) + 1
+            if last or not keep:
+                done.extend((score / length, state[1], state[2]) for _, score, state in keep)
+                continue
+            if len(done) >= k:
+                worst = sorted((h[0] for h in done), reverse=True)[k - 1]
+                if keep[0][1] / length <= worst:  # no live beam can beat the k-th finished one
+                    continue
+            while len(keep) < k:  # fewer live candidates than beams: pad with a dead copy
+                keep.append((keep[0][0], float("-inf"), keep[0][2]))
+            for parent, score, state in keep:
+                parents.append(parent)
+                tokens.append(state)
+                new_scores.append(score)
+        return parents, tokens, new_scores
+
+    def _hits_stop(self, tokens: list[int], stops: tuple[str, ...]) -> bool:
+        """Whether the text of `tokens` now contains a stop string (only the tail can be new)."""
+        if not stops:
+            return False
+        tail = self.tokenizer.decode(tokens[-8:])
+        return stop_index(tail, stops) is not None
 
     def _until_stop(self, tokens: list[int], stops: tuple[str, ...]) -> list[int]:
         """The longest prefix of `tokens` whose text ends before the first stop string."""
