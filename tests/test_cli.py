@@ -63,25 +63,44 @@ def test_errors_are_one_clear_line(mbpp_path, tmp_path):
     assert "has no replay buffer" in pper("buffer", "stats", tmp_path, ok=False).stderr
 
 
-def test_run_prepares_the_run_directory_and_refuses_another_config(tmp_path):
-    done = pper("run", "--runs-dir", tmp_path, "--name", "r1")
-    run_dir = tmp_path / "r1"
-    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "buffer.sqlite", "tasks.json"}
-    split = json.loads((run_dir / "tasks.json").read_text())
+def test_the_default_run_splits_humaneval_82_82(tmp_path):
+    from pper.config import load_config
+    from pper.pipeline import prepare
+
+    prepared = prepare(load_config(overrides={"runs_dir": str(tmp_path)}))
+    split = json.loads((prepared.dir / "tasks.json").read_text())
     assert len(split["train"]) == len(split["eval"]) == 82 and not set(split["train"]) & set(split["eval"])
-    assert "not built yet" in done.stderr  # says plainly what it does not do
-    pper("run", "--runs-dir", tmp_path, "--name", "r1")  # same config: reopens
-    config = tmp_path / "c.yaml"
-    config.write_text(f"name: r1\nruns_dir: {tmp_path}\nreplay:\n  alpha: 0.9\n")
-    refused = pper("run", "--config", config, ok=False)
+    assert {p.name for p in prepared.dir.iterdir()} >= {"config.yaml", "buffer.sqlite", "tasks.json"}
+
+
+def _small_config(tmp_path, extra=""):
+    config = tmp_path / "small.yaml"
+    config.write_text(
+        f"name: r1\nruns_dir: {tmp_path}\ntasks:\n  limit: 6\n"
+        "generation:\n  mode: greedy\n  k: 1\n  max_new_tokens: 24\n" + extra
+    )
+    return config
+
+
+def test_run_samples_tests_resumes_and_refuses_another_config(tmp_path):
+    config = _small_config(tmp_path)
+    done = pper("run", "--config", config)
+    assert "buffer: 3 programs (greedy, k=1), 3 tested" in done.stdout
+    assert "not built yet: PPER fine-tuning, evaluation" in done.stderr  # says plainly what it does not do
+    again = pper("run", "--config", config)  # same config: resumes, nothing sampled or tested twice
+    assert "buffer: 3 programs (greedy, k=1), 3 tested" in again.stdout
+    other = _small_config(tmp_path, "replay:\n  alpha: 0.9\n")
+    refused = pper("run", "--config", other, ok=False)
     assert refused.returncode == 1 and "made by another configuration (differs in: replay.alpha)" in refused.stderr
-    pper("run", "--config", config, "--force")
-    assert "alpha: 0.9" in (run_dir / "config.yaml").read_text()
+    pper("run", "--config", other, "--force")
+    assert "alpha: 0.9" in (tmp_path / "r1" / "config.yaml").read_text()
 
 
 def test_buffer_stats_sample_and_export(tmp_path):
-    pper("run", "--runs-dir", tmp_path, "--name", "r")
-    run_dir = tmp_path / "r"
+    from pper.config import load_config
+    from pper.pipeline import prepare
+
+    run_dir = prepare(load_config(overrides={"runs_dir": str(tmp_path), "name": "r"})).dir
     with ReplayBuffer.in_run(run_dir) as b:
         task_ids = [t.id for t in b.tasks()][:5]
         ids = b.add_programs(

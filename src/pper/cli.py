@@ -49,22 +49,29 @@ def cli() -> None:
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Parent of run directories (default: runs).")
 @click.option("--force", is_flag=True, help="Reuse a run directory made by another configuration.")
 def run(config_path: str | None, name: str | None, runs_dir: str | None, force: bool) -> None:
-    """Run the BTP pipeline (with no options: the default model on HumanEval)."""
+    """Run the BTP pipeline (with no options: the default model on HumanEval). Resumable: run it again
+    after a crash and it continues where it stopped."""
+    from .buffer import ReplayBuffer
     from .config import load_config
-    from .pipeline import PHASES_NOT_BUILT, prepare
+    from .pipeline import PHASES_NOT_BUILT
+    from .pipeline import run as run_pipeline
 
     overrides = {k: v for k, v in {"name": name, "runs_dir": runs_dir}.items() if v is not None}
     config = load_config(config_path, overrides)
-    prepared = prepare(config, force=force)
-    from .buffer import ReplayBuffer
-
+    prepared = run_pipeline(config, force=force)
     with ReplayBuffer.in_run(prepared.dir) as buffer:
         stats = buffer.stats()
     out.print(f"run directory: [bold]{prepared.dir}[/]")
-    out.print(f"training tasks: {len(prepared.train)} (buffer: {stats['tasks']} tasks, {stats['programs']} programs)")
-    out.print(f"evaluation tasks: {len(prepared.eval)}")
+    out.print(f"training tasks: {len(prepared.train)}; evaluation tasks: {len(prepared.eval)}")
+    rate = stats["mean_pass_rate"]
+    out.print(
+        f"buffer: {stats['programs']} programs ({config.generation.mode}, k={config.generation.k}), "
+        f"{stats['tested']} tested, mean pass rate {rate:.3f}, {stats['tasks_solved']} tasks solved"
+        if rate is not None
+        else f"buffer: {stats['programs']} programs, none tested"
+    )
     err.print(
-        "[yellow]pper run prepares the run directory only: these phases are not built yet: "
+        "[yellow]pper run samples and tests the training tasks; these phases are not built yet: "
         + ", ".join(PHASES_NOT_BUILT)
         + "[/]"
     )

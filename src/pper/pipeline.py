@@ -126,3 +126,19 @@ def sample_into_buffer(
         programs = [NewProgram(task.id, c.program, c.logprob, c.num_tokens, c.model, round) for c in candidates]
         buffer.add_sampled(task.id, sampler.name, round, programs)
     return len(todo)
+
+
+def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> Run:
+    """The phases built so far, resumable: prepare the run directory, sample the training tasks with the
+    configured model, and test every untested program in the sandbox."""
+    from .execution import Executor
+    from .generation import transformers_sampler
+
+    prepared = prepare(config, force=force)
+    g, x = config.generation, config.execution
+    sampler = transformers_sampler(g, config.seed)
+    with ReplayBuffer.in_run(prepared.dir) as buffer:
+        sample_into_buffer(buffer, sampler, prepared.train, g.mode, g.k, round=0, show_progress=show_progress)
+        with Executor(limits=x.limits, workers=x.workers, isolation=x.isolation) as executor:
+            execute_untested(buffer, executor, show_progress=show_progress)
+    return prepared

@@ -113,8 +113,14 @@ class TransformersSampler:
         mask = enc.attention_mask.repeat_interleave(per_task, 0)
         cache = DynamicCache()
         with torch.inference_mode():
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                           past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            logits = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
         rows = [(i // per_task, [], []) for i in range(len(ids))]  # (task, tokens, token log-probs)
         scores = torch.zeros(len(rows), device=self.device)
         if beam:  # at the first step all k beams of a task are the same: expand only the first
@@ -155,8 +161,13 @@ class TransformersSampler:
             scores = torch.tensor(new_scores, device=self.device)
             next_ids = torch.tensor([[token] for *_, token in tokens], device=self.device)
             with torch.inference_mode():
-                logits = model(input_ids=next_ids, attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
-                               past_key_values=cache, use_cache=True).logits[:, -1]
+                logits = model(
+                    input_ids=next_ids,
+                    attention_mask=mask,
+                    position_ids=mask.sum(-1, keepdim=True) - 1,
+                    past_key_values=cache,
+                    use_cache=True,
+                ).logits[:, -1]
         ranked = []
         for found in finished:
             found.sort(key=lambda h: -h[0])
