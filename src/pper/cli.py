@@ -127,7 +127,7 @@ def tasks(source: str, split: str | None, limit: int | None, as_json: bool) -> N
 @click.option("--k", type=click.IntRange(min=1), default=3, show_default=True, help="Beams or samples per task.")
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--round", "round_", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

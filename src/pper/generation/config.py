@@ -19,7 +19,7 @@ class GenerationConfig(BaseModel):
     model: str = DEFAULT_MODEL
     mode: Literal["beam", "sample", "greedy"] = "beam"
     k: int = Field(3, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1)
     max_new_tokens: int = Field(300, ge=1)
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)

@@ -103,25 +103,16 @@ class TransformersSampler:
         ends at end of text or at a stop string (its tokens then run past the stop; callers cut them).
         """
         import torch
-        from transformers import DynamicCache
 
         tok, model = self.tokenizer, self.model
         beam = mode == "beam" and k > 1
         per_task = k if mode in ("beam", "sample") else 1
-        enc = tok([p.text for p in batch], return_tensors="pt", padding=True).to(self.device)
-        ids = enc.input_ids.repeat_interleave(per_task, 0)
-        mask = enc.attention_mask.repeat_interleave(per_task, 0)
-        cache = DynamicCache()
-        with torch.inference_mode():
-            logits = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits[:, -1]
-        rows = [(i // per_task, [], []) for i in range(len(ids))]  # (task, tokens, token log-probs)
+        cache, logits, mask = self._prefill(batch)
+        if per_task > 1:
+            cache.batch_repeat_interleave(per_task)
+            logits = logits.repeat_interleave(per_task, 0)
+            mask = mask.repeat_interleave(per_task, 0)
+        rows = [(i // per_task, [], []) for i in range(len(batch) * per_task)]  # (task, tokens, token log-probs)
         scores = torch.zeros(len(rows), device=self.device)
         if beam:  # at the first step all k beams of a task are the same: expand only the first
             scores.view(-1, k)[:, 1:] = float("-inf")
@@ -174,6 +165,36 @@ class TransformersSampler:
             ranked.append([(seq, lps) for _, seq, lps in found[: max(per_task, 1)]])
         return ranked
 
+    def _prefill(self, batch: list[Prompt]) -> tuple[Any, Any, Any]:
+        """Run each prompt on its own (no padding to compute), then stack the caches left-padded.
+
+        Returns (cache, logits of each prompt's last position, attention mask)."""
+        import torch
+        import torch.nn.functional as F
+        from transformers import DynamicCache
+
+        prompt_ids = [self.tokenizer(p.text).input_ids for p in batch]
+        longest = max(len(ids) for ids in prompt_ids)
+        caches, logits = [], []
+        with torch.inference_mode():
+            for ids in prompt_ids:
+                cache = DynamicCache()
+                out = self.model(
+                    input_ids=torch.tensor([ids], device=self.device),
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                caches.append(cache)
+                logits.append(out.logits[:, -1])
+        merged = caches[0]
+        for layer_index, layer in enumerate(merged.layers):
+            for name in ("keys", "values"):
+                parts = [getattr(c.layers[layer_index], name) for c in caches]
+                setattr(layer, name, torch.cat([F.pad(t, (0, 0, longest - t.shape[-2], 0)) for t in parts]))
+        mask = torch.tensor([[0] * (longest - len(ids)) + [1] * len(ids) for ids in prompt_ids], device=self.device)
+        return merged, torch.cat(logits), mask
+
     def _beam_step(self, rows, scores, logp, k, finished, stops, last):
         """One beam-search step over all active tasks: their k best continuations, and the hypotheses
         that end here. Returns the rows to keep (parents), their new state and their scores."""
@@ -183,7 +204,7 @@ class TransformersSampler:
         candidates = (scores[:, None] + logp).view(n_tasks, k * vocab)
         top_scores, top_index = candidates.topk(2 * k, dim=-1)
         top_scores, top_index = top_scores.tolist(), top_index.tolist()
-        flat_logp = logp.view(-1)
+        previous = scores.tolist()
         parents, tokens, new_scores = [], [], []
         for t in range(n_tasks):
             task = rows[t * k][0]
@@ -194,7 +215,7 @@ class TransformersSampler:
                     break
                 parent, token = t * k + flat // vocab, flat % vocab
                 _, seq, lps = rows[parent]
-                lp = float(flat_logp[parent * vocab + token])
+                lp = score - previous[parent]  # the token's log-probability
                 if token == tok.eos_token_id or token == tok.pad_token_id:
                     if rank < k:
                         done.append((score / max(len(seq) + 1, 1), seq, lps))
