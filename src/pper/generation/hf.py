@@ -19,6 +19,39 @@ from .sampler import Candidate, Mode
 LOGITS_BUDGET = 256 << 20  # bytes of logits materialised at once while scoring
 
 
+def _select_rows(cache: Any, mask: Any, parents: list[int]) -> Any:
+    """Make row i of the KV cache a copy of row parents[i]; returns the attention mask grown by one step.
+
+    Copying a cache is the costly part of beam search: nothing is copied when every row keeps its own
+    history, only the changed rows while the number of rows is the same, and everything only when tasks
+    have finished and their rows go.
+    """
+    import torch
+
+    with torch.inference_mode():  # the cache holds inference tensors
+        return _select(cache, mask, parents)
+
+
+def _select(cache: Any, mask: Any, parents: list[int]) -> Any:
+    import torch
+
+    n = mask.shape[0]
+    if len(parents) == n:
+        changed = [i for i, p in enumerate(parents) if p != i]
+        if changed:
+            dst = torch.tensor(changed, device=mask.device)
+            src = torch.tensor([parents[i] for i in changed], device=mask.device)
+            for layer in cache.layers:
+                layer.keys[dst] = layer.keys[src]  # the right side is gathered first: overlaps are safe
+                layer.values[dst] = layer.values[src]
+            mask[dst] = mask[src]
+    else:
+        index = torch.tensor(parents, device=mask.device)
+        cache.batch_select_indices(index)
+        mask = mask[index]
+    return torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
+
+
 def _top_p(probs, top_p: float):
     """`probs` with the tail beyond cumulative probability `top_p` set to zero (nucleus sampling)."""
     if top_p >= 1.0:
@@ -145,9 +178,7 @@ class TransformersSampler:
             self.generated_tokens += len(rows)
             if not parents:
                 break
-            index = torch.tensor(parents, device=self.device)
-            cache.batch_select_indices(index)
-            mask = torch.cat([mask[index], mask.new_ones(len(parents), 1)], dim=-1)
+            mask = _select_rows(cache, mask, parents)
             rows = [(task, seq, lps) for task, seq, lps, _ in tokens]
             scores = torch.tensor(new_scores, device=self.device)
             next_ids = torch.tensor([[token] for *_, token in tokens], device=self.device)
