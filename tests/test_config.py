@@ -48,3 +48,20 @@ def test_errors_name_the_bad_key(tmp_path, text, expected):
 def test_missing_config_file(tmp_path):
     with pytest.raises(PperError, match="cannot read config"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_generation_and_execution_sections(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "generation:\n  mode: sample\n  k: 5\n  temperature: 0.6\nexecution:\n  limits:\n    wall_time: 2\n"
+    )
+    config = load_config(path)
+    assert (config.generation.mode, config.generation.k, config.generation.temperature) == ("sample", 5, 0.6)
+    assert config.generation.model == "smollm2-135m-instruct" and config.generation.batch_size == 32
+    assert config.execution.limits.wall_time == 2.0
+    path.write_text("generation:\n  mode: nucleus\n")
+    with pytest.raises(PperError, match="generation.mode: Input should be 'beam', 'sample' or 'greedy'"):
+        load_config(path)
+    path.write_text("execution:\n  limits:\n    wal_time: 2\n")
+    with pytest.raises(PperError, match="execution.limits.wal_time: unknown key \\(did you mean 'wall_time'\\?\\)"):
+        load_config(path)
