@@ -19,6 +19,31 @@ from .sampler import Candidate, Mode
 LOGITS_BUDGET = 256 << 20  # bytes of logits materialised at once while scoring
 
 
+def _grow_in_place(cache: Any) -> None:
+    """Give every layer of a DynamicCache spare room: each step then writes its keys and values into the
+    room instead of concatenating, which would copy the whole cache at every step."""
+    from transformers.cache_utils import DynamicLayer
+
+    class Growing(DynamicLayer):
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            n, t = self.keys.shape[-2], key_states.shape[-2]
+            buffer = getattr(self, "_buffer", None)
+            if buffer is None or buffer[0].data_ptr() != self.keys.data_ptr() or n + t > buffer[0].shape[-2]:
+                # first step, rows selected by a new tensor, or no room left: copy into a buffer twice as long
+                shape = (*self.keys.shape[:-2], 2 * (n + t), self.keys.shape[-1])
+                buffer = (self.keys.new_empty(shape), self.values.new_empty(shape))
+                buffer[0][..., :n, :] = self.keys
+                buffer[1][..., :n, :] = self.values
+                self._buffer = buffer
+            buffer[0][..., n : n + t, :] = key_states
+            buffer[1][..., n : n + t, :] = value_states
+            self.keys, self.values = buffer[0][..., : n + t, :], buffer[1][..., : n + t, :]
+            return self.keys, self.values
+
+    for layer in cache.layers:
+        layer.__class__ = Growing
+
+
 def _select_rows(cache: Any, mask: Any, parents: list[int]) -> Any:
     """Make row i of the KV cache a copy of row parents[i]; returns the attention mask grown by one step.
 
@@ -145,6 +170,7 @@ class TransformersSampler:
             cache.batch_repeat_interleave(per_task)
             logits = logits.repeat_interleave(per_task, 0)
             mask = mask.repeat_interleave(per_task, 0)
+        _grow_in_place(cache)
         rows = [(i // per_task, [], []) for i in range(len(batch) * per_task)]  # (task, tokens, token log-probs)
         scores = torch.zeros(len(rows), device=self.device)
         if beam:  # at the first step all k beams of a task are the same: expand only the first
