@@ -3,8 +3,8 @@
 Tasks are grouped by prompt style and sorted by prompt length, and run `batch_size` at a time with left
 padding. Generation stops each beam at the end of its program (the style's stop strings, or end of text),
 not at `max_new_tokens`. Each sequence is then cut at its stop string on a token boundary, and its
-log-probability is computed by one forward pass over exactly the tokens kept, so the stored logP always
-belongs to the stored tokens (and no step's full scores are kept during generation).
+log-probability is the sum of the per-token log-probabilities of exactly the tokens kept, so the stored
+logP always belongs to the stored tokens (and no step's full scores are kept).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from typing import Any
 from ..tasks import Task
 from .prompts import Prompt, build_prompt, extract_program, stop_index
 from .sampler import Candidate, Mode
-
-LOGITS_BUDGET = 256 << 20  # bytes of logits materialised at once while scoring
 
 
 def _grow_in_place(cache: Any) -> None:
@@ -322,35 +320,3 @@ class TransformersSampler:
             else:
                 hi = mid - 1
         return tokens[:lo]
-
-    def score(self, rows: list[tuple[list[int], list[int]]]) -> list[float]:
-        """log P(completion | prompt) for each (prompt tokens, completion tokens), by one forward pass."""
-        import torch
-
-        vocab = self.model.config.vocab_size
-        results = [0.0] * len(rows)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
-        start = 0
-        while start < len(order):
-            longest = max(len(rows[i][1]) for i in order[start : start + 1]) + 1
-            per_chunk = max(1, LOGITS_BUDGET // (longest * vocab * 4))
-            chunk = order[start : start + per_chunk]
-            start += len(chunk)
-            chunk = [i for i in chunk if rows[i][1]]
-            if not chunk:
-                continue
-            seqs = [rows[i][0] + rows[i][1] for i in chunk]
-            width = max(len(s) for s in seqs)
-            keep = max(len(rows[i][1]) for i in chunk) + 1
-            pad = self.tokenizer.pad_token_id
-            ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
-            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
-            with torch.inference_mode():
-                logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
-            logp = logits[:, :-1].log_softmax(-1)  # position j predicts token j + 1
-            targets = ids[:, -keep + 1 :]
-            picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            for row, i in enumerate(chunk):
-                n = len(rows[i][1])
-                results[i] = float(picked[row, -n:].sum())
-        return results
