@@ -12,6 +12,8 @@ _EXPORTS = {
     "Sample": "samples",
     "read_samples": "samples",
     "program_of": "samples",
+    "completion_of": "samples",
+    "result_row": "samples",
     "Plan": "plan",
     "build_plan": "plan",
     "Executor": "pool",

