@@ -1,0 +1,44 @@
+"""Configuration of the PPER fine-tuning phase."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LoraSettings(BaseModel):
+    """LoRA adapters (PEFT) on `target_modules` ("all-linear" or a list of module names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+
+
+class TrainingConfig(BaseModel):
+    """Each round trains `steps` optimiser steps; each step replays `batch_size` programs (the paper's n)
+    drawn by the replay section's priority, in `grad_accumulation` micro-batches, with the loss on the
+    program tokens only. method: "lora" (PEFT adapters) or "full". precision: "auto" uses bfloat16
+    autocast where the device runs it natively (CUDA with bf16, or a CPU with AVX-512 BF16/AMX), else
+    float32; the weights stay float32. schedule: a transformers scheduler name (restarted each round).
+    checkpoint_every: steps between in-round checkpoints a killed run resumes from (0: round ends only).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["lora", "full"] = "lora"
+    steps: int = Field(40, ge=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accumulation: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    schedule: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_length: int = Field(1024, ge=8)
+    checkpoint_every: int = Field(1, ge=0)
+    lora: LoraSettings = LoraSettings()

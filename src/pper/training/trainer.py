@@ -1,0 +1,295 @@
+"""PPER fine-tuning: minibatches replayed from the buffer by priority, the loss on program tokens only.
+
+Built on transformers (the model, its schedulers) and PEFT (LoRA); the loop itself is short and plain:
+draw n programs -> pack them into unpadded rows -> cross-entropy over the program positions only (the
+logits of prompt positions are never computed) -> AdamW step. Checkpoints hold the trainable weights,
+the optimiser and scheduler state, the replay sampler's generator and torch's, so a resumed round
+continues exactly where the saved one stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..buffer import ReplayBuffer
+from ..buffer.replay import Replay
+from ..errors import PperError
+from .config import TrainingConfig
+from .examples import Example, build_example, pack
+
+WEIGHTS_FILE = "weights.safetensors"
+STATE_FILE = "trainer.pt"
+INFO_FILE = "checkpoint.json"
+
+
+@dataclass(frozen=True)
+class StepStats:
+    round: int
+    step: int
+    loss: float
+    tokens: int
+    target_tokens: int
+    learning_rate: float
+    grad_norm: float
+    seconds: float
+
+
+def autocast_dtype(precision: str, device_type: str) -> Any:
+    """The autocast dtype for a `TrainingConfig.precision` on a device, or None for float32."""
+    import torch
+
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision == "float16":
+        return torch.float16
+    if device_type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device_type == "cpu":
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    return None
+
+
+class PPERTrainer:
+    """Fine-tunes `model` (full, or LoRA adapters added here) on programs replayed from a buffer."""
+
+    def __init__(self, model: Any, tokenizer: Any, config: TrainingConfig, seed: int = 0):
+        import torch
+
+        self.config, self.tokenizer, self.seed = config, tokenizer, seed
+        torch.manual_seed(seed)
+        if config.method == "lora":
+            from peft import LoraConfig, PeftModel, get_peft_model
+
+            if not isinstance(model, PeftModel):
+                lora = config.lora
+                model = get_peft_model(
+                    model,
+                    LoraConfig(
+                        r=lora.r,
+                        lora_alpha=lora.alpha,
+                        lora_dropout=lora.dropout,
+                        target_modules=lora.target_modules,
+                        task_type="CAUSAL_LM",
+                    ),
+                )
+        else:
+            for p in model.parameters():
+                p.requires_grad_(True)
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.optimizer = torch.optim.AdamW(
+            list(self.params.values()), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.dtype = autocast_dtype(config.precision, self.device.type)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
+        self.round, self.step = 0, 0
+        self.scheduler: Any = None
+        self.replay: Replay | None = None
+        self._examples: dict[int, Example] = {}
+
+    # -- one round ---------------------------------------------------------------------------------
+
+    def begin_round(self, round: int, replay: Replay, steps: int) -> None:
+        """Start round `round`: `steps` optimiser steps over `replay`, the learning rate schedule restarted."""
+        from transformers import get_scheduler
+
+        self.round, self.step, self.replay, self.steps = round, 0, replay, steps
+        self.scheduler = get_scheduler(
+            self.config.schedule,
+            self.optimizer,
+            num_warmup_steps=round_half_up(self.config.warmup_ratio * steps),
+            num_training_steps=max(steps, 1),
+        )
+
+    def run_round(self, buffer: ReplayBuffer, checkpoint: Callable[[], None] | None = None) -> Iterator[StepStats]:
+        """Train the rest of the round's steps, yielding each step's figures; `checkpoint` is called every
+        `checkpoint_every` steps (after the step has been yielded)."""
+        every = self.config.checkpoint_every
+        while self.step < self.steps:
+            yield self.train_step(self.draw_examples(buffer))
+            if checkpoint and every and self.step % every == 0 and self.step < self.steps:
+                checkpoint()
+
+    def draw_examples(self, buffer: ReplayBuffer) -> list[Example]:
+        assert self.replay is not None, "begin_round first"
+        examples = []
+        for draw in self.replay.sample(self.config.batch_size):
+            ex = self._examples.get(draw.program_id)
+            if ex is None:
+                program = buffer.program(draw.program_id)
+                ex = build_example(buffer.task(program.task_id), program.text, self.tokenizer, self.config.max_length)
+                self._examples[draw.program_id] = ex
+            examples.append(ex)
+        return examples
+
+    def train_step(self, examples: list[Example]) -> StepStats:
+        """One optimiser step on `examples`: the mean cross-entropy over all their target tokens."""
+        import torch
+
+        start = time.perf_counter()
+        self.model.train()
+        target_tokens = sum(ex.target_tokens for ex in examples)
+        chunks = [examples[i :: self.config.grad_accumulation] for i in range(self.config.grad_accumulation)]
+        total = 0.0
+        for chunk in chunks:
+            if not chunk:
+                continue
+            loss = self.loss_sum(chunk) / target_tokens
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += loss.item()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        params = list(self.params.values())
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm or float("inf"))
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return StepStats(
+            self.round,
+            self.step,
+            total,
+            sum(len(ex.ids) for ex in examples),
+            target_tokens,
+            lr,
+            float(norm),
+            time.perf_counter() - start,
+        )
+
+    def loss_sum(self, examples: list[Example]) -> Any:
+        """Summed cross-entropy of the target tokens of `examples`, packed in one unpadded row."""
+        import torch
+        import torch.nn.functional as F
+
+        ids, positions, predict = pack(examples)
+        input_ids = torch.tensor([ids], device=self.device)
+        keep = torch.tensor(predict, device=self.device)
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            out = self.model(
+                input_ids=input_ids,
+                position_ids=torch.tensor([positions], device=self.device),
+                logits_to_keep=keep,
+                use_cache=False,
+            )
+        return F.cross_entropy(out.logits[0].float(), input_ids[0, keep + 1], reduction="sum")
+
+    # -- models for inference and users ------------------------------------------------------------
+
+    def inference_model(self) -> Any:
+        """The current model for sampling and evaluation, in eval mode: LoRA adapters merged into a copy
+        (the training copy is left untouched), or the fully fine-tuned model itself."""
+        if self.config.method == "lora":
+            return copy.deepcopy(self.model).merge_and_unload().eval()
+        return self.model.eval()
+
+    def save_model(self, path: str | Path, model: Any = None) -> None:
+        """A plain transformers model directory (merged weights and tokenizer) that any tool loads."""
+        model = model if model is not None else self.inference_model()
+        model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def save(self, path: str | Path, info: dict[str, Any] | None = None, model: Any = None) -> None:
+        """Write a checkpoint to `path` atomically (a directory written aside, then renamed in place);
+        with `model` (from `inference_model`), also a plain model directory `path/model` for users."""
+        import torch
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        staging = path.with_name(path.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        save_file({n: p.detach().contiguous() for n, p in self.params.items()}, staging / WEIGHTS_FILE)
+        torch.save(
+            {
+                "round": self.round,
+                "step": self.step,
+                "steps": self.steps,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "replay_rng": self.replay.sampler.state() if self.replay else None,
+                "torch_rng": torch.get_rng_state(),
+            },
+            staging / STATE_FILE,
+        )
+        if model is not None:
+            self.save_model(staging / "model", model)
+        (staging / INFO_FILE).write_text(
+            json.dumps({"round": self.round, "step": self.step, "method": self.config.method, **(info or {})})
+        )
+        replace_dir(staging, path)
+
+    def load(self, path: str | Path, replay: Replay | None = None) -> None:
+        """Restore a checkpoint written by `save`; with `replay`, the round continues over it."""
+        import torch
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        try:
+            weights = load_file(path / WEIGHTS_FILE, device=str(self.device))
+            state = torch.load(path / STATE_FILE, weights_only=False)
+        except (OSError, RuntimeError) as e:
+            raise PperError(f"cannot read checkpoint {path}: {e}") from None
+        missing = set(self.params) - set(weights)
+        if missing:
+            raise PperError(
+                f"checkpoint {path} does not match this model ({len(missing)} trainable tensors missing, e.g. "
+                f"{sorted(missing)[0]}); was it written with another training.method?"
+            )
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(weights[name])
+        if replay is not None:  # a new scheduler sets the learning rate: the optimizer state then restores it
+            self.begin_round(state["round"], replay, state["steps"])
+            if state["scheduler"]:
+                self.scheduler.load_state_dict(state["scheduler"])
+            if state["replay_rng"]:
+                replay.sampler.set_state(state["replay_rng"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.round, self.step, self.steps = state["round"], state["step"], state["steps"]
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+def round_half_up(x: float) -> int:
+    return int(x + 0.5)
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Put the directory `staging` at `target`, replacing what was there, with renames only."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_info(path: str | Path) -> dict[str, Any] | None:
+    """A checkpoint's info (round, step, ...) if `path` holds a complete checkpoint (one left aside by a
+    `replace_dir` killed between its two renames is put back first)."""
+    path, old = Path(path), Path(path).with_name(Path(path).name + ".old")
+    if not path.exists() and old.exists():
+        old.rename(path)
+    try:
+        return json.loads((Path(path) / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return None
