@@ -1,0 +1,20 @@
+"""Configuration of the evaluation phase."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EvaluationConfig(BaseModel):
+    """How held-out tasks are evaluated after each round. mode greedy gives one sample per task
+    (pass@1 = strict accuracy); mode sample draws `n` per task for pass@k with each k in `ks` (k <= n).
+    before: also evaluate the model before any training, as round 0."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["greedy", "sample"] = "greedy"
+    n: int = Field(1, ge=1)
+    ks: list[int] = [1]
+    before: bool = True

