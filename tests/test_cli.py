@@ -77,7 +77,8 @@ def _small_config(tmp_path, extra=""):
     config = tmp_path / "small.yaml"
     config.write_text(
         f"name: r1\nruns_dir: {tmp_path}\ntasks:\n  limit: 6\n"
-        "generation:\n  mode: greedy\n  k: 1\n  max_new_tokens: 24\n" + extra
+        "generation:\n  mode: greedy\n  k: 1\n  max_new_tokens: 24\n"
+        "training:\n  steps: 2\n  batch_size: 2\n" + extra
     )
     return config
 
@@ -85,10 +86,26 @@ def _small_config(tmp_path, extra=""):
 def test_run_samples_tests_resumes_and_refuses_another_config(tmp_path):
     config = _small_config(tmp_path)
     done = pper("run", "--config", config)
-    assert "buffer: 3 programs (greedy, k=1), 3 tested" in done.stdout
-    assert "not built yet: PPER fine-tuning, evaluation" in done.stderr  # says plainly what it does not do
-    again = pper("run", "--config", config)  # same config: resumes, nothing sampled or tested twice
-    assert "buffer: 3 programs (greedy, k=1), 3 tested" in again.stdout
+    assert "buffer: 3 programs, 3 tested" in done.stdout
+    assert f"report: {tmp_path / 'r1' / 'report.md'}" in done.stdout
+    run_dir = tmp_path / "r1"
+    for path in (
+        "eval/round-0.json",
+        "eval/round-1.json",
+        "checkpoints/round-1/model/model.safetensors",
+        "plots/pass_rate.png",
+        "plots/buffer.png",
+        "plots/loss.png",
+        "samples/round-1.jsonl",
+    ):
+        assert (run_dir / path).is_file(), path
+    report = (run_dir / "report.md").read_text()
+    assert "| 0 | 3 |" in report and "| 1 | 3 |" in report  # a metrics row per round
+    events = (run_dir / "events.jsonl").read_text()
+    again = pper("run", "--config", config)  # same config: resumes, nothing sampled, tested or trained twice
+    assert "buffer: 3 programs, 3 tested" in again.stdout
+    new_events = (run_dir / "events.jsonl").read_text()[len(events) :]
+    assert '"event": "start"' not in new_events  # every phase was already done
     other = _small_config(tmp_path, "replay:\n  alpha: 0.9\n")
     refused = pper("run", "--config", other, ok=False)
     assert refused.returncode == 1 and "made by another configuration (differs in: replay.alpha)" in refused.stderr

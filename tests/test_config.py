@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from pper.config import PperConfig, load_config
 from pper.errors import PperError
@@ -65,3 +66,13 @@ def test_generation_and_execution_sections(tmp_path):
     path.write_text("execution:\n  limits:\n    wal_time: 2\n")
     with pytest.raises(PperError, match="execution.limits.wal_time: unknown key \\(did you mean 'wall_time'\\?\\)"):
         load_config(path)
+
+
+def test_every_preset_under_configs_is_a_valid_config():
+    from pathlib import Path
+
+    presets = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert len(presets) >= 3
+    for preset in presets:
+        config = load_config(preset)  # raises, naming the key, on any mistake
+        assert PperConfig.model_validate(yaml.safe_load(config.to_yaml())) == config

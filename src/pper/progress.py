@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from rich.console import Console
@@ -23,11 +23,28 @@ class _Rate(ProgressColumn):
         return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="progress.data.speed")
 
 
-def progress(items: Iterable[T], total: int | None, description: str, unit: str = "it") -> Iterator[T]:
-    """Yield `items` while showing a progress bar (nothing is drawn when stderr is not a terminal)."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(unit), TimeElapsedColumn())
+def progress(
+    items: Iterable[T],
+    total: int | None,
+    description: str,
+    unit: str = "it",
+    status: Callable[[T], str] | None = None,
+    done: int = 0,
+) -> Iterator[T]:
+    """Yield `items` while showing a progress bar (nothing is drawn when stderr is not a terminal).
+
+    `status` renders a short text after the description from the latest item (a loss, say); `done`
+    items were finished before (a resumed phase)."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(unit),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
     with Progress(*columns, console=_console, transient=False, disable=not _console.is_terminal) as bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(description, total=total, completed=done, status="")
         for item in items:
             yield item
-            bar.advance(task)
+            bar.update(task, advance=1, status=status(item) if status else "")

@@ -1,0 +1,183 @@
+"""The run report: `report.md` with the metrics per round, the time per phase and the buffer, and the
+plots under `plots/` (pass rate per round, the buffer's pass-rate and P2Value distributions, the loss)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .buffer import ReplayBuffer
+from .buffer.priority import p2value, possibility
+from .jsonl import read_jsonl
+
+PHASES = ("sampling", "testing", "training", "evaluation")
+
+
+def round_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The metrics JSON of each evaluated round, in round order."""
+    rows = []
+    for path in (run_dir / "eval").glob("round-*.json"):
+        rows.append(json.loads(path.read_text()))
+    return sorted(rows, key=lambda r: r["round"])
+
+
+def phase_seconds(events: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """Seconds per round and phase: finished attempts as logged, a killed attempt up to its last event."""
+    seconds: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    open_phase: dict[str, Any] | None = None
+    last = None
+    for e in events:
+        if e.get("event") == "start":
+            open_phase = e
+        elif e.get("event") == "end" and open_phase is not None:
+            seconds[e["round"]][e["phase"]] += e["seconds"]
+            open_phase = None
+        elif e.get("event") == "run" and open_phase is not None and last is not None:
+            seconds[open_phase["round"]][open_phase["phase"]] += last["time"] - open_phase["time"]
+            open_phase = None
+        last = e
+    return {r: dict(p) for r, p in sorted(seconds.items())}
+
+
+def training_losses(events: list[dict[str, Any]]) -> dict[int, list[tuple[int, float]]]:
+    """(step, loss) per round; a step logged again after a resume counts once (the later one)."""
+    losses: dict[int, dict[int, float]] = defaultdict(dict)
+    for e in events:
+        if e.get("event") == "step":
+            losses[e["round"]][e["step"]] = e["loss"]
+    return {r: sorted(steps.items()) for r, steps in sorted(losses.items())}
+
+
+def write_report(run_dir: str | Path, config: Any) -> Path:
+    """Write `report.md` and `plots/*.png` from what the run directory holds now; returns the report path."""
+    run_dir = Path(run_dir)
+    metrics = round_metrics(run_dir)
+    events = read_jsonl(run_dir / "events.jsonl")
+    times = phase_seconds(events)
+    losses = training_losses(events)
+    with ReplayBuffer.in_run(run_dir) as buffer:
+        stats = buffer.stats()
+        table = buffer.replay_table()
+    values = p2value(
+        possibility(table.logprob, table.num_tokens, config.replay.possibility), table.pass_rate, config.replay.alpha
+    )
+    plots = _plots(run_dir, metrics, table.pass_rate, values, config.replay.alpha, losses)
+
+    ks = sorted({k for m in metrics for k in m["overall"] if k.startswith("pass@")})
+    lines = [
+        f"# pper run `{config.name}`",
+        "",
+        f"Model `{config.generation.model}`; training tasks `{config.tasks.source}`; {config.rounds} round(s) of "
+        f"{config.generation.mode} sampling (k={config.generation.k}), "
+        f"{config.training.steps} {config.training.method} steps of {config.training.batch_size} programs "
+        f"replayed by {config.replay.priority} priority "
+        f"(alpha={config.replay.alpha}, exponent={config.replay.exponent}).",
+        "",
+        "## Held-out metrics per round",
+        "",
+        "Round 0 is the model before fine-tuning. Pass rate: mean fraction of tests passed; strict accuracy: "
+        "all tests pass.",
+        "",
+        "| round | tasks | pass rate | strict accuracy | " + " | ".join(ks) + (" |" if ks else "|"),
+        "|---|---|---|---|" + "---|" * len(ks),
+    ]
+    for m in metrics:
+        o = m["overall"]
+        cells = [str(m["round"]), str(o["tasks"]), f"{o['pass_rate']:.4f}", f"{o['strict_accuracy']:.4f}"]
+        cells += [f"{o[k]:.4f}" if k in o else "" for k in ks]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not metrics:
+        lines.append("| (no round evaluated yet) | | | |" + " |" * len(ks))
+    lines += [
+        "",
+        "## Wall time per phase (seconds)",
+        "",
+        "| round | " + " | ".join(PHASES) + " |",
+        "|---|" + "---|" * len(PHASES),
+    ]
+    for r, phases in times.items():
+        lines.append(f"| {r} | " + " | ".join(f"{phases[p]:.0f}" if p in phases else "" for p in PHASES) + " |")
+    rate = stats["mean_pass_rate"]
+    lines += [
+        "",
+        "## Replay buffer",
+        "",
+        f"{stats['programs']} programs for {stats['tasks_with_programs']} tasks, {stats['tested']} tested"
+        + (
+            f", mean pass rate {rate:.4f}, {stats['tasks_solved']} tasks solved by at least one program."
+            if rate is not None
+            else "."
+        ),
+        "",
+        "| pass rate | " + " | ".join(stats["pass_rate_distribution"]) + " |",
+        "|---|" + "---|" * len(stats["pass_rate_distribution"]),
+        "| programs | " + " | ".join(str(v) for v in stats["pass_rate_distribution"].values()) + " |",
+        "",
+    ]
+    lines += [f"![{name}](plots/{name}.png)" for name in plots]
+    report = run_dir / "report.md"
+    tmp = report.with_name("report.md.tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(report)
+    return report
+
+
+def _plots(
+    run_dir: Path,
+    metrics: list[dict[str, Any]],
+    pass_rates: np.ndarray,
+    values: np.ndarray,
+    alpha: float,
+    losses: dict[int, list[tuple[int, float]]],
+) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    made = []
+    if metrics:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        rounds = [m["round"] for m in metrics]
+        ax.plot(rounds, [m["overall"]["pass_rate"] for m in metrics], "o-", label="pass rate")
+        ax.plot(rounds, [m["overall"]["strict_accuracy"] for m in metrics], "s--", label="strict accuracy")
+        ax.set_xlabel("round (0 = before fine-tuning)")
+        ax.set_ylabel("held-out score")
+        ax.set_xticks(rounds)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        made.append(_save(fig, out, "pass_rate"))
+    if pass_rates.size:
+        fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+        a.hist(pass_rates, bins=np.linspace(0, 1, 11), edgecolor="black")
+        a.set_xlabel("pass rate")
+        a.set_ylabel("programs")
+        b.hist(values, bins=20, edgecolor="black")
+        b.set_xlabel(f"P2Value (alpha = {alpha})")
+        fig.suptitle("replay buffer")
+        made.append(_save(fig, out, "buffer"))
+    if losses:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        offset = 0
+        for r, steps in losses.items():
+            ax.plot([offset + s for s, _ in steps], [v for _, v in steps], label=f"round {r}")
+            offset += steps[-1][0] if steps else 0
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel("loss (program tokens)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        made.append(_save(fig, out, "loss"))
+    plt.close("all")
+    return made
+
+
+def _save(fig: Any, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=120)
+    return name

@@ -1,0 +1,133 @@
+"""`pper run` killed (SIGKILL) during each phase and run again ends exactly like an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+CONFIG = {
+    "runs_dir": None,  # set per test
+    "tasks": {"source": "humaneval", "limit": 6, "holdout": 0.5},
+    # batch 1: a task's beams do not depend on which tasks share its batch, so resumed runs match exactly
+    "generation": {"k": 2, "max_new_tokens": 40, "batch_size": 1},
+    "execution": {"workers": 1},
+    "training": {"steps": 4, "batch_size": 2, "checkpoint_every": 1},
+    "rounds": 1,
+}
+PROGRAMS = "SELECT task_id, hash, text, logprob, num_tokens, model, round FROM programs ORDER BY id"
+EXECUTIONS = "SELECT program_id, passed, total, verdicts, error FROM executions ORDER BY program_id"
+
+
+def _cmd(config: Path, name: str) -> list[str]:
+    return [sys.executable, "-m", "pper", "run", "--config", str(config), "--name", name]
+
+
+def _events(run: Path) -> list[dict]:
+    try:
+        lines = (run / "events.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def _running_phase(run: Path) -> tuple[str, int] | None:
+    """The phase started last and not ended, if any."""
+    current = None
+    for e in _events(run):
+        if e["event"] == "start":
+            current = (e["phase"], e["round"])
+        elif e["event"] in ("end", "run"):
+            current = None
+    return current
+
+
+def _count(run: Path, sql: str) -> int:
+    try:
+        return sqlite3.connect(run / "buffer.sqlite").execute(sql).fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def _kill_when(config: Path, run: Path, ready, timeout: float = 300) -> tuple[str, int] | None:
+    """Start the run, SIGKILL it as soon as `ready(run)` holds, and say which phase it was in."""
+    proc = subprocess.Popen(_cmd(config, run.name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    try:
+        while not ready(run):
+            assert proc.poll() is None, "the run ended before the kill point"
+            assert time.time() < deadline, "kill point not reached"
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return _running_phase(run)
+
+
+def _snapshot(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    db = sqlite3.connect(run / "buffer.sqlite")
+    metrics = json.loads((run / "eval" / "round-1.json").read_text())
+    metrics.pop("seconds")
+    metrics.pop("samples_file")
+    weights = load_file(run / "checkpoints" / "round-1" / "weights.safetensors")
+    return {
+        "programs": db.execute(PROGRAMS).fetchall(),
+        "executions": db.execute(EXECUTIONS).fetchall(),
+        "samplings": db.execute("SELECT task_id, model, round, candidates FROM samplings ORDER BY task_id").fetchall(),
+        "metrics": metrics,
+        "eval_samples": (run / "samples" / "round-1.jsonl").read_text().splitlines(),
+        # a step logged and then lost to a kill before its checkpoint is trained and logged again
+        "losses": {e["step"]: e["loss"] for e in _events(run) if e["event"] == "step"},
+        "weights": weights,
+    }
+
+
+def test_a_run_killed_in_every_phase_ends_like_an_uninterrupted_one(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "runs_dir": str(tmp_path / "runs")}))
+    straight = subprocess.run(_cmd(config, "straight"), capture_output=True, text=True, timeout=900)
+    assert straight.returncode == 0, straight.stderr
+    assert "report:" in straight.stdout
+
+    run = tmp_path / "runs" / "killed"
+    kill_points = [
+        # evaluation of the base model, after its first task's sample is written
+        lambda r: (r / "samples" / "round-0.jsonl").exists() and (r / "samples" / "round-0.jsonl").read_text(),
+        # sampling, after the first task is stored
+        lambda r: _count(r, "SELECT COUNT(*) FROM samplings WHERE round = 1") >= 1,
+        # testing, as soon as it starts
+        lambda r: _running_phase(r) == ("testing", 1),
+        # training, after the first in-round checkpoint
+        lambda r: (r / "checkpoints" / "round-1.partial" / "checkpoint.json").exists(),
+        # evaluation of round 1, as soon as it starts
+        lambda r: _running_phase(r) == ("evaluation", 1),
+    ]
+    interrupted = [_kill_when(config, run, ready) for ready in kill_points]
+    # each kill landed inside a phase; testing of 3 x 2 programs may be over before the kill arrives
+    assert interrupted[0] == ("evaluation", 0)
+    assert interrupted[1] == ("sampling", 1)
+    assert interrupted[2] in (("testing", 1), ("training", 1))
+    assert interrupted[3] == ("training", 1)
+    assert interrupted[4] == ("evaluation", 1)
+    assert not (run / "eval" / "round-1.json").exists()
+
+    resumed = subprocess.run(_cmd(config, "killed"), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+
+    a, b = _snapshot(tmp_path / "runs" / "straight"), _snapshot(run)
+    assert a["programs"] and a["executions"]
+    wa, wb = a.pop("weights"), b.pop("weights")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    for key in a:
+        assert a[key] == b[key], key
+    # nothing was sampled twice: one sampling row per task and round
+    assert len(b["samplings"]) == 3
