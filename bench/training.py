@@ -8,8 +8,9 @@ fed, in the same order, to every part:
 * "plain Trainer" (the baseline): `transformers.Trainer` with default settings (full fine-tuning, AdamW,
   float32), the minibatch padded by `DataCollatorForSeq2Seq` with the prompt labels at -100; only its
   sampler is made sequential so that it sees the same minibatches.
-* pper: `PPERTrainer.train_step` (packed unpadded rows, logits only at program positions), full and LoRA,
-  float32 and with the `auto` precision (bfloat16 autocast on this CPU when it has AVX-512 BF16).
+* pper: `PPERTrainer.train_step` (one unpadded program per forward pass, logits only at program
+  positions), full and LoRA r=16, with the `auto` precision (bfloat16 autocast only where the hardware
+  computes bfloat16; float32 on a CPU without AVX-512 BF16 / AMX).
 
 Each part runs in its own process (its peak RSS is its own); the first step is a warm-up and is not
 timed. Tokens are the prompt and program tokens of the minibatch (padding not counted). The losses of
@@ -29,12 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PARTS = {
-    "trainer": "plain Trainer (full, float32)",
-    "pper-full-fp32": "pper full, float32",
-    "pper-full-auto": "pper full, auto precision",
-    "pper-lora-auto": "pper LoRA r=16, auto precision",
-}
+PARTS = ("trainer", "pper-full-auto", "pper-lora-auto")  # also: pper-{full,lora}-{float32,bfloat16}
 
 
 def build_buffer(path: Path, n_tasks: int) -> None:
@@ -95,23 +91,25 @@ def run_part(part: str, batches_file: Path, buffer_path: Path) -> dict:
     examples = [[build_example(tasks[t], text, tokenizer, 1024) for t, text in b] for b in batches]
     tokens = [sum(len(e.ids) for e in b) for b in examples]
     if part == "trainer":
+        label = "plain Trainer (full, float32)"
         seconds, losses = _plain_trainer(model, tokenizer, examples)
     else:
         from pper.training.trainer import PPERTrainer
 
         _, method, precision = part.split("-")
-        precision = {"fp32": "float32"}.get(precision, precision)
         trainer = PPERTrainer(model, tokenizer, TrainingConfig(method=method, precision=precision, learning_rate=5e-5))
         trainer.steps = len(examples)
         from transformers import get_scheduler
 
         trainer.scheduler = get_scheduler("linear", trainer.optimizer, 0, len(examples))
         seconds, losses = [], []
+        label = f"pper {method}, {precision} ({str(trainer.dtype or 'torch.float32').split('.')[-1]})"
         for b in examples:
             s = trainer.train_step(b)
             seconds.append(s.seconds)
             losses.append(s.loss)
     return {
+        "label": label,
         "tokens_per_second": sum(tokens[1:]) / sum(seconds[1:]),
         "seconds_per_step": sum(seconds[1:]) / len(seconds[1:]),
         "losses": losses,
@@ -205,7 +203,7 @@ def main() -> None:
             r = results[part] = json.loads(done.stdout.splitlines()[-1])
             ratio = r["tokens_per_second"] / results["trainer"]["tokens_per_second"] if "trainer" in results else None
             print(
-                f"{PARTS[part]:34s}: {r['tokens_per_second']:7.1f} tokens/s, {r['seconds_per_step']:6.2f} s/step, "
+                f"{r['label']:34s}: {r['tokens_per_second']:7.1f} tokens/s, {r['seconds_per_step']:6.2f} s/step, "
                 f"peak RSS {r['peak_rss_mb']:6.0f} MB"
                 + (f", {ratio:.2f}x the plain Trainer" if ratio else "")
                 + f"; first-step loss {r['losses'][0]:.4f}, losses {' '.join(f'{x:.3f}' for x in r['losses'])}"

@@ -54,8 +54,18 @@ def autocast_dtype(precision: str, device_type: str) -> Any:
     if device_type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     if device_type == "cpu":
-        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+        return torch.bfloat16 if cpu_has_native_bf16() else None
     return None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX). Without it oneDNN emulates
+    bfloat16, and a matmul ran 3.3x slower than float32 on the 2-core AVX-512 machine pper is developed on."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class PPERTrainer:
@@ -139,11 +149,9 @@ class PPERTrainer:
         start = time.perf_counter()
         self.model.train()
         target_tokens = sum(ex.target_tokens for ex in examples)
-        chunks = [examples[i :: self.config.grad_accumulation] for i in range(self.config.grad_accumulation)]
+        size = self.config.micro_batch_size
         total = 0.0
-        for chunk in chunks:
-            if not chunk:
-                continue
+        for chunk in (examples[i : i + size] for i in range(0, len(examples), size)):
             loss = self.loss_sum(chunk) / target_tokens
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
