@@ -49,6 +49,10 @@ def _running_phase(run: Path) -> tuple[str, int] | None:
     return current
 
 
+def _logged(run: Path, event: str, phase: str, round: int) -> bool:
+    return any(e["event"] == event and e.get("phase") == phase and e.get("round") == round for e in _events(run))
+
+
 def _count(run: Path, sql: str) -> int:
     try:
         return sqlite3.connect(run / "buffer.sqlite").execute(sql).fetchone()[0]
@@ -76,15 +80,18 @@ def _snapshot(run: Path) -> dict:
 
     db = sqlite3.connect(run / "buffer.sqlite")
     metrics = json.loads((run / "eval" / "round-1.json").read_text())
-    metrics.pop("seconds")
-    metrics.pop("samples_file")
+    for key in ("seconds", "samples_file", "model"):  # timings, and paths and names holding the run's name
+        metrics.pop(key)
+    eval_samples = [json.loads(line) for line in (run / "samples" / "round-1.jsonl").read_text().splitlines()]
+    for row in eval_samples:
+        assert row.pop("model") == f"smollm2-135m-instruct@{run.name}/round-1"
     weights = load_file(run / "checkpoints" / "round-1" / "weights.safetensors")
     return {
         "programs": db.execute(PROGRAMS).fetchall(),
         "executions": db.execute(EXECUTIONS).fetchall(),
         "samplings": db.execute("SELECT task_id, model, round, candidates FROM samplings ORDER BY task_id").fetchall(),
         "metrics": metrics,
-        "eval_samples": (run / "samples" / "round-1.jsonl").read_text().splitlines(),
+        "eval_samples": eval_samples,
         # a step logged and then lost to a kill before its checkpoint is trained and logged again
         "losses": {e["step"]: e["loss"] for e in _events(run) if e["event"] == "step"},
         "weights": weights,
@@ -104,20 +111,20 @@ def test_a_run_killed_in_every_phase_ends_like_an_uninterrupted_one(tmp_path):
         lambda r: (r / "samples" / "round-0.jsonl").exists() and (r / "samples" / "round-0.jsonl").read_text(),
         # sampling, after the first task is stored
         lambda r: _count(r, "SELECT COUNT(*) FROM samplings WHERE round = 1") >= 1,
-        # testing, as soon as it starts
-        lambda r: _running_phase(r) == ("testing", 1),
+        # testing, as soon as sampling has ended (conditions that stay true once met: none can be missed)
+        lambda r: _logged(r, "end", "sampling", 1),
         # training, after the first in-round checkpoint
         lambda r: (r / "checkpoints" / "round-1.partial" / "checkpoint.json").exists(),
         # evaluation of round 1, as soon as it starts
-        lambda r: _running_phase(r) == ("evaluation", 1),
+        lambda r: _logged(r, "start", "evaluation", 1),
     ]
     interrupted = [_kill_when(config, run, ready) for ready in kill_points]
     # each kill landed inside a phase; testing of 3 x 2 programs may be over before the kill arrives
-    assert interrupted[0] == ("evaluation", 0)
-    assert interrupted[1] == ("sampling", 1)
-    assert interrupted[2] in (("testing", 1), ("training", 1))
-    assert interrupted[3] == ("training", 1)
-    assert interrupted[4] == ("evaluation", 1)
+    assert interrupted[0] == ("evaluation", 0), interrupted
+    assert interrupted[1] == ("sampling", 1), interrupted
+    assert interrupted[2] in (("testing", 1), ("training", 1)), interrupted
+    assert interrupted[3] == ("training", 1), interrupted
+    assert interrupted[4] == ("evaluation", 1), interrupted
     assert not (run / "eval" / "round-1.json").exists()
 
     resumed = subprocess.run(_cmd(config, "killed"), capture_output=True, text=True, timeout=900)

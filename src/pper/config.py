@@ -25,7 +25,8 @@ class TasksConfig(BaseModel):
     """Which tasks train the model and which evaluate it.
 
     Without `eval_source`, a seeded `holdout` fraction of the training source is held out for evaluation;
-    with it (one source or a list, each filtered by `eval_split`), those tasks evaluate.
+    with it (one source or a list, each filtered by `eval_split` and cut to its first `eval_limit` tasks),
+    those tasks evaluate.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -35,6 +36,7 @@ class TasksConfig(BaseModel):
     limit: int | None = Field(None, ge=1)
     eval_source: str | list[str] | None = None
     eval_split: str | None = None
+    eval_limit: int | None = Field(None, ge=1)
     holdout: float = Field(0.5, ge=0.0, lt=1.0)
 
 

@@ -53,7 +53,7 @@ def split_tasks(config: PperConfig) -> tuple[list[Task], list[Task]]:
     train = load_tasks(c.source, c.split, c.limit)
     if c.eval_source is not None:
         sources = [c.eval_source] if isinstance(c.eval_source, str) else c.eval_source
-        return train, [t for source in sources for t in load_tasks(source, c.eval_split)]
+        return train, [t for source in sources for t in load_tasks(source, c.eval_split, c.eval_limit)]
     return holdout_split(train, c.holdout, config.seed)
 
 

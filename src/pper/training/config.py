@@ -32,7 +32,7 @@ class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["lora", "full"] = "lora"
-    steps: int = Field(24, ge=0)
+    steps: int = Field(16, ge=0)
     batch_size: int = Field(8, ge=1)
     micro_batch_size: int = Field(1, ge=1)
     learning_rate: float = Field(2e-4, gt=0)

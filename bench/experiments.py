@@ -1,0 +1,233 @@
+"""The paper's claims at small scale: BTP against its baselines and the alpha sweep, from a YAML protocol.
+
+    python bench/experiments.py configs/experiments/small.yaml [--only ARM ...] [--report-only]
+
+The protocol file (see configs/experiments/) names:
+* `common`: a pper configuration shared by every arm (model, tasks, training and evaluation settings);
+* `buffers`: how each replay buffer is filled (a `generation` section each: beam search, temperature
+  sampling); each is sampled and tested once, then copied into the run of every arm that uses it, so
+  those arms replay the very same programs;
+* `arms`: per arm, its buffer, its seeds and its overrides of the config (`replay` priority, alpha,
+  min_pass_rate, ...); `train: false` marks the base model (evaluated, never trained);
+* `alpha_sweep`: the arms that make the alpha plot (each sets `replay.alpha`).
+Every arm x seed is an ordinary resumable `pper run` under RUNS_DIR/NAME/ARM/seed-S; the driver skips
+what is finished, so running it again after an interruption continues. At the end it writes
+RUNS_DIR/NAME/results.json, results.md (pass rate and strict accuracy per held-out source and arm, mean over
+seeds with a 95% bootstrap interval over tasks, and the difference to the base model with its interval)
+and alpha.png (the alpha sweep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from pper.buffer import BUFFER_FILE, ReplayBuffer
+from pper.config import validate_config
+from pper.jsonl import read_jsonl
+from pper.pipeline import eval_paths, run
+
+BOOTSTRAP = 10_000
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def arm_config(protocol: dict, root: Path, name: str, seed: int, overrides: dict) -> Any:
+    data = deep_merge(protocol["common"], overrides)
+    data.update(name=f"{name}/seed-{seed}", runs_dir=str(root), seed=seed)
+    return validate_config(data, f"arm {name}")
+
+
+def fill_buffer(protocol: dict, root: Path, buffer: str) -> Path:
+    """Sample and test the training tasks once for `buffer` (a run without training); its directory."""
+    from pper.execution import Executor
+    from pper.generation import transformers_sampler
+    from pper.pipeline import execute_untested, prepare, sample_into_buffer
+
+    data = deep_merge(protocol["common"], {"generation": protocol["buffers"][buffer]})
+    data.update(name=f"buffers/{buffer}", runs_dir=str(root), seed=0)
+    config = validate_config(data, f"buffer {buffer}")
+    prepared = prepare(config)
+    g, x = config.generation, config.execution
+    with (
+        ReplayBuffer.in_run(prepared.dir) as store,
+        Executor(limits=x.limits, workers=x.workers, isolation=x.isolation) as executor,
+    ):
+        sample_into_buffer(store, transformers_sampler(g, config.seed), prepared.train, g.mode, g.k, round=1)
+        execute_untested(store, executor)
+    return prepared.dir
+
+
+def run_arm(protocol: dict, root: Path, name: str, arm: dict, seed: int, buffers: dict[str, Path]) -> Path:
+    overrides = {k: v for k, v in arm.items() if k not in ("buffer", "seeds", "train")}
+    if not arm.get("train", True):  # the base model: round 0 only
+        overrides = deep_merge(overrides, {"evaluation": {"before": True}, "rounds": 1, "training": {"steps": 0}})
+    else:
+        overrides = deep_merge(overrides, {"evaluation": {"before": False}})
+        overrides = deep_merge(overrides, {"generation": protocol["buffers"][arm["buffer"]]})
+    config = arm_config(protocol, root, name, seed, overrides)
+    run_dir = config.run_dir
+    if arm.get("train", True) and not (run_dir / BUFFER_FILE).exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with ReplayBuffer.in_run(buffers[arm["buffer"]]) as source:  # a consistent copy, WAL included
+            source._db.execute(f"VACUUM INTO '{run_dir / BUFFER_FILE}'")
+    if not arm.get("train", True):
+        if eval_paths(run_dir, 0)[1].exists():
+            return run_dir
+        from pper.evaluation import evaluate
+        from pper.execution import Executor
+        from pper.generation import transformers_sampler
+        from pper.pipeline import prepare
+
+        prepared = prepare(config)
+        samples, metrics = eval_paths(run_dir, 0)
+        x, e = config.execution, config.evaluation
+        with Executor(limits=x.limits, workers=x.workers, isolation=x.isolation) as executor:
+            evaluate(prepared.eval, samples, executor, transformers_sampler(config.generation, seed), e.mode, e.n,
+                     e.ks, metrics, {"round": 0, "model": config.generation.model})  # fmt: skip
+        return run_dir
+    if not eval_paths(run_dir, config.rounds)[1].exists():
+        run(config)
+    return run_dir
+
+
+def per_task(run_dir: Path, round: int) -> dict[str, tuple[float, float, str]]:
+    """task id -> (pass rate, strict, source) of a run's evaluation of `round`."""
+    samples, _ = eval_paths(run_dir, round)
+    rows = read_jsonl(f"{samples}_results.jsonl")
+    return {r["task_id"]: (float(r["pass_rate"]), float(r["passed"]), source_of(r["task_id"])) for r in rows}
+
+
+def source_of(task_id: str) -> str:
+    return task_id.split("/")[0].lower()
+
+
+def bootstrap(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    """95% percentile interval of the mean of `values` over tasks resampled with replacement."""
+    idx = rng.integers(0, len(values), size=(BOOTSTRAP, len(values)))
+    means = values[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarize(protocol: dict, root: Path, done: dict[str, list[Path]]) -> dict:
+    rng = np.random.default_rng(0)
+    base_name = next(n for n, a in protocol["arms"].items() if not a.get("train", True))
+    base = per_task(done[base_name][0], 0)
+    sources = sorted({s for _, _, s in base.values()})
+    results: dict[str, Any] = {}
+    for name, dirs in done.items():
+        round_ = 0 if name == base_name else validate_config(protocol["common"]).rounds
+        seeds = [per_task(d, round_) for d in dirs]
+        results[name] = {"seeds": len(dirs)}
+        for source in sources:
+            ids = sorted(t for t, (_, _, s) in base.items() if s == source)
+            for metric, col in (("pass_rate", 0), ("strict_accuracy", 1)):
+                score = np.array([[s[t][col] for t in ids] for s in seeds]).mean(axis=0)  # per task, over seeds
+                diff = score - np.array([base[t][col] for t in ids])
+                results[name][f"{source}/{metric}"] = {
+                    "mean": float(score.mean()),
+                    "ci": bootstrap(score, rng),
+                    "vs_base": float(diff.mean()),
+                    "vs_base_ci": bootstrap(diff, rng),
+                    "per_seed": [float(np.mean([s[t][col] for t in ids])) for s in seeds],
+                }
+    return {"sources": sources, "base": base_name, "arms": results}
+
+
+def write_results(protocol: dict, root: Path, summary: dict, seconds: float) -> None:
+    (root / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    sources, arms = summary["sources"], summary["arms"]
+    head = "| arm | seeds | " + " | ".join(f"{s} pass rate | {s} strict acc." for s in sources) + " |"
+    lines = [head, "|---|---|" + "---|---|" * len(sources)]
+    for name, r in arms.items():
+        cells = []
+        for s in sources:
+            for m in ("pass_rate", "strict_accuracy"):
+                v = r[f"{s}/{m}"]
+                delta = (
+                    ""
+                    if name == summary["base"]
+                    else (f" ({v['vs_base']:+.2%}, [{v['vs_base_ci'][0]:+.2%}, {v['vs_base_ci'][1]:+.2%}])")
+                )
+                cells.append(f"{v['mean']:.2%} [{v['ci'][0]:.2%}, {v['ci'][1]:.2%}]{delta}")
+        lines.append(f"| {name} | {r['seeds']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Wall time {seconds / 60:.0f} min on {platform.machine()} ({platform.processor() or 'cpu'}), "
+        f"{__import__('os').cpu_count()} cores.",
+    ]
+    (root / "results.md").write_text("\n".join(lines) + "\n")
+    sweep = [(protocol["arms"][n]["replay"]["alpha"], n) for n in protocol.get("alpha_sweep", []) if n in arms]
+    if sweep:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(sources), figsize=(4.5 * len(sources), 3.5), squeeze=False)
+        for ax, s in zip(axes[0], sources, strict=True):
+            pts = sorted(sweep)
+            for m, style in (("pass_rate", "o-"), ("strict_accuracy", "s--")):
+                ys = [arms[n][f"{s}/{m}"]["mean"] for _, n in pts]
+                lo = [arms[n][f"{s}/{m}"]["ci"][0] for _, n in pts]
+                hi = [arms[n][f"{s}/{m}"]["ci"][1] for _, n in pts]
+                xs = [a for a, _ in pts]
+                ax.plot(xs, ys, style, label=m.replace("_", " "))
+                ax.fill_between(xs, lo, hi, alpha=0.15)
+            base = arms[summary["base"]][f"{s}/pass_rate"]["mean"]
+            ax.axhline(base, color="grey", lw=0.8, ls=":", label="base pass rate")
+            ax.set_title(s)
+            ax.set_xlabel("alpha (rank-based priority)")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend()
+        fig.tight_layout()
+        fig.savefig(root / "alpha.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("protocol", type=Path)
+    parser.add_argument("--only", nargs="*", help="Run only these arms (the base model is always run).")
+    parser.add_argument("--report-only", action="store_true", help="Only summarise the finished arms.")
+    args = parser.parse_args()
+    protocol = yaml.safe_load(args.protocol.read_text())
+    root = Path(protocol.get("runs_dir", "runs/experiments")) / protocol["name"]
+    root.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    arms = protocol["arms"]
+    chosen = [n for n in arms if not args.only or n in args.only or not arms[n].get("train", True)]
+    buffers: dict[str, Path] = {}
+    done: dict[str, list[Path]] = {}
+    for name in chosen:
+        arm = arms[name]
+        if arm.get("train", True) and arm["buffer"] not in buffers and not args.report_only:
+            buffers[arm["buffer"]] = fill_buffer(protocol, root, arm["buffer"])
+        dirs = []
+        for seed in arm.get("seeds", [0]):
+            run_dir = root / name / f"seed-{seed}"
+            if not args.report_only:
+                print(f"== {name} seed {seed}", flush=True)
+                run_dir = run_arm(protocol, root, name, arm, seed, buffers)
+            if eval_paths(run_dir, 0 if not arm.get("train", True) else 1)[1].exists():
+                dirs.append(run_dir)
+        if dirs:
+            done[name] = dirs
+    summary = summarize(protocol, root, done)
+    write_results(protocol, root, summary, time.perf_counter() - start)
+    print((root / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
