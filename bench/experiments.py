@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ import yaml
 
 from pper.buffer import BUFFER_FILE, ReplayBuffer
 from pper.config import validate_config
+from pper.errors import PperError
 from pper.jsonl import read_jsonl
 from pper.pipeline import eval_paths, run
 
@@ -114,6 +116,16 @@ def source_of(task_id: str) -> str:
     return task_id.split("/")[0].lower()
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def bootstrap(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
     """95% percentile interval of the mean of `values` over tasks resampled with replacement."""
     idx = rng.integers(0, len(values), size=(BOOTSTRAP, len(values)))
@@ -163,11 +175,8 @@ def write_results(protocol: dict, root: Path, summary: dict, seconds: float) -> 
                 )
                 cells.append(f"{v['mean']:.2%} [{v['ci'][0]:.2%}, {v['ci'][1]:.2%}]{delta}")
         lines.append(f"| {name} | {r['seeds']} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"Wall time {seconds / 60:.0f} min on {platform.machine()} ({platform.processor() or 'cpu'}), "
-        f"{__import__('os').cpu_count()} cores.",
-    ]
+    lines += [f"| {name} | not run: {why} |" for name, why in summary.get("not_run", {}).items()]
+    lines += ["", f"Wall time of this invocation {seconds / 60:.0f} min on {cpu_name()}, {os.cpu_count()} cores."]
     (root / "results.md").write_text("\n".join(lines) + "\n")
     sweep = [(protocol["arms"][n]["replay"]["alpha"], n) for n in protocol.get("alpha_sweep", []) if n in arms]
     if sweep:
@@ -210,6 +219,7 @@ def main() -> None:
     chosen = [n for n in arms if not args.only or n in args.only or not arms[n].get("train", True)]
     buffers: dict[str, Path] = {}
     done: dict[str, list[Path]] = {}
+    skipped: dict[str, str] = {}
     for name in chosen:
         arm = arms[name]
         if arm.get("train", True) and arm["buffer"] not in buffers and not args.report_only:
@@ -219,12 +229,18 @@ def main() -> None:
             run_dir = root / name / f"seed-{seed}"
             if not args.report_only:
                 print(f"== {name} seed {seed}", flush=True)
-                run_dir = run_arm(protocol, root, name, arm, seed, buffers)
+                try:
+                    run_dir = run_arm(protocol, root, name, arm, seed, buffers)
+                except PperError as e:  # e.g. a pass-rate filter that leaves nothing to replay
+                    print(f"   {name} seed {seed} not run: {e}", flush=True)
+                    skipped[name] = str(e)
+                    continue
             if eval_paths(run_dir, 0 if not arm.get("train", True) else 1)[1].exists():
                 dirs.append(run_dir)
         if dirs:
             done[name] = dirs
     summary = summarize(protocol, root, done)
+    summary["not_run"] = skipped
     write_results(protocol, root, summary, time.perf_counter() - start)
     print((root / "results.md").read_text())
 
