@@ -16,7 +16,8 @@ Each part runs in its own process (its peak RSS is its own); the first step is a
 timed. Tokens are the prompt and program tokens of the minibatch (padding not counted). The losses of
 the first step must agree across parts, which checks that pper's loss is the usual one.
 
-    python bench/training.py [--steps 6] [--batch-size 8] [--tasks 48] [--run RUN_DIR]
+    python bench/training.py [--steps 6] [--batch-size 8] [--tasks 48] [--run RUN_DIR] [--micro-batch-size 1]
+        [--parts trainer,pper-full-auto,pper-lora-auto,pper-full-bfloat16,...]
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def draw(buffer_path: Path, steps: int, batch_size: int) -> list[list[tuple[str,
         return [[texts[d.program_id] for d in replay.sample(batch_size)] for _ in range(steps)]
 
 
-def run_part(part: str, batches_file: Path, buffer_path: Path) -> dict:
+def run_part(part: str, batches_file: Path, buffer_path: Path, micro_batch: int = 1) -> dict:
     from pper.buffer import ReplayBuffer
     from pper.generation import load_model
     from pper.training import TrainingConfig
@@ -97,13 +98,15 @@ def run_part(part: str, batches_file: Path, buffer_path: Path) -> dict:
         from pper.training.trainer import PPERTrainer
 
         _, method, precision = part.split("-")
-        trainer = PPERTrainer(model, tokenizer, TrainingConfig(method=method, precision=precision, learning_rate=5e-5))
+        config = TrainingConfig(method=method, precision=precision, learning_rate=5e-5, micro_batch_size=micro_batch)
+        trainer = PPERTrainer(model, tokenizer, config)
         trainer.steps = len(examples)
         from transformers import get_scheduler
 
         trainer.scheduler = get_scheduler("linear", trainer.optimizer, 0, len(examples))
         seconds, losses = [], []
-        label = f"pper {method}, {precision} ({str(trainer.dtype or 'torch.float32').split('.')[-1]})"
+        dtype = str(trainer.dtype or "torch.float32").split(".")[-1]
+        label = f"pper {method}, {precision} ({dtype}), {micro_batch}/pass"
         for b in examples:
             s = trainer.train_step(b)
             seconds.append(s.seconds)
@@ -175,12 +178,13 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=48)
     parser.add_argument("--run", type=Path, help="Replay the buffer of this run directory instead.")
     parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--micro-batch-size", type=int, default=1, help="pper's programs per forward pass.")
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--batches", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--buffer", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
-        print(json.dumps(run_part(args.part, args.batches, args.buffer)))
+        print(json.dumps(run_part(args.part, args.batches, args.buffer, args.micro_batch_size)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         if args.run:
@@ -196,7 +200,8 @@ def main() -> None:
         )
         results = {}
         for part in args.parts.split(","):
-            cmd = [sys.executable, __file__, "--part", part, "--batches", str(batches), "--buffer", str(buffer_path)]
+            cmd = [sys.executable, __file__, "--part", part, "--batches", str(batches), "--buffer", str(buffer_path),
+                   "--micro-batch-size", str(args.micro_batch_size)]  # fmt: skip
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 sys.exit(f"{part} failed:\n{done.stderr[-3000:]}")
