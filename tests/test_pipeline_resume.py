@@ -111,8 +111,8 @@ def test_a_run_killed_in_every_phase_ends_like_an_uninterrupted_one(tmp_path):
         lambda r: (r / "samples" / "round-0.jsonl").exists() and (r / "samples" / "round-0.jsonl").read_text(),
         # sampling, after the first task is stored
         lambda r: _count(r, "SELECT COUNT(*) FROM samplings WHERE round = 1") >= 1,
-        # testing, as soon as sampling has ended (conditions that stay true once met: none can be missed)
-        lambda r: _logged(r, "end", "sampling", 1),
+        # testing, as soon as it has started (conditions that stay true once met: none can be missed)
+        lambda r: _logged(r, "start", "testing", 1),
         # training, after the first in-round checkpoint
         lambda r: (r / "checkpoints" / "round-1.partial" / "checkpoint.json").exists(),
         # evaluation of round 1, as soon as it starts
