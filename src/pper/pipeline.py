@@ -28,7 +28,7 @@ import yaml
 from .buffer import Execution, NewProgram, ReplayBuffer
 from .config import PperConfig, validate_config
 from .errors import PperError
-from .jsonl import append_jsonl, read_jsonl
+from .jsonl import append_jsonl
 from .tasks import Task, holdout_split, load_tasks
 
 CONFIG_FILE = "config.yaml"
@@ -168,9 +168,6 @@ class Events:
         start = time.perf_counter()
         yield
         self.log(event="end", phase=name, round=round, seconds=round_(time.perf_counter() - start))
-
-    def rows(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.path)
 
 
 def round_(x: float) -> float:
