@@ -210,19 +210,10 @@ class Models:
         return self._inference
 
     def sampler(self, name: str | None = None) -> Any:
-        from .generation.hf import TransformersSampler
+        from .generation import transformers_sampler
 
-        g = self.config.generation
-        return TransformersSampler(
-            self.inference(),
-            self.tokenizer,
-            name or self.name,
-            g.batch_size,
-            g.max_new_tokens,
-            g.temperature,
-            g.top_p,
-            self.config.seed,
-        )
+        loaded = (self.inference(), self.tokenizer, name or self.name)
+        return transformers_sampler(self.config.generation, self.config.seed, loaded)
 
     def sampler_name(self, round: int) -> str:
         """The name programs sampled with round `round`'s weights are stored under."""

@@ -20,11 +20,12 @@ __all__ = [
 ]
 
 
-def transformers_sampler(config, seed: int = 0):
-    """A `TransformersSampler` for a `GenerationConfig` (loads the model)."""
+def transformers_sampler(config, seed: int = 0, loaded=None):
+    """A `TransformersSampler` for a `GenerationConfig`: on `loaded` (model, tokenizer, name) if given,
+    else on the config's model, loaded here."""
     from .hf import TransformersSampler
 
-    model, tokenizer, name = load_model(config.model, config.dtype)
+    model, tokenizer, name = loaded or load_model(config.model, config.dtype)
     return TransformersSampler(
         model, tokenizer, name, config.batch_size, config.max_new_tokens, config.temperature, config.top_p, seed
     )
