@@ -1,6 +1,7 @@
 """The paper's claims at small scale: BTP against its baselines and the alpha sweep, from a YAML protocol.
 
     python bench/experiments.py configs/experiments/small.yaml [--only ARM ...] [--report-only]
+                                [--publish docs/results.md]
 
 The protocol file (see configs/experiments/) names:
 * `common`: a pper configuration shared by every arm (model, tasks, training and evaluation settings);
@@ -9,12 +10,16 @@ The protocol file (see configs/experiments/) names:
   those arms replay the very same programs;
 * `arms`: per arm, its buffer, its seeds and its overrides of the config (`replay` priority, alpha,
   min_pass_rate, ...); `train: false` marks the base model (evaluated, never trained);
-* `alpha_sweep`: the arms that make the alpha plot (each sets `replay.alpha`).
+* `alpha_sweep`: the arms that make the alpha plot (each sets `replay.alpha`);
+* `compare`: pairs of arms [a, b] whose paired difference a - b is reported (every arm is compared with
+  the base model anyway).
 Every arm x seed is an ordinary resumable `pper run` under RUNS_DIR/NAME/ARM/seed-S; the driver skips
-what is finished, so running it again after an interruption continues. At the end it writes
-RUNS_DIR/NAME/results.json, results.md (pass rate and strict accuracy per held-out source and arm, mean over
-seeds with a 95% bootstrap interval over tasks, and the difference to the base model with its interval)
-and alpha.png (the alpha sweep).
+what is finished, so running it again after an interruption continues. Each unit's working time is
+appended to RUNS_DIR/NAME/timings.jsonl, so the wall time adds up over interrupted invocations. At the end
+it writes RUNS_DIR/NAME/results.json, results.md (pass rate and strict accuracy per held-out source and
+arm, mean over seeds with a 95% bootstrap interval over tasks; then each difference with its paired
+interval) and alpha.png (the alpha sweep). `--publish DOC` also puts that table between
+`<!-- results: NAME -->` and `<!-- end results: NAME -->` in DOC and the plot beside it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +40,31 @@ import yaml
 from pper.buffer import BUFFER_FILE, ReplayBuffer
 from pper.config import validate_config
 from pper.errors import PperError
-from pper.jsonl import read_jsonl
+from pper.jsonl import append_jsonl, read_jsonl
 from pper.pipeline import eval_paths, run
 
 BOOTSTRAP = 10_000
+TIMINGS = "timings.jsonl"
+NOT_RUN = "not-run.txt"  # in an arm's run directory: why it could not run
+
+
+@contextmanager
+def timed(root: Path, unit: str):
+    """Append the seconds spent on `unit` to the protocol's time ledger, also when it is interrupted."""
+    start = time.time()
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        seconds = time.time() - start
+        if seconds > 1 or not finished:  # a unit found already done costs nothing worth logging
+            row = {"unit": unit, "seconds": round(seconds, 1), "finished": finished, "time": start}
+            append_jsonl(root / TIMINGS, [row])
+
+
+def working_seconds(root: Path) -> float:
+    return sum(r["seconds"] for r in read_jsonl(root / TIMINGS)) if (root / TIMINGS).exists() else 0.0
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -112,6 +140,9 @@ def per_task(run_dir: Path, round: int) -> dict[str, tuple[float, float, str]]:
     return {r["task_id"]: (float(r["pass_rate"]), float(r["passed"]), source_of(r["task_id"])) for r in rows}
 
 
+METRICS = (("pass_rate", 0), ("strict_accuracy", 1))
+
+
 def source_of(task_id: str) -> str:
     return task_id.split("/")[0].lower()
 
@@ -139,45 +170,86 @@ def summarize(protocol: dict, root: Path, done: dict[str, list[Path]]) -> dict:
     base = per_task(done[base_name][0], 0)
     sources = sorted({s for _, _, s in base.values()})
     results: dict[str, Any] = {}
+    scores: dict[tuple[str, str, str], np.ndarray] = {}  # (arm, source, metric) -> per-task score
     for name, dirs in done.items():
         round_ = 0 if name == base_name else validate_config(protocol["common"]).rounds
         seeds = [per_task(d, round_) for d in dirs]
         results[name] = {"seeds": len(dirs)}
         for source in sources:
             ids = sorted(t for t, (_, _, s) in base.items() if s == source)
-            for metric, col in (("pass_rate", 0), ("strict_accuracy", 1)):
+            for metric, col in METRICS:
                 score = np.array([[s[t][col] for t in ids] for s in seeds]).mean(axis=0)  # per task, over seeds
-                diff = score - np.array([base[t][col] for t in ids])
+                scores[name, source, metric] = score
                 results[name][f"{source}/{metric}"] = {
+                    "tasks": len(ids),
                     "mean": float(score.mean()),
                     "ci": bootstrap(score, rng),
-                    "vs_base": float(diff.mean()),
-                    "vs_base_ci": bootstrap(diff, rng),
                     "per_seed": [float(np.mean([s[t][col] for t in ids])) for s in seeds],
                 }
-    return {"sources": sources, "base": base_name, "arms": results}
+    pairs = [(n, base_name) for n in done if n != base_name]
+    pairs += [(a, b) for a, b in protocol.get("compare", []) if a in done and b in done]
+    differences = []
+    for a, b in pairs:
+        row: dict[str, Any] = {"arm": a, "against": b}
+        for source in sources:
+            for metric, _ in METRICS:
+                diff = scores[a, source, metric] - scores[b, source, metric]  # paired: the same tasks
+                row[f"{source}/{metric}"] = {"mean": float(diff.mean()), "ci": bootstrap(diff, rng)}
+        differences.append(row)
+    return {"sources": sources, "base": base_name, "arms": results, "differences": differences}
 
 
-def write_results(protocol: dict, root: Path, summary: dict, seconds: float) -> None:
-    (root / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+def results_table(summary: dict) -> list[str]:
+    """The paper's Table 2 shape: an arm per row, pass rate and strict accuracy per held-out source."""
     sources, arms = summary["sources"], summary["arms"]
-    head = "| arm | seeds | " + " | ".join(f"{s} pass rate | {s} strict acc." for s in sources) + " |"
-    lines = [head, "|---|---|" + "---|---|" * len(sources)]
+    tasks = {s: next(iter(arms.values()))[f"{s}/pass_rate"]["tasks"] for s in sources}
+    head = " | ".join(f"{s} ({tasks[s]}) pass rate | {s} strict acc." for s in sources)
+    lines = [f"| arm | seeds | {head} |", "|---|---|" + "---|---|" * len(sources)]
     for name, r in arms.items():
-        cells = []
-        for s in sources:
-            for m in ("pass_rate", "strict_accuracy"):
-                v = r[f"{s}/{m}"]
-                delta = (
-                    ""
-                    if name == summary["base"]
-                    else (f" ({v['vs_base']:+.2%}, [{v['vs_base_ci'][0]:+.2%}, {v['vs_base_ci'][1]:+.2%}])")
-                )
-                cells.append(f"{v['mean']:.2%} [{v['ci'][0]:.2%}, {v['ci'][1]:.2%}]{delta}")
+        cells = [f"{r[f'{s}/{m}']['mean']:.1%} [{r[f'{s}/{m}']['ci'][0]:.1%}, {r[f'{s}/{m}']['ci'][1]:.1%}]"
+                 for s in sources for m, _ in METRICS]  # fmt: skip
         lines.append(f"| {name} | {r['seeds']} | " + " | ".join(cells) + " |")
     lines += [f"| {name} | not run: {why} |" for name, why in summary.get("not_run", {}).items()]
-    lines += ["", f"Wall time of this invocation {seconds / 60:.0f} min on {cpu_name()}, {os.cpu_count()} cores."]
-    (root / "results.md").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def differences_table(summary: dict) -> list[str]:
+    """Each compared pair's mean difference with its paired 95% interval; *noise* where it contains 0."""
+    sources = summary["sources"]
+    head = " | ".join(f"{s} pass rate | {s} strict acc." for s in sources)
+    lines = [f"| difference | {head} |", "|---|" + "---|---|" * len(sources)]
+    for row in summary["differences"]:
+        cells = []
+        for s in sources:
+            for m, _ in METRICS:
+                d = row[f"{s}/{m}"]
+                lo, hi = d["ci"]
+                verdict = "noise" if lo <= 0 <= hi else ("**up**" if lo > 0 else "**down**")
+                cells.append(f"{d['mean'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}] {verdict}")
+        lines.append(f"| {row['arm']} - {row['against']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_results(protocol: dict, root: Path, summary: dict) -> str:
+    """results.json, results.md and alpha.png under `root`; the markdown."""
+    (root / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    sources, arms = summary["sources"], summary["arms"]
+    hours = summary["working_seconds"] / 3600
+    lines = [
+        "Mean over tasks (each task's score averaged over the seeds) with a 95% bootstrap interval over tasks:",
+        "",
+        *results_table(summary),
+        "",
+        "Differences in percentage points, with a paired 95% bootstrap interval over tasks; *noise* where the",
+        "interval contains 0:",
+        "",
+        *differences_table(summary),
+        "",
+        f"Protocol `{summary['protocol']}`; working time {hours:.1f} h (summed from `{TIMINGS}`) on "
+        f"{summary['machine']}.",
+    ]
+    text = "\n".join(lines) + "\n"
+    (root / "results.md").write_text(text)
     sweep = [(protocol["arms"][n]["replay"]["alpha"], n) for n in protocol.get("alpha_sweep", []) if n in arms]
     if sweep:
         import matplotlib
@@ -203,6 +275,23 @@ def write_results(protocol: dict, root: Path, summary: dict, seconds: float) -> 
         axes[0][0].legend()
         fig.tight_layout()
         fig.savefig(root / "alpha.png", dpi=120)
+    return text
+
+
+def publish(doc: Path, name: str, root: Path, text: str) -> None:
+    """Put `text` (and the alpha plot, if any) between the `name` markers of `doc`, or at its end."""
+    begin, end = f"<!-- results: {name} -->", f"<!-- end results: {name} -->"
+    if (root / "alpha.png").exists():
+        plot = doc.parent / f"{name}-alpha.png"
+        shutil.copyfile(root / "alpha.png", plot)
+        text += f"\n![alpha sweep, protocol {name}]({plot.name})\n"
+    block = f"{begin}\n{text}{end}"
+    old = doc.read_text() if doc.exists() else ""
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
+    else:
+        new = old + ("\n" if old and not old.endswith("\n") else "") + block + "\n"
+    doc.write_text(new)
 
 
 def main() -> None:
@@ -210,11 +299,11 @@ def main() -> None:
     parser.add_argument("protocol", type=Path)
     parser.add_argument("--only", nargs="*", help="Run only these arms (the base model is always run).")
     parser.add_argument("--report-only", action="store_true", help="Only summarise the finished arms.")
+    parser.add_argument("--publish", type=Path, metavar="DOC", help="Also put the table and plot into DOC.")
     args = parser.parse_args()
     protocol = yaml.safe_load(args.protocol.read_text())
     root = Path(protocol.get("runs_dir", "runs/experiments")) / protocol["name"]
     root.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     arms = protocol["arms"]
     chosen = [n for n in arms if not args.only or n in args.only or not arms[n].get("train", True)]
     buffers: dict[str, Path] = {}
@@ -223,26 +312,37 @@ def main() -> None:
     for name in chosen:
         arm = arms[name]
         if arm.get("train", True) and arm["buffer"] not in buffers and not args.report_only:
-            buffers[arm["buffer"]] = fill_buffer(protocol, root, arm["buffer"])
+            with timed(root, f"buffer {arm['buffer']}"):
+                buffers[arm["buffer"]] = fill_buffer(protocol, root, arm["buffer"])
         dirs = []
         for seed in arm.get("seeds", [0]):
             run_dir = root / name / f"seed-{seed}"
             if not args.report_only:
                 print(f"== {name} seed {seed}", flush=True)
                 try:
-                    run_dir = run_arm(protocol, root, name, arm, seed, buffers)
+                    with timed(root, f"{name} seed {seed}"):
+                        run_dir = run_arm(protocol, root, name, arm, seed, buffers)
                 except PperError as e:  # e.g. a pass-rate filter that leaves nothing to replay
                     print(f"   {name} seed {seed} not run: {e}", flush=True)
-                    skipped[name] = str(e)
-                    continue
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    (run_dir / NOT_RUN).write_text(str(e))
+            if (run_dir / NOT_RUN).exists():
+                skipped[name] = (run_dir / NOT_RUN).read_text()
+                continue
             if eval_paths(run_dir, 0 if not arm.get("train", True) else 1)[1].exists():
                 dirs.append(run_dir)
         if dirs:
             done[name] = dirs
     summary = summarize(protocol, root, done)
-    summary["not_run"] = skipped
-    write_results(protocol, root, summary, time.perf_counter() - start)
-    print((root / "results.md").read_text())
+    summary.update(not_run=skipped, protocol=str(args.protocol), working_seconds=working_seconds(root))
+    import torch
+
+    threads = torch.get_num_threads()
+    summary["machine"] = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads)"
+    text = write_results(protocol, root, summary)
+    if args.publish:
+        publish(args.publish, protocol["name"], root, text)
+    print(text)
 
 
 if __name__ == "__main__":
