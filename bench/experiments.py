@@ -11,6 +11,8 @@ The protocol file (see configs/experiments/) names:
 * `arms`: per arm, its buffer, its seeds and its overrides of the config (`replay` priority, alpha,
   min_pass_rate, ...); `train: false` marks the base model (evaluated, never trained);
 * `alpha_sweep`: the arms that make the alpha plot (each sets `replay.alpha`);
+* `extends`: another protocol file (beside this one) that this one adds to; with the same `name`, the two
+  share their runs, so a protocol with more seeds reuses the finished ones;
 * `compare`: pairs of arms [a, b] whose paired difference a - b is reported (every arm is compared with
   the base model anyway).
 Every arm x seed is an ordinary resumable `pper run` under RUNS_DIR/NAME/ARM/seed-S; the driver skips
@@ -72,6 +74,14 @@ def deep_merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def load_protocol(path: Path) -> dict:
+    """A protocol file; `extends: OTHER.yaml` (beside it) starts from that protocol and merges this one in."""
+    protocol = yaml.safe_load(path.read_text())
+    if "extends" in protocol:
+        protocol = deep_merge(load_protocol(path.parent / protocol.pop("extends")), protocol)
+    return protocol
 
 
 def arm_config(protocol: dict, root: Path, name: str, seed: int, overrides: dict) -> Any:
@@ -301,38 +311,37 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="Only summarise the finished arms.")
     parser.add_argument("--publish", type=Path, metavar="DOC", help="Also put the table and plot into DOC.")
     args = parser.parse_args()
-    protocol = yaml.safe_load(args.protocol.read_text())
+    protocol = load_protocol(args.protocol)
     root = Path(protocol.get("runs_dir", "runs/experiments")) / protocol["name"]
     root.mkdir(parents=True, exist_ok=True)
     arms = protocol["arms"]
+    rounds = validate_config(protocol["common"]).rounds
     chosen = [n for n in arms if not args.only or n in args.only or not arms[n].get("train", True)]
+    # every arm's first seed, then every arm's second, ...: an interrupted protocol has all arms first
+    units = [(i, name, seed) for name in chosen for i, seed in enumerate(arms[name].get("seeds", [0]))]
     buffers: dict[str, Path] = {}
-    done: dict[str, list[Path]] = {}
+    done: dict[str, list[Path]] = {name: [] for name in chosen}
     skipped: dict[str, str] = {}
-    for name in chosen:
+    for _, name, seed in sorted(units, key=lambda u: u[0]):
         arm = arms[name]
         if arm.get("train", True) and arm["buffer"] not in buffers and not args.report_only:
             with timed(root, f"buffer {arm['buffer']}"):
                 buffers[arm["buffer"]] = fill_buffer(protocol, root, arm["buffer"])
-        dirs = []
-        for seed in arm.get("seeds", [0]):
-            run_dir = root / name / f"seed-{seed}"
-            if not args.report_only:
-                print(f"== {name} seed {seed}", flush=True)
-                try:
-                    with timed(root, f"{name} seed {seed}"):
-                        run_dir = run_arm(protocol, root, name, arm, seed, buffers)
-                except PperError as e:  # e.g. a pass-rate filter that leaves nothing to replay
-                    print(f"   {name} seed {seed} not run: {e}", flush=True)
-                    run_dir.mkdir(parents=True, exist_ok=True)
-                    (run_dir / NOT_RUN).write_text(str(e))
-            if (run_dir / NOT_RUN).exists():
-                skipped[name] = (run_dir / NOT_RUN).read_text()
-                continue
-            if eval_paths(run_dir, 0 if not arm.get("train", True) else 1)[1].exists():
-                dirs.append(run_dir)
-        if dirs:
-            done[name] = dirs
+        run_dir = root / name / f"seed-{seed}"
+        if not args.report_only:
+            print(f"== {name} seed {seed}", flush=True)
+            try:
+                with timed(root, f"{name} seed {seed}"):
+                    run_dir = run_arm(protocol, root, name, arm, seed, buffers)
+            except PperError as e:  # e.g. a pass-rate filter that leaves nothing to replay
+                print(f"   {name} seed {seed} not run: {e}", flush=True)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / NOT_RUN).write_text(str(e))
+        if (run_dir / NOT_RUN).exists():
+            skipped[name] = (run_dir / NOT_RUN).read_text()
+        elif eval_paths(run_dir, 0 if not arm.get("train", True) else rounds)[1].exists():
+            done[name].append(run_dir)
+    done = {name: dirs for name, dirs in done.items() if dirs}
     summary = summarize(protocol, root, done)
     summary.update(not_run=skipped, protocol=str(args.protocol), working_seconds=working_seconds(root))
     import torch
