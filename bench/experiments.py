@@ -209,6 +209,54 @@ def summarize(protocol: dict, root: Path, done: dict[str, list[Path]]) -> dict:
     return {"sources": sources, "base": base_name, "arms": results, "differences": differences}
 
 
+def buffer_stats(protocol: dict, root: Path) -> dict[str, dict]:
+    """Per filled buffer: its programs, how good they are, and the minutes it took to fill and test."""
+    ledger = read_jsonl(root / TIMINGS) if (root / TIMINGS).exists() else []
+    out = {}
+    for name in protocol["buffers"]:
+        run_dir = root / "buffers" / name
+        if not (run_dir / BUFFER_FILE).exists():
+            continue
+        with ReplayBuffer.in_run(run_dir) as buffer:
+            stats, table = buffer.stats(), buffer.replay_table()
+        out[name] = {
+            "tasks": stats["tasks"],
+            "programs": stats["programs"],
+            "mean_tokens": float(table.num_tokens.mean()) if len(table.num_tokens) else 0.0,
+            "mean_pass_rate": stats["mean_pass_rate"],
+            "passing_programs": stats["pass_rate_distribution"]["1"],
+            "tasks_solved": stats["tasks_solved"],
+            "minutes": sum(r["seconds"] for r in ledger if r["unit"] == f"buffer {name}") / 60,
+        }
+    return out
+
+
+def replay_stats(protocol: dict, root: Path, done: dict[str, list[Path]]) -> dict[str, dict]:
+    """Per trained arm, what its replay draws, as exact expectations under its sampling distribution."""
+    from pper.buffer import Replay
+
+    ledger = read_jsonl(root / TIMINGS) if (root / TIMINGS).exists() else []
+    out = {}
+    for name, dirs in done.items():
+        arm = protocol["arms"][name]
+        if not arm.get("train", True):
+            continue
+        config = arm_config(protocol, root, name, 0, {k: v for k, v in arm.items() if k == "replay"})
+        with ReplayBuffer.in_run(dirs[0]) as buffer:
+            replay = Replay.from_buffer(buffer, config.replay)
+        prob, table = replay.probability, replay.table
+        units = [r["seconds"] for r in ledger if r["unit"].startswith(f"{name} seed ")]
+        out[name] = {
+            "programs": int((prob > 0).sum()),
+            "tasks": len(set(table.task_id[prob > 0])),
+            "pass_rate": float(prob @ table.pass_rate),
+            "passing": float(prob @ (table.pass_rate == 1.0)),
+            "possibility": float(prob @ replay.possibility),
+            "minutes_per_seed": sum(units) / 60 / len(dirs),
+        }
+    return out
+
+
 def results_table(summary: dict) -> list[str]:
     """The paper's Table 2 shape: an arm per row, pass rate and strict accuracy per held-out source."""
     sources, arms = summary["sources"], summary["arms"]
@@ -240,6 +288,22 @@ def differences_table(summary: dict) -> list[str]:
     return lines
 
 
+def context_tables(summary: dict) -> list[str]:
+    """The buffers and what each arm replays from them."""
+    lines = ["| buffer | tasks | programs | tokens/program | mean pass rate | programs passing all | tasks solved |"
+             " fill + test (min) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, b in summary["buffers"].items():
+        lines.append(f"| {name} | {b['tasks']} | {b['programs']} | {b['mean_tokens']:.0f} | "
+                     f"{b['mean_pass_rate']:.3f} | {b['passing_programs']} | {b['tasks_solved']} | "
+                     f"{b['minutes']:.1f} |")  # fmt: skip
+    lines += ["", "| arm | programs it can draw | tasks | E[pass rate] | P(passes all) | E[possibility] |"
+              " min per seed |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in summary["replay"].items():
+        lines.append(f"| {name} | {r['programs']} | {r['tasks']} | {r['pass_rate']:.3f} | {r['passing']:.3f} | "
+                     f"{r['possibility']:.3f} | {r['minutes_per_seed']:.1f} |")  # fmt: skip
+    return lines
+
+
 def write_results(protocol: dict, root: Path, summary: dict) -> str:
     """results.json, results.md and alpha.png under `root`; the markdown."""
     (root / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -254,6 +318,11 @@ def write_results(protocol: dict, root: Path, summary: dict) -> str:
         "interval contains 0:",
         "",
         *differences_table(summary),
+        "",
+        "The buffers, and what each arm's replay draws from its buffer (expectations under the arm's sampling",
+        "distribution over the buffer; minutes of training and evaluation per seed):",
+        "",
+        *context_tables(summary),
         "",
         f"Protocol `{summary['protocol']}`; working time {hours:.1f} h (summed from `{TIMINGS}`) on "
         f"{summary['machine']}.",
@@ -344,6 +413,7 @@ def main() -> None:
     done = {name: dirs for name, dirs in done.items() if dirs}
     summary = summarize(protocol, root, done)
     summary.update(not_run=skipped, protocol=str(args.protocol), working_seconds=working_seconds(root))
+    summary.update(buffers=buffer_stats(protocol, root), replay=replay_stats(protocol, root, done))
     import torch
 
     threads = torch.get_num_threads()
