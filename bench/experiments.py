@@ -31,6 +31,8 @@ import json
 import os
 import platform
 import shutil
+import signal
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -380,6 +382,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="Only summarise the finished arms.")
     parser.add_argument("--publish", type=Path, metavar="DOC", help="Also put the table and plot into DOC.")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` still logs the interrupted unit's time
     protocol = load_protocol(args.protocol)
     root = Path(protocol.get("runs_dir", "runs/experiments")) / protocol["name"]
     root.mkdir(parents=True, exist_ok=True)
