@@ -273,6 +273,11 @@ def results_table(summary: dict) -> list[str]:
     return lines
 
 
+def pp(fraction: float) -> str:
+    """A difference in signed percentage points, one decimal, without a negative zero."""
+    return f"{round(fraction * 100, 1) + 0.0:+.1f}"
+
+
 def differences_table(summary: dict) -> list[str]:
     """Each compared pair's mean difference with its paired 95% interval; *noise* where it contains 0."""
     sources = summary["sources"]
@@ -285,7 +290,7 @@ def differences_table(summary: dict) -> list[str]:
                 d = row[f"{s}/{m}"]
                 lo, hi = d["ci"]
                 verdict = "noise" if lo <= 0 <= hi else ("**up**" if lo > 0 else "**down**")
-                cells.append(f"{d['mean'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}] {verdict}")
+                cells.append(f"{pp(d['mean'])} [{pp(lo)}, {pp(hi)}] {verdict}")
         lines.append(f"| {row['arm']} - {row['against']} | " + " | ".join(cells) + " |")
     return lines
 
