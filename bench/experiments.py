@@ -278,6 +278,18 @@ def pp(fraction: float) -> str:
     return f"{round(fraction * 100, 1) + 0.0:+.1f}"
 
 
+def seeds_table(summary: dict) -> list[str]:
+    """Each seed's mean, for the arms with more than one seed: how much the seed alone moves an arm."""
+    sources, arms = summary["sources"], summary["arms"]
+    lines = ["| arm | " + " | ".join(f"{s} pass rate | {s} strict acc." for s in sources) + " |",
+             "|---|" + "---|---|" * len(sources)]  # fmt: skip
+    for name, r in arms.items():
+        if r["seeds"] > 1:
+            cells = [", ".join(f"{v:.1%}" for v in r[f"{s}/{m}"]["per_seed"]) for s in sources for m, _ in METRICS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines if len(lines) > 2 else []
+
+
 def differences_table(summary: dict) -> list[str]:
     """Each compared pair's mean difference with its paired 95% interval; *noise* where it contains 0."""
     sources = summary["sources"]
@@ -316,11 +328,13 @@ def write_results(protocol: dict, root: Path, summary: dict) -> str:
     (root / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     sources, arms = summary["sources"], summary["arms"]
     hours = summary["working_seconds"] / 3600
+    seeds = seeds_table(summary)
     lines = [
         "Mean over tasks (each task's score averaged over the seeds) with a 95% bootstrap interval over tasks:",
         "",
         *results_table(summary),
         "",
+        *(["Each seed's mean, for the arms with several seeds:", "", *seeds, ""] if seeds else []),
         "Differences in percentage points, with a paired 95% bootstrap interval over tasks; *noise* where the",
         "interval contains 0:",
         "",
