@@ -247,7 +247,8 @@ def replay_stats(protocol: dict, root: Path, done: dict[str, list[Path]]) -> dic
         with ReplayBuffer.in_run(dirs[0]) as buffer:
             replay = Replay.from_buffer(buffer, config.replay)
         prob, table = replay.probability, replay.table
-        units = [r["seconds"] for r in ledger if r["unit"].startswith(f"{name} seed ")]
+        finished = {f"{name} {d.name.replace('-', ' ')}" for d in dirs}  # "btp-rank seed 0", ...
+        units = [r["seconds"] for r in ledger if r["unit"] in finished]
         out[name] = {
             "programs": int((prob > 0).sum()),
             "tasks": len(set(table.task_id[prob > 0])),
