@@ -67,8 +67,9 @@ def timed(root: Path, unit: str):
             append_jsonl(root / TIMINGS, [row])
 
 
-def working_seconds(root: Path) -> float:
-    return sum(r["seconds"] for r in read_jsonl(root / TIMINGS)) if (root / TIMINGS).exists() else 0.0
+def ledger(root: Path) -> list[dict]:
+    """The rows of the protocol's time ledger (none before its first unit)."""
+    return read_jsonl(root / TIMINGS) if (root / TIMINGS).exists() else []
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -213,7 +214,7 @@ def summarize(protocol: dict, root: Path, done: dict[str, list[Path]]) -> dict:
 
 def buffer_stats(protocol: dict, root: Path) -> dict[str, dict]:
     """Per filled buffer: its programs, how good they are, and the minutes it took to fill and test."""
-    ledger = read_jsonl(root / TIMINGS) if (root / TIMINGS).exists() else []
+    rows = ledger(root)
     out = {}
     for name in protocol["buffers"]:
         run_dir = root / "buffers" / name
@@ -228,7 +229,7 @@ def buffer_stats(protocol: dict, root: Path) -> dict[str, dict]:
             "mean_pass_rate": stats["mean_pass_rate"],
             "passing_programs": stats["pass_rate_distribution"]["1"],
             "tasks_solved": stats["tasks_solved"],
-            "minutes": sum(r["seconds"] for r in ledger if r["unit"] == f"buffer {name}") / 60,
+            "minutes": sum(r["seconds"] for r in rows if r["unit"] == f"buffer {name}") / 60,
         }
     return out
 
@@ -237,7 +238,7 @@ def replay_stats(protocol: dict, root: Path, done: dict[str, list[Path]]) -> dic
     """Per trained arm, what its replay draws, as exact expectations under its sampling distribution."""
     from pper.buffer import Replay
 
-    ledger = read_jsonl(root / TIMINGS) if (root / TIMINGS).exists() else []
+    rows = ledger(root)
     out = {}
     for name, dirs in done.items():
         arm = protocol["arms"][name]
@@ -248,7 +249,7 @@ def replay_stats(protocol: dict, root: Path, done: dict[str, list[Path]]) -> dic
             replay = Replay.from_buffer(buffer, config.replay)
         prob, table = replay.probability, replay.table
         finished = {f"{name} {d.name.replace('-', ' ')}" for d in dirs}  # "btp-rank seed 0", ...
-        units = [r["seconds"] for r in ledger if r["unit"] in finished]
+        units = [r["seconds"] for r in rows if r["unit"] in finished]
         out[name] = {
             "programs": int((prob > 0).sum()),
             "tasks": len(set(table.task_id[prob > 0])),
@@ -435,7 +436,8 @@ def main() -> None:
             done[name].append(run_dir)
     done = {name: dirs for name, dirs in done.items() if dirs}
     summary = summarize(protocol, root, done)
-    summary.update(not_run=skipped, protocol=str(args.protocol), working_seconds=working_seconds(root))
+    seconds = sum(r["seconds"] for r in ledger(root))
+    summary.update(not_run=skipped, protocol=str(args.protocol), working_seconds=seconds)
     summary.update(buffers=buffer_stats(protocol, root), replay=replay_stats(protocol, root, done))
     import torch
 
