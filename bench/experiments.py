@@ -170,15 +170,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def bootstrap(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
-    """95% percentile interval of the mean of `values` over tasks resampled with replacement."""
-    idx = rng.integers(0, len(values), size=(BOOTSTRAP, len(values)))
+def bootstrap(values: np.ndarray) -> tuple[float, float]:
+    """95% percentile interval of the mean of `values` over tasks resampled with replacement.
+
+    Every call draws the same resamples (a fresh generator with a fixed seed), so an interval depends only
+    on its own values: adding an arm or a comparison to a protocol never moves another one's interval.
+    """
+    idx = np.random.default_rng(0).integers(0, len(values), size=(BOOTSTRAP, len(values)))
     means = values[idx].mean(axis=1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def summarize(protocol: dict, root: Path, done: dict[str, list[Path]]) -> dict:
-    rng = np.random.default_rng(0)
     base_name = next(n for n, a in protocol["arms"].items() if not a.get("train", True))
     base = per_task(done[base_name][0], 0)
     sources = sorted({s for _, _, s in base.values()})
@@ -196,7 +199,7 @@ def summarize(protocol: dict, root: Path, done: dict[str, list[Path]]) -> dict:
                 results[name][f"{source}/{metric}"] = {
                     "tasks": len(ids),
                     "mean": float(score.mean()),
-                    "ci": bootstrap(score, rng),
+                    "ci": bootstrap(score),
                     "per_seed": [float(np.mean([s[t][col] for t in ids])) for s in seeds],
                 }
     pairs = [(n, base_name) for n in done if n != base_name]
@@ -207,7 +210,7 @@ def summarize(protocol: dict, root: Path, done: dict[str, list[Path]]) -> dict:
         for source in sources:
             for metric, _ in METRICS:
                 diff = scores[a, source, metric] - scores[b, source, metric]  # paired: the same tasks
-                row[f"{source}/{metric}"] = {"mean": float(diff.mean()), "ci": bootstrap(diff, rng)}
+                row[f"{source}/{metric}"] = {"mean": float(diff.mean()), "ci": bootstrap(diff)}
         differences.append(row)
     return {"sources": sources, "base": base_name, "arms": results, "differences": differences}
 

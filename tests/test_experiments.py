@@ -88,6 +88,23 @@ def test_summary_averages_seeds_per_task_and_pairs_differences(experiments, tmp_
     assert "| good - base | +25.0 [+25.0, +25.0] **up**" in table
 
 
+def test_an_interval_does_not_depend_on_the_other_arms(experiments, tmp_path):
+    tasks = [f"MBPP/{i}" for i in range(30)]
+    base = {t: (0.0, False) for t in tasks}
+    mixed = {t: ((i * 7 % 30) / 29, i % 3 == 0) for i, t in enumerate(tasks)}  # many distinct means
+    arms = {"base": {"train": False}, "mixed": {"buffer": "b"}}
+    done = {"base": [fake_run(tmp_path, "base", 0, 0, base)], "mixed": [fake_run(tmp_path, "mixed", 0, 1, mixed)]}
+    alone = experiments.summarize({"common": {"rounds": 1}, "arms": arms}, tmp_path, done)
+    arms = {**arms, "other": {"buffer": "b"}}  # one more arm, summarized before and beside "mixed"
+    done = {"base": done["base"], "other": [fake_run(tmp_path, "other", 0, 1, mixed)], "mixed": done["mixed"]}
+    beside = experiments.summarize({"common": {"rounds": 1}, "arms": arms}, tmp_path, done)
+    ci = alone["arms"]["mixed"]["mbpp/pass_rate"]["ci"]
+    assert ci[0] < 0.5 < ci[1]
+    assert beside["arms"]["mixed"]["mbpp/pass_rate"]["ci"] == ci
+    assert beside["differences"][1]["arm"] == "mixed"
+    assert beside["differences"][1]["mbpp/pass_rate"] == alone["differences"][0]["mbpp/pass_rate"]
+
+
 def test_publish_replaces_only_its_own_block(experiments, tmp_path):
     doc, root = tmp_path / "results.md", tmp_path / "run"
     root.mkdir()
