@@ -8,11 +8,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 import pper
-from pper.execution import Executor, Limits
+from pper.execution import Executor, Limits, server
 from pper.tasks import AssertTests, Task
 
 TASK = Task(id="t", prompt="", entry_point="f", tests=AssertTests(asserts=("assert f(1) == 2", "assert f(5) == 6")))
@@ -136,3 +137,45 @@ def test_more_suites_than_the_servers_cache_holds(monkeypatch):
             assert all(r.all_passed for r in results)
             first_pid = first_pid or executor._sandboxes[0].proc.pid
         assert executor._sandboxes[0].proc.pid == first_pid  # no restart: the pool never sent a dropped key
+
+
+def test_output_is_kept_when_poll_reports_only_the_result_pipe(monkeypatch):
+    """A loaded machine's interleaving, made certain: poll sees only the result pipe ready, and reading it
+    already returns the last events. The stdout written before them must still be read."""
+    res_r, res_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    os.write(out_w, b"42\n")
+    os.write(res_w, b'{"e": "load", "status": "ok"}\n{"e": "end", "t": 0, "status": "ok"}\n{"e": "done"}\n')
+    for fd in (res_w, out_w, err_w):
+        os.close(fd)
+
+    real_poll = server.select.poll
+
+    class ResultsFirst:
+        def __init__(self):
+            self.poller = real_poll()
+
+        def register(self, fd, events):
+            self.poller.register(fd, events)
+
+        def unregister(self, fd):
+            self.poller.unregister(fd)
+
+        def poll(self, timeout):
+            ready = self.poller.poll(timeout)
+            return [r for r in ready if r[0] == res_r] or ready
+
+    fake_select = SimpleNamespace(poll=ResultsFirst, POLLIN=server.select.POLLIN, select=server.select.select)
+    monkeypatch.setattr(server, "select", fake_select)
+    pid = os.fork()
+    if pid == 0:  # stands for the program's process, which has written everything and ends
+        os._exit(0)
+    limits = SimpleNamespace(**Limits(wall_time=2.0).to_dict())
+    try:
+        run = server.Server._supervise(object.__new__(server.Server), pid, res_r, out_r, err_r, limits, True, 0)
+    finally:
+        for fd in (res_r, out_r, err_r):
+            os.close(fd)
+    assert run["tests"][0]["status"] == "ok" and run["stopped"] is None
+    assert run["stdout"] == "42\n"

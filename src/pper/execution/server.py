@@ -212,7 +212,7 @@ class Server:
             poller.register(fd, select.POLLIN)
         open_fds = {res_r, out_r, err_r}
         deadline = time.monotonic() + limits.load_time
-        pending, stdout, stderr, out_bytes = b"", [], b"", 0
+        pending, output = b"", _Output(capture, limits.output_size)
         load: dict[str, Any] | None = None
         tests: list[dict[str, Any]] = []
         current: int | None = None  # the test running now: the one after the last that ended
@@ -230,12 +230,7 @@ class Server:
                     poller.unregister(fd)
                     open_fds.discard(fd)
                 elif fd == err_r or fd == out_r:
-                    out_bytes += len(data)
-                    if fd == err_r:
-                        stderr = (stderr + data)[-STDERR_TAIL:]
-                    elif capture:
-                        stdout.append(data)
-                    if out_bytes > limits.output_size:
+                    if output.add(data, fd == err_r):
                         stopped = {"status": "output"}
                         done = True
                 else:
@@ -265,20 +260,26 @@ class Server:
                             done = True
         grace = 1.0 if done and stopped is None else 0.2 if stopped is None else 0.0
         status, killed = self._reap_child(pid, grace)
+        # poll may report only the result pipe, whose read then already holds the last events: what the
+        # child wrote to stdout and stderr before them is still in those pipes, unread.
+        for fd in (out_r, err_r):
+            while fd in open_fds and not output.over and (data := _read_now(fd)):
+                if output.add(data, fd == err_r) and stopped is None:
+                    stopped = {"status": "output"}
         if not done and stopped is None:  # the child ended without finishing: why?
             stopped = (
                 {"status": "error", "error": "the program closed the sandbox's result channel"}
                 if killed
-                else _death(status, stderr)
+                else _death(status, output.stderr)
             )
-        captured = b"".join(stdout).decode("utf-8", errors="replace")
+        captured = b"".join(output.stdout).decode("utf-8", errors="replace")
         if load is None:  # it never got to run a test: the failure is the program's load
             load = stopped or {"status": "error", "error": "the program ended before it was loaded"}
             return {"load": load, "tests": [], "stopped": None, "stdout": captured}
         if stopped is not None:  # the result of the test that was running when it ended
             stopped["time"] = round(time.monotonic() - started, 6)
-            if stopped["status"] == "error" and "error" not in stopped and stderr:
-                stopped["error"] = stderr.decode(errors="replace").strip().splitlines()[-1][:2000]
+            if stopped["status"] == "error" and "error" not in stopped and output.stderr:
+                stopped["error"] = output.stderr.decode(errors="replace").strip().splitlines()[-1][:2000]
         return {"load": load, "tests": tests, "stopped": stopped, "stdout": captured}
 
     def _reap_child(self, pid: int, grace: float) -> tuple[int, bool]:
@@ -325,6 +326,25 @@ class Server:
                 break
 
 
+class _Output:
+    """A child's stdout (kept when captured) and the tail of its stderr, counted against one limit."""
+
+    def __init__(self, capture: bool, limit: int):
+        self.capture, self.limit = capture, limit
+        self.stdout: list[bytes] = []
+        self.stderr, self.size, self.over = b"", 0, False
+
+    def add(self, data: bytes, is_stderr: bool) -> bool:
+        """Take `data`; True once the output passes the limit."""
+        self.size += len(data)
+        if is_stderr:
+            self.stderr = (self.stderr + data)[-STDERR_TAIL:]
+        elif self.capture:
+            self.stdout.append(data)
+        self.over = self.size > self.limit
+        return self.over
+
+
 def _remove_tree(path: str) -> None:
     """rm -rf that never follows a symbolic link (a program may leave one pointing anywhere)."""
     with os.scandir(path) as entries:
@@ -334,6 +354,13 @@ def _remove_tree(path: str) -> None:
             else:
                 os.unlink(entry.path)
     os.rmdir(path)
+
+
+def _read_now(fd: int) -> bytes:
+    """What the pipe holds now (at most 64 KiB), without waiting: b"" when it is empty or closed."""
+    if not select.select([fd], [], [], 0)[0]:
+        return b""
+    return os.read(fd, 1 << 16)
 
 
 def _event(line: bytes) -> dict[str, Any]:
