@@ -27,6 +27,7 @@ import yaml
 
 from .buffer import Execution, NewProgram, ReplayBuffer
 from .config import PperConfig, validate_config
+from .files import write_atomic
 from .errors import PperError
 from .jsonl import append_jsonl
 from .tasks import Task, holdout_split, load_tasks
@@ -76,8 +77,8 @@ def prepare(config: PperConfig, force: bool = False) -> Run:
     if not train:
         raise PperError(f"no training tasks: {config.tasks.source} with split {config.tasks.split!r} is empty")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(config_path, config.to_yaml())
-    _write_atomic(run_dir / TASKS_FILE, json.dumps({"train": [t.id for t in train], "eval": [t.id for t in held_out]}))
+    write_atomic(config_path, config.to_yaml())
+    write_atomic(run_dir / TASKS_FILE, json.dumps({"train": [t.id for t in train], "eval": [t.id for t in held_out]}))
     with ReplayBuffer.in_run(run_dir) as buffer:
         buffer.add_tasks(train)
     return Run(config=config, dir=run_dir, train=train, eval=held_out)
@@ -92,12 +93,6 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             keys.append(prefix + k)
     return keys
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def execute_untested(buffer: ReplayBuffer, executor, show_progress: bool = True) -> int:

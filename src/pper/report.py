@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .files import write_atomic
 from .buffer import ReplayBuffer
 from .buffer.priority import p2value, possibility
 from .jsonl import read_jsonl
@@ -120,9 +121,7 @@ def write_report(run_dir: str | Path, config: Any) -> Path:
     ]
     lines += [f"![{name}](plots/{name}.png)" for name in plots]
     report = run_dir / "report.md"
-    tmp = report.with_name("report.md.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(report)
+    write_atomic(report, "\n".join(lines) + "\n")
     return report
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_file
 from .priority import Possibility, p2value, possibility
 from .store import ReplayBuffer
 
@@ -65,14 +66,11 @@ def export_rows(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = "g
 
 def to_jsonl(buffer: ReplayBuffer, path: str | Path, alpha: float = 0.5, mode: Possibility = "geometric") -> int:
     """Write `export_rows` to a JSONL file (atomically: a temporary file renamed); returns the row count."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for row in export_rows(buffer, alpha, mode):
             f.write(json.dumps(row) + "\n")
             n += 1
-    tmp.replace(path)
     return n
 
 

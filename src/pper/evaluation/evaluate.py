@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..execution.samples import completion_of, program_of, read_samples, result_row
+from ..files import write_atomic
 from ..jsonl import append_jsonl, read_jsonl
 from ..progress import progress
 from ..tasks import Task
@@ -131,9 +132,5 @@ def evaluate(
         "seconds": seconds,
     }
     if metrics_path is not None:
-        metrics_path = Path(metrics_path)
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = metrics_path.with_name(metrics_path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(metrics_path)
+        write_atomic(metrics_path, json.dumps(result, indent=2) + "\n")
     return result

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_file
 from ..errors import DataFormatError
 from ..tasks import Task
 from ..tasks.rows import iter_file_rows
@@ -72,14 +73,11 @@ def result_row(sample: Sample, result: ProgramResult) -> dict[str, Any]:
 
 
 def write_results(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
             n += 1
-    tmp.replace(path)
     return n
 
 

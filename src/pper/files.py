@@ -1,0 +1,41 @@
+"""Files written atomically: the whole new content appears under the name at once, or nothing changes.
+
+A killed writer leaves the old file (or none) and, at most, a stray `NAME.tmp` beside it that the next
+write replaces. This is the one place pper writes a whole file; append-only logs are in `jsonl.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside `path` (text "w" or binary "wb"); on a clean exit it is flushed to
+    disk and renamed over `path`; on an exception it is removed and `path` is left as it was."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    f = open(tmp, mode, encoding="utf-8" if mode == "w" else None)  # noqa: SIM115 (closed below)
+    try:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, path)
+    except BaseException:
+        f.close()
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Replace the content of `path` by `data` atomically."""
+    with atomic_file(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
