@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from pper.buffer import p2value, possibility, priorities, ranks
+from pper.buffer import importance_weights, p2value, possibility, priorities, ranks
 
 
 def test_possibility_is_the_geometric_mean_token_probability_by_default():
@@ -38,3 +38,24 @@ def test_priority_schemes():
     np.testing.assert_allclose(priorities(values, "uniform"), [1, 1, 1, 1])
     with pytest.raises(ValueError, match="priority must be one of"):
         priorities(values, "greedy")
+
+
+def test_importance_weights_beta_zero_is_one_for_every_program():
+    p = np.array([0.5, 0.3, 0.2, 0.0])
+    np.testing.assert_array_equal(importance_weights(p, 0.0), [1.0, 1.0, 1.0, 1.0])
+
+
+def test_importance_weights_hand_computed_and_max_normalised():
+    # N = 3, beta = 0.5: (N P)^-beta = (1.5, 0.9, 0.6)^-0.5; the max is that of the least likely program.
+    p = np.array([0.5, 0.3, 0.2])
+    raw = (3 * p) ** -0.5
+    expected = raw / raw.max()
+    np.testing.assert_allclose(importance_weights(p, 0.5), expected, rtol=1e-12)
+    np.testing.assert_allclose(importance_weights(p, 0.5), [(0.2 / 0.5) ** 0.5, (0.2 / 0.3) ** 0.5, 1.0])
+    assert importance_weights(p, 1.0).max() == 1.0
+    # uniform draws need no correction whatever beta is
+    np.testing.assert_allclose(importance_weights(np.full(4, 0.25), 0.7), np.ones(4))
+    # a program that is never drawn gets no weight, and the others are normalised without it
+    np.testing.assert_allclose(importance_weights(np.array([0.75, 0.25, 0.0]), 1.0), [1 / 3, 1.0, 0.0])
+    with pytest.raises(ValueError, match="importance_beta must be >= 0"):
+        importance_weights(p, -0.1)

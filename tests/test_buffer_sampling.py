@@ -1,5 +1,7 @@
 """Prioritized sampling: the sum tree is exact, and draws follow P(i) = p_i^e / sum p_k^e (chi-square)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.stats import chisquare
@@ -124,3 +126,36 @@ def test_draws_carry_their_p2value_and_probability():
         assert d.task_id == table.task_id[i] and d.pass_rate == table.pass_rate[i]
         assert d.p2value == pytest.approx(0.25 * d.possibility + 0.75 * d.pass_rate)
         assert d.probability == pytest.approx(replay.probability[i])
+
+
+def test_draws_carry_their_importance_weight():
+    table = _table(30)
+    plain = Replay(table, ReplayConfig(priority="rank"), seed=0)
+    assert {d.weight for d in plain.sample(50)} == {1.0}  # beta 0: the paper's setting
+    replay = Replay(table, ReplayConfig(priority="rank", importance_beta=0.6), seed=0)
+    p = replay.probability
+    expected = (len(p) * p) ** -0.6 / ((len(p) * p) ** -0.6).max()
+    np.testing.assert_allclose(replay.weight, expected, rtol=1e-12)
+    for d in replay.sample(50):
+        i = int(np.flatnonzero(table.program_id == d.program_id)[0])
+        assert d.weight == pytest.approx(expected[i]) and 0 < d.weight <= 1
+    with pytest.raises(ValueError):
+        ReplayConfig(importance_beta=-1)
+
+
+def test_a_rescored_table_builds_a_replay_from_the_new_log_probabilities():
+    """The trainer's rescore path: the same table with the current model's logprob and token counts."""
+    table = _table(20)
+    config = ReplayConfig(priority="proportional", alpha=1.0, rescore=True)
+    logprob, tokens = -np.arange(1.0, 21.0), np.full(20, 4)
+    rescored = Replay(dataclasses.replace(table, logprob=logprob, num_tokens=tokens), config, seed=0)
+    assert rescored.table.logprob is logprob
+    np.testing.assert_allclose(rescored.possibility, np.exp(logprob / 4))
+    np.testing.assert_allclose(rescored.probability, np.exp(logprob / 4) / np.exp(logprob / 4).sum())
+    assert not np.allclose(rescored.probability, Replay(table, config).probability)
+    with pytest.raises(ValueError, match="logprob has shape"):
+        Replay(dataclasses.replace(table, logprob=logprob[:5]), config)
+    with pytest.raises(ValueError, match="logprob must be finite"):
+        Replay(dataclasses.replace(table, logprob=np.full(20, np.nan)), config)
+    with pytest.raises(ValueError, match="num_tokens must be >= 1"):
+        Replay(dataclasses.replace(table, num_tokens=np.zeros(20, dtype=np.int64)), config)

@@ -163,3 +163,44 @@ def test_killing_a_writer_mid_transaction_leaves_the_buffer_consistent(tmp_path)
         assert b.stats()["untested"] % BATCH == 0  # whole batches whose executions were never written
         b.add_programs([NewProgram("t", "after the kills", -1.0, 3, "m", 10**6)])
     assert kills == 3
+
+
+def test_copy_to_is_a_consistent_copy_and_refuses_to_overwrite_unless_asked(buffer, tmp_path):
+    ids = buffer.add_programs(NewProgram("HumanEval/0", f"x = {i}", -1.0, 3, "m") for i in range(3))
+    buffer.add_executions([Execution(ids[0], ("passed", "wrong_answer"), 1, "AssertionError", 0.2)])
+    dest = tmp_path / "arm" / "buffer.sqlite"
+    assert buffer.copy_to(dest) == dest
+    with ReplayBuffer(dest) as copy:
+        assert copy.programs() == buffer.programs() and copy.tasks() == buffer.tasks()
+        copy.add_programs([NewProgram("HumanEval/1", "only in the copy", -1.0, 3, "m")])
+    assert buffer.stats()["programs"] == 3  # the copy is independent of the buffer
+    assert not dest.with_name(dest.name + ".tmp").exists()
+    with pytest.raises(PperError, match="already exists.*overwrite=True"):
+        buffer.copy_to(dest)
+    with ReplayBuffer(dest) as copy:
+        assert copy.stats()["programs"] == 4  # refused: untouched
+    buffer.add_programs([NewProgram("HumanEval/2", "later", -1.0, 3, "m")])
+    buffer.copy_to(dest, overwrite=True)
+    with ReplayBuffer(dest) as copy:
+        assert [p.text for p in copy.programs()] == [p.text for p in buffer.programs()]
+    with pytest.raises(PperError, match="onto itself"):
+        buffer.copy_to(buffer.path, overwrite=True)
+
+
+def test_copy_to_takes_a_committed_state_while_another_connection_writes(tmp_path):
+    """The backup API copies one committed transaction: a write left open in another process is not in it."""
+    path = tmp_path / "buffer.sqlite"
+    with ReplayBuffer(path) as b:
+        b.add_tasks(load_tasks("humaneval", limit=1))
+        b.add_programs([NewProgram("HumanEval/0", "committed", -1.0, 2, "m")])
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute(
+            "INSERT INTO programs (task_id, hash, text, logprob, num_tokens, model, round, created)"
+            " VALUES ('HumanEval/0', 'h', 'uncommitted', -1, 2, 'm', 0, 0)"
+        )
+        b.copy_to(tmp_path / "copy.sqlite")
+        other.execute("COMMIT")
+        other.close()
+    with ReplayBuffer(tmp_path / "copy.sqlite") as copy:
+        assert [p.text for p in copy.programs()] == ["committed"]

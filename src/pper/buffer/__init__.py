@@ -4,7 +4,7 @@ Imports no torch.
 """
 
 from .export import EXPORT_COLUMNS, export_rows, to_hf_dataset, to_jsonl
-from .priority import p2value, possibility, priorities, ranks
+from .priority import importance_weights, p2value, possibility, priorities, ranks
 from .replay import Draw, Replay, ReplayConfig
 from .sampler import PrioritizedSampler
 from .store import BUFFER_FILE, Execution, NewProgram, Program, ReplayBuffer, ReplayTable, program_hash
@@ -15,6 +15,7 @@ __all__ = [
     "export_rows",
     "to_hf_dataset",
     "to_jsonl",
+    "importance_weights",
     "p2value",
     "possibility",
     "priorities",

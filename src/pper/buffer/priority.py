@@ -5,6 +5,13 @@
 P(t_i) is the possibility of the program under the model that wrote it: by default the geometric-mean
 token probability exp(logP / tokens) (length-independent; the raw product vanishes for long programs),
 or the raw sequence probability exp(logP) with `possibility="product"`.
+
+PER's importance-sampling weights (Schaul et al. 2016, sec. 3.4) correct the bias of prioritized draws:
+
+    w_i = (N * P(i))^-beta / max_j w_j
+
+where P(i) is the probability of drawing program i (not the possibility P(t_i) above) and N the number of
+programs in the replay. beta = 0 (the paper's setting) gives w_i = 1.
 """
 
 from __future__ import annotations
@@ -55,3 +62,24 @@ def priorities(values: np.ndarray, scheme: Scheme) -> np.ndarray:
     if scheme == "uniform":
         return np.ones_like(values)
     raise ValueError(f"priority must be one of {SCHEMES}, got {scheme!r}")
+
+
+def importance_weights(probability: np.ndarray, beta: float) -> np.ndarray:
+    """w_i = (N * P(i))^-beta / max_j w_j over the draw probabilities P(i) of the N programs in the replay.
+
+    N cancels in the normalisation, so w_i = (min_j P(j) / P(i))^beta, the minimum over P(j) > 0: the least
+    likely program gets weight 1, every other less. beta = 0 gives 1 everywhere. A program with P(i) = 0 is
+    never drawn; its weight is 0 (when beta > 0).
+    """
+    if not beta >= 0.0:
+        raise ValueError(f"importance_beta must be >= 0, got {beta}")
+    p = np.asarray(probability, dtype=np.float64)
+    if p.size and (not np.all(np.isfinite(p)) or p.min() < 0):
+        raise ValueError("draw probabilities must be finite and non-negative")
+    if beta == 0.0 or not p.size:
+        return np.ones_like(p)
+    positive = p > 0
+    if not positive.any():
+        raise ValueError("every draw probability is zero")
+    smallest = p[positive].min()
+    return np.where(positive, (smallest / np.where(positive, p, 1.0)) ** beta, 0.0)

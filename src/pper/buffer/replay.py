@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import PperError
-from .priority import Possibility, Scheme, p2value, possibility, priorities
+from .priority import Possibility, Scheme, importance_weights, p2value, possibility, priorities
 from .sampler import PrioritizedSampler
 from .store import ReplayBuffer, ReplayTable
 
@@ -19,6 +20,13 @@ class ReplayConfig(BaseModel):
     (p_i = P2Value) or "uniform" (ablation). alpha weighs possibility against pass rate in P2Value;
     exponent is e in P(i) = p_i^e / sum_k p_k^e. min_pass_rate keeps only programs at or above a pass
     rate (1.0 gives the rejection-sampling baseline).
+
+    importance_beta is PER's importance-sampling exponent beta: each draw carries the weight
+    w_i = (N * P(i))^-beta / max_j w_j (P(i) the draw probability, N the programs in the replay), by which
+    training scales the program's loss; 0 (the paper's setting) weighs every draw 1. rescore recomputes the
+    possibility P(t) of every program under the model being trained before each round's replay, instead of the
+    stored log-probability of the model that sampled it (which goes stale as training moves); the trainer
+    does it and builds the replay from the rescored table.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -28,10 +36,12 @@ class ReplayConfig(BaseModel):
     exponent: float = Field(1.0, ge=0.0)
     possibility: Possibility = "geometric"
     min_pass_rate: float | None = Field(None, ge=0.0, le=1.0)
+    importance_beta: float = Field(0.0, ge=0.0)
+    rescore: bool = False
 
 
 class Draw(NamedTuple):
-    """One replayed program and why it was drawn."""
+    """One replayed program, why it was drawn (probability P(i)), and its importance-sampling weight."""
 
     program_id: int
     task_id: str
@@ -39,15 +49,22 @@ class Draw(NamedTuple):
     pass_rate: float
     p2value: float
     probability: float
+    weight: float
 
     def to_dict(self) -> dict[str, Any]:
         return self._asdict()
 
 
 class Replay:
-    """Prioritized replay over a snapshot of the buffer's tested programs."""
+    """Prioritized replay over a snapshot of the buffer's tested programs.
+
+    `table` is usually `buffer.replay_table(...)` (see `from_buffer`); a rescored replay passes the same table
+    with the current model's log-probabilities: `Replay(dataclasses.replace(table, logprob=..., num_tokens=...),
+    config, seed)`.
+    """
 
     def __init__(self, table: ReplayTable, config: ReplayConfig, seed: int | None = None):
+        _check_table(table)
         if len(table) == 0:
             raise PperError(
                 "nothing to replay: the buffer has no tested programs"
@@ -63,6 +80,7 @@ class Replay:
                 "(no tested program passes a test); use priority=rank or alpha > 0"
             )
         self.probability = self.sampler.probabilities()
+        self.weight = importance_weights(self.probability, config.importance_beta)
 
     @classmethod
     def from_buffer(cls, buffer: ReplayBuffer, config: ReplayConfig, seed: int | None = None) -> Replay:
@@ -74,5 +92,19 @@ class Replay:
     def sample(self, n: int) -> list[Draw]:
         """Draw `n` programs with replacement."""
         i, t = self.sampler.sample(n), self.table
-        columns = (t.program_id, t.task_id, self.possibility, t.pass_rate, self.p2value, self.probability)
+        columns = (t.program_id, t.task_id, self.possibility, t.pass_rate, self.p2value, self.probability, self.weight)
         return list(map(Draw._make, zip(*(c[i].tolist() for c in columns), strict=True)))
+
+
+def _check_table(table: ReplayTable) -> None:
+    """Columns of one length, log-probabilities finite and <= 0, token counts >= 1 (a rescored table too)."""
+    n = len(table)
+    columns = {"task_id": table.task_id, "logprob": table.logprob, "num_tokens": table.num_tokens}
+    columns["pass_rate"] = table.pass_rate
+    for name, column in columns.items():
+        if np.shape(column) != (n,):
+            raise ValueError(f"replay table: {name} has shape {np.shape(column)}, program_id has ({n},)")
+    if n and (not np.all(np.isfinite(table.logprob)) or np.max(table.logprob) > 1e-6):
+        raise ValueError("replay table: every logprob must be finite and <= 0")
+    if n and np.min(table.num_tokens) < 1:
+        raise ValueError("replay table: every num_tokens must be >= 1")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -171,6 +172,37 @@ class ReplayBuffer:
 
     def close(self) -> None:
         self._db.close()
+
+    def copy_to(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write a consistent copy of the buffer to `path` with SQLite's backup API; returns `path`.
+
+        The copy is the buffer as of one committed transaction, even while another connection writes. It is
+        made beside `path` and renamed over it, so a killed copy never leaves a half-written buffer under
+        `path`. An existing `path` is refused unless `overwrite`; the buffer's own file always is. Nothing may
+        have the file at `path` open while it is overwritten.
+        """
+        dest = Path(path)
+        if dest.exists():
+            if os.path.samefile(dest, self.path):
+                raise PperError(f"cannot copy the buffer {self.path} onto itself")
+            if not overwrite:
+                raise PperError(f"{dest} already exists; remove it or pass overwrite=True to replace it")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        _remove_database(tmp)  # a copy killed earlier
+        target = sqlite3.connect(tmp)
+        try:
+            self._db.backup(target)
+        except BaseException:
+            target.close()
+            _remove_database(tmp)
+            raise
+        target.close()  # the last connection: checkpoints and removes tmp's WAL
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        _remove_database(dest, keep_main=True)  # an old WAL beside `dest` would be replayed into the copy
+        os.replace(tmp, dest)
+        return dest
 
     def __enter__(self) -> ReplayBuffer:
         return self
@@ -388,6 +420,12 @@ _PROGRAMS = (
 
 def _program(r: tuple) -> Program:
     return Program(*r[:10], tuple(json.loads(r[10])) if r[10] is not None else None, r[11], r[12])
+
+
+def _remove_database(path: Path, keep_main: bool = False) -> None:
+    """Delete an SQLite file's WAL and shared-memory files, and the file itself unless `keep_main`."""
+    for suffix in ("-wal", "-shm") if keep_main else ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def _task(data: str) -> Task:
