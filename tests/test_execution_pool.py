@@ -173,7 +173,9 @@ def test_output_is_kept_when_poll_reports_only_the_result_pipe(monkeypatch):
         os._exit(0)
     limits = SimpleNamespace(**Limits(wall_time=2.0).to_dict())
     try:
-        run = server.Server._supervise(object.__new__(server.Server), pid, res_r, out_r, err_r, limits, True, 0)
+        run = server.Server._supervise(
+            object.__new__(server.Server), pid, res_r, out_r, err_r, limits, [2.0], True, 0, (4, None)
+        )
     finally:
         for fd in (res_r, out_r, err_r):
             os.close(fd)

@@ -2,11 +2,14 @@
 
 Started by `pool.Sandbox` as `[unshare ...] python -I -c <boot> UID ISOLATE NPROC_BASE`. With ISOLATE it
 runs as pid 1 of a new pid namespace, with a new mount namespace (every mount read-only, private tmpfs on
-/tmp, /var/tmp and /dev/shm) and a network namespace without interfaces. It reads one JSON request per
-line on stdin and answers one JSON line on stdout. For each program it forks a child that starts a new
-session, takes the limits and an empty environment, drops to the unprivileged UID (when started as root),
-and runs `harness`; stdio tests get a child each. The server enforces the per-test wall time itself,
-and after each program kills every process left (`kill(-1)` as pid 1), so nothing outlives its program.
+/tmp, /var/tmp and /dev/shm, replaced by fresh ones before a program runs when the last one left anything
+there) and a network namespace without interfaces. It reads one JSON request per line on stdin and answers
+one JSON line on stdout. For each program it forks a child that starts a new session, takes the limits and
+an empty environment, drops to the unprivileged UID (when started as root), and runs `harness`; stdio tests
+get a child each. The server enforces the per-test wall time itself (the request's `times`, one per test,
+else `wall_time`), and after each program kills every process left (`kill(-1)` as pid 1), so nothing
+outlives its program. A child that dies is labelled by the cause: its CPU limit, the kernel's OOM killer,
+else the signal or exit status.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from typing import Any
 from . import harness
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
+MNT_DETACH = 2
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")  # where programs may write: fresh for every program when isolated
+SCRATCH_OPTIONS = "size=1g,mode=1777"
 PR_SET_CHILD_SUBREAPER = 36
 SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
 # Modules imported before forking, so programs do not pay for importing them: those that HumanEval's and
@@ -47,6 +53,7 @@ PRELOAD = (
     "typing",
 )
 STDERR_TAIL = 4000
+_LIBC = ctypes.CDLL(None, use_errno=True)
 _exit = os._exit  # captured before any program runs: a program that patches os._exit cannot stay alive
 
 
@@ -54,32 +61,57 @@ class Server:
     def __init__(self, uid: int, isolated: bool, nproc_base: int, cache_size: int = 2000):
         self.uid, self.isolated, self.nproc_base, self.cache_size = uid, isolated, nproc_base, cache_size
         self.suites: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        self.root = "/tmp/pper-sandbox" if isolated else f"/tmp/pper-sandbox-{os.getpid()}"
-        os.makedirs(self.root, mode=0o711, exist_ok=True)
-        work = os.path.join(self.root, "work")
+        if isolated:  # the private /tmp is the working directory, fresh for every program (see _workdir)
+            self.scratch = [point for point in SCRATCH if os.path.isdir(point)]
+            self.work = "/tmp"
+        else:  # the host's /tmp: only the working directory inside it is emptied between programs
+            self.scratch = []
+            root = f"/tmp/pper-sandbox-{os.getpid()}"
+            os.makedirs(root, mode=0o711, exist_ok=True)
+            self.work = os.path.join(root, "work")
         os.environ.clear()  # children inherit this: nothing of the caller's environment
-        os.environ.update(SAFE_ENV, HOME=work, TMPDIR=work)
+        os.environ.update(SAFE_ENV, HOME=self.work, TMPDIR=self.work)
         self.devnull = os.open(os.devnull, os.O_RDWR)
+        try:  # the kernel's count of OOM kills: a child killed while it grows was killed for memory
+            self.vmstat: int | None = os.open("/proc/vmstat", os.O_RDONLY)
+        except OSError:
+            self.vmstat = None
 
     # -- one request ---------------------------------------------------------------------------
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         limits = Limits(**request["limits"])
         suite, compiled = self._suite(request["suite"])
+        n = len(compiled["tests"])
+        walls = request.get("times") or [limits.wall_time] * n
+        if len(walls) != n or not all(isinstance(w, (int, float)) and w > 0 for w in walls):
+            raise ValueError(f"the request's times must be {n} positive numbers, one per test")
         start = time.monotonic()
         code, failure = harness.compile_program(request["program"])
         if failure is not None:
             return {"id": request["id"], "load": failure, "tests": [], "time": time.monotonic() - start}
         workdir = self._workdir()
         if suite["kind"] == "stdio":
-            load, tests = self._stdio(code, suite, limits, workdir)
+            load, tests = self._stdio(code, suite, limits, walls, workdir)
         else:
-            load, tests = self._functions(code, suite, compiled, limits, workdir)
+            load, tests = self._functions(code, suite, compiled, limits, walls, workdir)
         return {"id": request["id"], "load": load, "tests": tests, "time": time.monotonic() - start}
 
     def _workdir(self) -> str:
-        """An empty working directory owned by the sandbox uid (the last one, if the program left it empty)."""
-        workdir = os.path.join(self.root, "work")
+        """An empty working directory, with empty scratch space.
+
+        Isolated, the working directory is /tmp: /tmp, /var/tmp and /dev/shm are this server's own tmpfs,
+        and each one the last program left anything in (or changed) is replaced by a fresh tmpfs, so no
+        program sees what an earlier one wrote (checking costs three directory reads). Without isolation,
+        only the working directory is emptied (the host's /tmp is shared: see docs/sandbox.md).
+        """
+        if self.isolated:
+            for point in self.scratch:
+                st = os.stat(point)
+                if st.st_mode & 0o7777 != 0o1777 or st.st_uid != 0 or os.listdir(point):
+                    _fresh_tmpfs(point)
+            return self.work
+        workdir = self.work
         try:
             if not os.listdir(workdir) and os.stat(workdir).st_mode & 0o7777 == 0o700:
                 return workdir
@@ -101,7 +133,7 @@ class Server:
                 self.suites.pop(next(iter(self.suites)))
         return self.suites[spec["key"]]
 
-    def _functions(self, code, suite, compiled, limits, workdir):
+    def _functions(self, code, suite, compiled, limits, walls, workdir):
         n = len(compiled["tests"])
         tests: list[dict[str, Any] | None] = [None] * n
         first, load = 0, None
@@ -109,10 +141,10 @@ class Server:
             run = self._run_child(
                 lambda f=first: harness.run_functions(code, suite, compiled, f),
                 limits,
+                walls[first:],
                 workdir,
                 None,
                 first,
-                n - first,
             )
             if run["load"]["status"] != "ok":
                 load = run["load"]
@@ -124,13 +156,13 @@ class Server:
                 first += 1
         return load or {"status": "ok"}, tests if load is None else []
 
-    def _stdio(self, code, suite, limits, workdir):
+    def _stdio(self, code, suite, limits, walls, workdir):
         tests = []
-        for text in suite["inputs"]:
+        for text, wall in zip(suite["inputs"], walls, strict=True):
             path = os.path.join(workdir, ".stdin")
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
-            run = self._run_child(lambda: harness.run_stdio(code), limits, workdir, path, 0, 1, capture=True)
+            run = self._run_child(lambda: harness.run_stdio(code), limits, [wall], workdir, path, 0, capture=True)
             os.unlink(path)
             if run["load"]["status"] != "ok":
                 return run["load"], []
@@ -146,22 +178,25 @@ class Server:
         self,
         body,
         limits: Limits,
+        walls: list[float],
         workdir: str,
         stdin_path: str | None,
         first: int,
-        n_tests: int,
         capture: bool = False,
     ) -> dict[str, Any]:
-        """Fork a child running `body`, supervise it (see `_supervise`), then kill what is left."""
+        """Fork a child running `body` (the tests from `first` on, whose wall times are `walls`), supervise
+        it (see `_supervise`), then kill what is left."""
         res_r, res_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         stdin_fd = os.open(stdin_path, os.O_RDONLY) if stdin_path else self.devnull
+        cpu = cpu_seconds(limits, walls)
+        ooms = _oom_kills(self.vmstat)
         pid = os.fork()
         if pid == 0:  # the child: never returns
             code = 70
             try:
-                self._enter_sandbox(limits, workdir, stdin_fd, out_w, err_w, res_w, n_tests)
+                self._enter_sandbox(limits, cpu, workdir, stdin_fd, out_w, err_w, res_w)
                 body()
                 code = 0
             finally:
@@ -169,13 +204,13 @@ class Server:
         for fd in (res_w, out_w, err_w) + ((stdin_fd,) if stdin_path else ()):
             os.close(fd)
         try:
-            return self._supervise(pid, res_r, out_r, err_r, limits, capture, first)
+            return self._supervise(pid, res_r, out_r, err_r, limits, walls, capture, first, (cpu, ooms))
         finally:
             for fd in (res_r, out_r, err_r):
                 os.close(fd)
             self._kill_all(pid)
 
-    def _enter_sandbox(self, limits, workdir, stdin_fd, out_w, err_w, res_w, n_tests) -> None:
+    def _enter_sandbox(self, limits, cpu, workdir, stdin_fd, out_w, err_w, res_w) -> None:
         os.setsid()
         os.dup2(stdin_fd, 0)
         os.dup2(out_w, 1)
@@ -183,7 +218,6 @@ class Server:
         os.dup2(res_w, harness.RESULT_FD)
         os.closerange(harness.RESULT_FD + 1, 1 << 20)  # the server's request and response pipes among them
         os.chdir(workdir)
-        cpu = int(limits.cpu_time * n_tests + limits.load_time) + 1
         for limit, value in (
             (resource.RLIMIT_CPU, (cpu, cpu + 1)),
             (resource.RLIMIT_AS, (limits.memory, limits.memory)),
@@ -200,12 +234,13 @@ class Server:
         # sys.stdin/stdout/stderr now read and write the new descriptors 0-2; the server never writes to
         # them, so they carry no buffered data of its own.
 
-    def _supervise(self, pid, res_r, out_r, err_r, limits: Limits, capture: bool, first: int) -> dict[str, Any]:
+    def _supervise(self, pid, res_r, out_r, err_r, limits: Limits, walls, capture, first, before) -> dict[str, Any]:
         """Read the child's events and output until it is done, stops or runs out of time.
 
         Returns the load status, the results of the tests that ended, `stopped` (the result of the test
         that was running when the child ended early) and the captured stdout. Test numbers start at
-        `first`.
+        `first`; test `first + i` may take `walls[i]` seconds. `before`: the child's CPU limit and the
+        kernel's OOM-kill count when it was forked, to tell why it died.
         """
         poller = select.poll()
         for fd in (res_r, out_r, err_r):
@@ -247,19 +282,20 @@ class Server:
                         if kind == "load" and load is None:
                             load = {k: v for k, v in event.items() if k in ("status", "error")}
                             current, started = 0, now
-                            deadline = now + (limits.wall_time if load["status"] == "ok" else 1.0)
+                            deadline = now + (walls[0] if load["status"] == "ok" else 1.0)
                         elif kind == "end" and current is not None and event.get("t") == first + current:
                             result = {k: event[k] for k in ("status", "error", "values") if k in event}
                             result["time"] = round(now - started, 6)
                             tests.append(result)
-                            current, started, deadline = current + 1, now, now + limits.wall_time
+                            current, started = current + 1, now
+                            deadline = now + (walls[current] if current < len(walls) else limits.wall_time)
                         elif kind == "done":
                             done = True
                         else:
                             stopped = {"status": "error", "error": "the program wrote to the sandbox's result channel"}
                             done = True
         grace = 1.0 if done and stopped is None else 0.2 if stopped is None else 0.0
-        status, killed = self._reap_child(pid, grace)
+        status, cpu_used, killed = self._reap_child(pid, grace)
         # poll may report only the result pipe, whose read then already holds the last events: what the
         # child wrote to stdout and stderr before them is still in those pipes, unread.
         for fd in (out_r, err_r):
@@ -270,7 +306,7 @@ class Server:
             stopped = (
                 {"status": "error", "error": "the program closed the sandbox's result channel"}
                 if killed
-                else _death(status, output.stderr)
+                else _death(status, output.stderr, cpu_used, before[0], before[1], _oom_kills(self.vmstat))
             )
         captured = b"".join(output.stdout).decode("utf-8", errors="replace")
         if load is None:  # it never got to run a test: the failure is the program's load
@@ -282,22 +318,24 @@ class Server:
                 stopped["error"] = output.stderr.decode(errors="replace").strip().splitlines()[-1][:2000]
         return {"load": load, "tests": tests, "stopped": stopped, "stdout": captured}
 
-    def _reap_child(self, pid: int, grace: float) -> tuple[int, bool]:
-        """Wait up to `grace` seconds for the child to exit, then kill it; (wait status, killed here)."""
+    def _reap_child(self, pid: int, grace: float) -> tuple[int, float, bool]:
+        """Wait up to `grace` seconds for the child to exit, then kill it; (wait status, CPU seconds it
+        used, killed here)."""
         if grace > 0:
             pidfd = os.pidfd_open(pid)
             try:
                 select.select([pidfd], [], [], grace)
             finally:
                 os.close(pidfd)
-            got, status = os.waitpid(pid, os.WNOHANG)
+            got, status, usage = os.wait4(pid, os.WNOHANG)
             if got:
-                return status, False
+                return status, usage.ru_utime + usage.ru_stime, False
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        return os.waitpid(pid, 0)[1], True
+        _, status, usage = os.wait4(pid, 0)
+        return status, usage.ru_utime + usage.ru_stime, True
 
     def _kill_all(self, pid: int) -> None:
         """Kill every process the program left behind, and reap them."""
@@ -371,16 +409,51 @@ def _event(line: bytes) -> dict[str, Any]:
     return event if isinstance(event, dict) else {"e": "garbage"}
 
 
-def _death(status: int, stderr: bytes) -> dict[str, Any]:
-    """Why a child ended early, from its wait status."""
+def cpu_seconds(limits: Limits, walls: list[float]) -> int:
+    """The child's RLIMIT_CPU in seconds (soft; the hard limit is one more): the CPU time of the tests it
+    runs, each `cpu_time` scaled as its wall time is (cpu_time x wall / wall_time: a calibrated test
+    that may take longer may use as much more CPU), plus `load_time`, rounded up."""
+    return int(sum(limits.cpu_time * wall / limits.wall_time for wall in walls) + limits.load_time) + 1
+
+
+def _oom_kills(fd: int | None) -> int | None:
+    """The kernel's count of processes killed by the out-of-memory killer (`oom_kill` in /proc/vmstat,
+    global and cgroup OOMs alike); None where it cannot be read."""
+    if fd is None:
+        return None
+    try:
+        data = os.pread(fd, 1 << 16, 0)
+        start = data.index(b"\noom_kill ") + 10
+        return int(data[start : data.index(b"\n", start)])
+    except (OSError, ValueError):
+        return None
+
+
+def _death(
+    status: int,
+    stderr: bytes,
+    cpu_used: float = 0.0,
+    cpu_limit: float = float("inf"),
+    ooms_before: int | None = None,
+    ooms_after: int | None = None,
+) -> dict[str, Any]:
+    """Why a child ended early, from its wait status, the CPU seconds it used against its RLIMIT_CPU, and
+    the kernel's OOM-kill count before and after it ran.
+
+    SIGXCPU, or SIGKILL once the CPU limit is spent (the kernel's hard limit): timeout. SIGKILL while the
+    OOM count grew: memory_limit. Any other signal, SIGKILL included (a program may kill itself): a runtime
+    error naming it. (The wall-time limit and pper's own kills are labelled before this is asked.)
+    """
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig == signal.SIGXCPU:
             return {"status": "timeout"}
+        if sig == signal.SIGKILL and cpu_used >= cpu_limit:
+            return {"status": "timeout", "error": "CPU time limit exceeded (killed by SIGKILL)"}
         if sig == signal.SIGXFSZ:
             return {"status": "error", "error": "file size limit exceeded"}
-        if sig == signal.SIGKILL:
-            return {"status": "memory", "error": "killed (out of memory)"}
+        if sig == signal.SIGKILL and ooms_before is not None and ooms_after is not None and ooms_after > ooms_before:
+            return {"status": "memory", "error": "killed by the kernel's out-of-memory killer (SIGKILL)"}
         return {"status": "error", "error": f"killed by signal {signal.Signals(sig).name}"}
     code = os.WEXITSTATUS(status)
     tail = stderr.decode(errors="replace").strip().splitlines()
@@ -403,35 +476,39 @@ def _compile_suite(suite: dict[str, Any]) -> dict[str, Any]:
     return {"tests": list(range(len(suite["inputs"])))}
 
 
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    if _LIBC.mount(
+        source and source.encode(), target.encode(), fstype and fstype.encode(), flags, data and data.encode()
+    ):
+        raise OSError(ctypes.get_errno(), f"mount {source} on {target} failed")
+
+
+def _fresh_tmpfs(point: str) -> None:
+    """Replace the tmpfs on `point` (and everything mounted under it) by an empty one. The old one is
+    detached, and freed once no process uses it (none does: every program's processes are dead)."""
+    _LIBC.umount2(point.encode(), MNT_DETACH)  # fails harmlessly where nothing is mounted on `point`
+    _mount("tmpfs", point, "tmpfs", MS_NOSUID | MS_NODEV, SCRATCH_OPTIONS)
+
+
 def _isolate_filesystem(exposed: list[str], hidden: list[str]) -> None:
     """Private tmpfs where programs may write; `hidden` directories (home directories) covered by an empty
     tmpfs; the `exposed` paths (the Python installation) reachable by the sandbox uid; every mount
     read-only. Runs as root of a new mount namespace, so the host sees none of it."""
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def mount(source, target, fstype, flags, data=None):
-        if (
-            libc.mount(
-                source and source.encode(), target.encode(), fstype and fstype.encode(), flags, data and data.encode()
-            )
-            != 0
-        ):
-            raise OSError(ctypes.get_errno(), f"mount {source} on {target} failed")
-
-    for point in ("/tmp", "/var/tmp", "/dev/shm"):
-        if os.path.isdir(point):
-            mount("tmpfs", point, "tmpfs", MS_NOSUID | MS_NODEV, "size=1g,mode=1777")
-    _cover(exposed, hidden, mount)
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, SCRATCH_OPTIONS)  # where _cover stages its mounts
+    _cover(exposed, hidden, _mount)
     with open("/proc/self/mountinfo") as f:
         mounts = [(line.split()[4], line.split()[5].split(",")) for line in f]
     for point, options in mounts:
-        if point.startswith(("/proc", "/sys", "/dev")) or point in ("/tmp", "/var/tmp"):
+        if point.startswith(("/proc", "/sys", "/dev")) or point in SCRATCH:
             continue  # the program's scratch space stays writable
         flags = MS_REMOUNT | MS_BIND | MS_RDONLY
         for name, bit in (("nosuid", MS_NOSUID), ("nodev", MS_NODEV), ("noexec", MS_NOEXEC)):
             if name in options:  # flags locked by the kernel must be kept
                 flags |= bit
-        libc.mount(None, point.encode(), None, flags, None)
+        _LIBC.mount(None, point.encode(), None, flags, None)
+    for point in SCRATCH:  # empty scratch space, without the staging directories
+        if os.path.isdir(point):
+            _fresh_tmpfs(point)
 
 
 def _cover(exposed: list[str], hidden: list[str], mount) -> None:
@@ -475,7 +552,7 @@ def main(argv: list[str]) -> None:
     if isolated:
         _isolate_filesystem([sys.prefix, sys.base_prefix, sys.exec_prefix, *filter(None, sys.path)], hidden)
     else:
-        ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     for name in PRELOAD:
         __import__(name)
     gc.freeze()  # children then never touch (and copy) the server's objects when they collect garbage
