@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..tasks import Task
+from . import calibration
 from .judge import judge
 from .limits import Limits
 from .plan import Plan, build_plan
@@ -128,8 +129,9 @@ class Sandbox:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def send(self, program: str, plan: Plan, limits: Limits) -> int:
-        """Queue one program on the server; returns the request id its answer will carry."""
+    def send(self, program: str, plan: Plan, limits: Limits, times: tuple[float, ...] | None = None) -> int:
+        """Queue one program on the server; returns the request id its answer will carry. `times`: the
+        wall-time limit of each test (default: `limits.wall_time` for every test)."""
         if not self.alive:
             self.start()
         self._next_id += 1
@@ -137,6 +139,8 @@ class Sandbox:
         if plan.key not in self._known_suites:
             suite["body"] = plan.public
         request = {"id": self._next_id, "program": program, "suite": suite, "limits": limits.to_dict()}
+        if times is not None:
+            request["times"] = list(times)
         try:
             self.proc.stdin.write((json.dumps(request) + "\n").encode())
             self.proc.stdin.flush()
@@ -196,8 +200,15 @@ class _Pending:
     future: Future
     plan: Plan
     program: str
+    limits: Limits
+    times: tuple[float, ...] | None  # per-test wall-time limits; None: limits.wall_time for each
     tries: int = 0
     request: int = 0
+
+    def budget(self) -> float:
+        """Seconds the server may take to answer for this program before it counts as hung."""
+        walls = self.times or (self.limits.wall_time,) * self.plan.num_tests
+        return self.limits.load_time + sum(walls) + len(walls) + 30.0
 
 
 class Executor:
@@ -205,12 +216,25 @@ class Executor:
 
     `map(jobs)` yields results in the order of the jobs. A worker that dies is replaced and the programs
     it held are run once more; a program that kills two workers gets `runtime_error` on every test.
+
+    With `calibrate` (the default), a task with a reference solution gets per-test time limits calibrated
+    from it (see `calibration`): measured the first time the task is submitted, or for many tasks at once
+    (in parallel, one cache file) by `calibrate(tasks)`, and cached under $PPER_CACHE for this machine.
     """
 
-    def __init__(self, limits: Limits | None = None, workers: int | None = None, isolation: Isolation = "auto"):
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        workers: int | None = None,
+        isolation: Isolation = "auto",
+        calibrate: bool = True,
+    ):
         self.limits = limits or Limits()
         self.workers = workers or os.cpu_count() or 1
+        self.calibrating = calibrate
         self._plans: dict[str, Plan] = {}
+        self._times: dict[str, calibration.Times] = {}  # task id -> its reference's seconds per test
+        self._calibration_lock = threading.Lock()
         self._jobs: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._sandboxes = [Sandbox(i, isolation) for i in range(self.workers)]
         self._threads = [
@@ -238,11 +262,44 @@ class Executor:
             plan = self._plans[task.id] = build_plan(task)
         return plan
 
+    def calibrate(self, tasks: Iterable[Task]) -> dict[str, tuple[float, ...]]:
+        """Calibrate the time limits of the `tasks` not calibrated yet, at once: their references run in
+        parallel (or their times are read from the cache of this task set). Returns every task's per-test
+        wall-time limits. Does nothing but return them when the executor does not calibrate."""
+        tasks = list(tasks)
+        if self.calibrating:
+            with self._calibration_lock:
+                todo = [t for t in tasks if t.solutions and t.id not in self._times]
+                if todo:
+                    self._times.update(calibration.reference_times(todo, self._measure))
+        return {t.id: self.time_limits(t) for t in tasks}
+
+    def time_limits(self, task: Task) -> tuple[float, ...]:
+        """The wall-time limit of each of `task`'s tests: calibrated from its reference once measured,
+        else `limits.wall_time`."""
+        times = self._times.get(task.id)
+        if times is None:
+            return (self.limits.wall_time,) * self.plan(task).num_tests
+        return calibration.time_limits(times, self.limits)
+
     def submit(self, task: Task, program: str) -> Future:
-        """Queue one program; the future's result is its `ProgramResult`."""
+        """Queue one program; the future's result is its `ProgramResult`. A task seen for the first time
+        is calibrated first (its reference runs before the program is queued)."""
+        if self.calibrating and task.solutions and task.id not in self._times:
+            self.calibrate([task])
+        times = self.time_limits(task) if task.id in self._times else None
+        return self._submit(task, program, self.limits, times)
+
+    def _submit(self, task: Task, program: str, limits: Limits, times: tuple[float, ...] | None) -> Future:
         future: Future = Future()
-        self._jobs.put(_Pending(future, self.plan(task), program))
+        self._jobs.put(_Pending(future, self.plan(task), program, limits, times))
         return future
+
+    def _measure(self, tasks: list[Task]) -> list[ProgramResult]:
+        """Run each task's reference under `calibration.measuring_limits` (the calibration's `measure`)."""
+        limits = calibration.measuring_limits(self.limits)
+        futures = [self._submit(t, t.solutions[0], limits, None) for t in tasks]
+        return [f.result() for f in futures]
 
     def run(self, task: Task, program: str) -> ProgramResult:
         """Run one program against its task's tests."""
@@ -281,7 +338,7 @@ class Executor:
                     continue
                 job = in_flight[0]
                 try:
-                    response = sandbox.receive(self._budget(job.plan) * len(in_flight))
+                    response = sandbox.receive(sum(pending.budget() for pending in in_flight))
                     if response.get("id") != job.request:
                         raise SandboxError(f"sandbox worker {sandbox.index} answered out of order")
                 except SandboxError as e:
@@ -309,7 +366,7 @@ class Executor:
         """Send a job (starting the server if needed); on failure, resolve it. True if it is in flight."""
         job.tries += 1
         try:
-            job.request = sandbox.send(job.program, job.plan, self.limits)
+            job.request = sandbox.send(job.program, job.plan, job.limits, job.times)
             return True
         except SandboxError as e:
             sandbox.stop()
@@ -317,9 +374,6 @@ class Executor:
                 job.future.set_result(_failed(job.plan, f"the sandbox failed twice: {e}"))
                 return False
             return self._send(sandbox, job)
-
-    def _budget(self, plan: Plan) -> float:
-        return self.limits.load_time + plan.num_tests * (self.limits.wall_time + 1.0) + 30.0
 
 
 def _failed(plan: Plan, error: str) -> ProgramResult:

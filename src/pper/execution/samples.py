@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_file
 from ..errors import DataFormatError
+from ..files import atomic_file
 from ..tasks import Task
 from ..tasks.rows import iter_file_rows
 from .limits import Limits
@@ -96,6 +96,7 @@ def test_samples(
     out = Path(out or f"{path}_results.jsonl")
     start = time.perf_counter()
     with Executor(limits=limits, workers=workers, isolation=isolation) as executor:
+        executor.calibrate({s.task.id: s.task for s in samples}.values())  # all at once, in parallel
         results = executor.map((s.task, s.program) for s in samples)
         if show_progress:
             from ..progress import progress

@@ -1,0 +1,117 @@
+"""Per-test time limits calibrated from reference solutions, as evalplus does.
+
+A task's reference solution (its first) runs once in the sandbox, with generous limits (`MEASURE` seconds
+per test), and the wall time t_i of each of its tests is recorded. Programs for the task then get, on
+test i,
+
+    limit_i = max(wall_time, time_factor x t_i)    (`Limits.wall_time` the floor, `Limits.time_factor`)
+
+seconds of wall time, and CPU time scaled the same way (see `server.cpu_seconds`). A test the reference
+timed out on even with `MEASURE` seconds keeps the floor; so does every test of a task without a reference.
+
+Measured times are cached in `$PPER_CACHE/limits/<key>.json`, where key is a hash of this machine's CPU
+(`cpu_key`), `VERSION` and every task of the set (its id, entry point, tests and reference): they are
+measured once per task set on a machine. The file lists each task's per-test times and the reference's
+verdicts, so the limits a task gets can be read there (or from `Executor.time_limits`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from ..cache import cache_root
+from ..files import write_atomic
+from ..tasks import Task
+from .limits import Limits
+from .results import PASSED, TIMEOUT, ProgramResult
+
+VERSION = 1
+MEASURE = 60.0  # seconds of wall and CPU time per test a reference may take while it is measured
+Times = tuple[float | None, ...]  # a reference's seconds per test; None where it timed out
+
+
+def cpu_key() -> str:
+    """This machine's CPU, as far as speed goes: architecture, model name(s) and the number of cores."""
+    models: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            models = {line.split(":", 1)[1].strip() for line in f if line.startswith("model name")}
+    except OSError:
+        pass
+    return f"{platform.machine()} {' + '.join(sorted(models)) or platform.processor()} x{os.cpu_count()}"
+
+
+def task_key(task: Task) -> str:
+    """What a task's reference time depends on: its id, entry point, tests and reference."""
+    text = json.dumps(
+        [task.id, task.entry_point, task.tests.to_dict(), task.solutions[0] if task.solutions else None],
+        sort_keys=True,
+        default=repr,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cache_path(tasks: Sequence[Task], cpu: str) -> Path:
+    """The cache file of this task set on a machine with this CPU."""
+    digest = hashlib.sha256(json.dumps([VERSION, cpu, sorted(task_key(t) for t in tasks)]).encode())
+    return cache_root() / "limits" / f"{digest.hexdigest()[:32]}.json"
+
+
+def measuring_limits(limits: Limits) -> Limits:
+    """The limits a reference runs under while it is measured: `MEASURE` seconds per test, the rest as given."""
+    return replace(limits, wall_time=MEASURE, cpu_time=MEASURE, load_time=max(limits.load_time, MEASURE))
+
+
+def time_limits(times: Times, limits: Limits) -> tuple[float, ...]:
+    """Per-test wall-time limits: max(wall_time, time_factor x t_i), the floor where t_i is unknown."""
+    return tuple(limits.wall_time if t is None else max(limits.wall_time, limits.time_factor * t) for t in times)
+
+
+def reference_times(
+    tasks: Sequence[Task], measure: Callable[[list[Task]], list[ProgramResult]], cpu: str | None = None
+) -> dict[str, Times]:
+    """Each task's reference time per test (tasks without a reference are left out): read from the cache
+    of this task set and CPU, else measured by `measure` (running each task's first solution against its
+    tests under `measuring_limits`, in task order) and cached."""
+    tasks = list({t.id: t for t in tasks if t.solutions}.values())
+    if not tasks:
+        return {}
+    cpu = cpu or cpu_key()
+    path = cache_path(tasks, cpu)
+    cached = _read(path)
+    if cached is not None and all(t.id in cached for t in tasks):
+        return {t.id: tuple(cached[t.id]["times"]) for t in tasks}
+    results = measure(tasks)
+    entries = {t.id: _entry(t, r) for t, r in zip(tasks, results, strict=True)}
+    failing = sorted(i for i, e in entries.items() if any(v != PASSED for v in e["verdicts"]))
+    if failing:
+        shown = ", ".join(failing[:5]) + (f" and {len(failing) - 5} more" if len(failing) > 5 else "")
+        warnings.warn(
+            f"time-limit calibration: the reference solutions of {len(failing)} tasks fail some of their own "
+            f"tests ({shown}); their measured times are used all the same (see {path})",
+            stacklevel=3,
+        )
+    write_atomic(path, json.dumps({"version": VERSION, "cpu": cpu, "tasks": entries}, indent=1) + "\n")
+    return {i: tuple(e["times"]) for i, e in entries.items()}
+
+
+def _entry(task: Task, result: ProgramResult) -> dict:
+    return {
+        "times": [None if t.verdict == TIMEOUT else round(t.time, 6) for t in result.tests],
+        "verdicts": list(result.verdicts),
+    }
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+        return data["tasks"] if data.get("version") == VERSION else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
