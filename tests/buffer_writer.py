@@ -7,9 +7,11 @@ transaction. A consistent buffer therefore holds every round either whole or not
 import sys
 
 from pper.buffer import Execution, NewProgram, ReplayBuffer
+from pper.execution.results import ProgramResult, TestResult
 from pper.tasks import AssertTests, Task
 
 BATCH = 500
+VERDICTS = ("passed", "wrong_answer", "passed", "passed")
 
 if __name__ == "__main__":
     buffer = ReplayBuffer(sys.argv[1])
@@ -21,4 +23,5 @@ if __name__ == "__main__":
             NewProgram("t", f"def f():\n    return {r * BATCH + i}  # {'x' * 200}\n", -1.0 - i % 7, 10 + i % 5, "m", r)
             for i in range(BATCH)
         )
-        buffer.add_executions(Execution(pid, ("passed", "failed", "passed", "passed"), 3, "E", 0.01) for pid in ids)
+        result = ProgramResult(tuple(TestResult(v, "E" if v != "passed" else None) for v in VERDICTS), 0.01)
+        buffer.add_executions(Execution(pid, result) for pid in ids)

@@ -10,9 +10,16 @@ import pytest
 
 from pper.buffer import Execution, NewProgram, ReplayBuffer, program_hash
 from pper.errors import PperError
+from pper.execution.results import ProgramResult, TestResult
 from pper.tasks import load_tasks
 
 WRITER = Path(__file__).parent / "buffer_writer.py"
+
+
+def _result(*verdicts, error=None, time=0.0):
+    """A result with these verdicts; `error` is the text of the first test that did not pass."""
+    first = next((i for i, v in enumerate(verdicts) if v != "passed"), None)
+    return ProgramResult(tuple(TestResult(v, error if i == first else None) for i, v in enumerate(verdicts)), time)
 
 
 @pytest.fixture
@@ -47,7 +54,8 @@ def test_the_same_program_for_the_same_task_is_stored_once(buffer):
 def test_untested_programs_are_never_replayed(buffer):
     ids = buffer.add_programs(NewProgram("HumanEval/0", f"x = {i}", -1.0, 3, "m") for i in range(4))
     assert [p.id for p in buffer.untested()] == ids
-    assert buffer.add_executions([Execution(ids[1], ("passed", "wrong_answer"), 1, "AssertionError", 0.2)]) == 1
+    failing = _result("passed", "wrong_answer", error="AssertionError", time=0.2)
+    assert buffer.add_executions([Execution(ids[1], failing)]) == 1
     table = buffer.replay_table()
     assert table.program_id.tolist() == [ids[1]] and table.pass_rate.tolist() == [0.5]
     assert [p.id for p in buffer.untested()] == [ids[0], ids[2], ids[3]]
@@ -55,9 +63,9 @@ def test_untested_programs_are_never_replayed(buffer):
     assert p.tested and p.verdicts == ("passed", "wrong_answer") and p.error == "AssertionError"
     assert (p.passed, p.total, p.duration) == (1, 2, 0.2)
     # a second result for the same program is ignored: the first verdict stands
-    assert buffer.add_executions([Execution(ids[1], ("passed", "passed"), 2)]) == 0
+    assert buffer.add_executions([Execution(ids[1], _result("passed", "passed"))]) == 0
     assert buffer.program(ids[1]).pass_rate == 0.5
-    buffer.add_executions([Execution(ids[2], ("passed",), 1)])
+    buffer.add_executions([(ids[2], _result("passed"))])  # a plain pair works too
     assert buffer.replay_table(min_pass_rate=1.0).program_id.tolist() == [ids[2]]
 
 
@@ -71,10 +79,10 @@ def test_invalid_writes_are_refused_and_leave_nothing_behind(buffer):
     with pytest.raises(ValueError, match="logprob must be finite and <= 0"):
         buffer.add_programs([NewProgram("HumanEval/0", "a", float("nan"), 3, "m")])
     (pid,) = buffer.add_programs([good])
-    with pytest.raises(ValueError, match="impossible"):
-        buffer.add_executions([Execution(pid, ("passed",), 2)])
+    with pytest.raises(ValueError, match="without tests"):
+        buffer.add_executions([Execution(pid, ProgramResult(()))])
     with pytest.raises(KeyError):
-        buffer.add_executions([Execution(pid + 1, ("passed",), 1)])
+        buffer.add_executions([Execution(pid + 1, _result("passed"))])
 
 
 def test_stats(buffer):
@@ -82,10 +90,10 @@ def test_stats(buffer):
     buffer.add_programs([NewProgram("HumanEval/1", "y", -1.0, 3, "teacher", 1)])
     buffer.add_executions(
         [
-            Execution(ids[0], ("passed", "passed"), 2),
-            Execution(ids[1], ("passed", "error"), 1),
-            Execution(ids[2], ("error", "error"), 0),
-            Execution(ids[3], ("passed",) * 3 + ("error",), 3),
+            Execution(ids[0], _result("passed", "passed")),
+            Execution(ids[1], _result("passed", "runtime_error")),
+            Execution(ids[2], _result("runtime_error", "runtime_error")),
+            Execution(ids[3], _result(*("passed",) * 3, "runtime_error")),
         ]
     )
     s = buffer.stats()
@@ -167,7 +175,7 @@ def test_killing_a_writer_mid_transaction_leaves_the_buffer_consistent(tmp_path)
 
 def test_copy_to_is_a_consistent_copy_and_refuses_to_overwrite_unless_asked(buffer, tmp_path):
     ids = buffer.add_programs(NewProgram("HumanEval/0", f"x = {i}", -1.0, 3, "m") for i in range(3))
-    buffer.add_executions([Execution(ids[0], ("passed", "wrong_answer"), 1, "AssertionError", 0.2)])
+    buffer.add_executions([Execution(ids[0], _result("passed", "wrong_answer", error="AssertionError", time=0.2))])
     dest = tmp_path / "arm" / "buffer.sqlite"
     assert buffer.copy_to(dest) == dest
     with ReplayBuffer(dest) as copy:
@@ -204,3 +212,23 @@ def test_copy_to_takes_a_committed_state_while_another_connection_writes(tmp_pat
         other.close()
     with ReplayBuffer(tmp_path / "copy.sqlite") as copy:
         assert [p.text for p in copy.programs()] == ["committed"]
+
+
+def test_a_stored_result_reads_back_whole(buffer):
+    """Every test's verdict, error text and time are kept (schema 2), not only the first error."""
+    (pid,) = buffer.add_programs([NewProgram("HumanEval/0", "def f(): pass", -1.0, 3, "m")])
+    result = ProgramResult(
+        (
+            TestResult("passed", None, 0.125),
+            TestResult("wrong_answer", "assert f(1) == 2: got None", 0.25),
+            TestResult("timeout", "time limit exceeded", 4.0),
+        ),
+        time=4.5,
+    )
+    buffer.add_executions([Execution(pid, result)])
+    p = buffer.program(pid)
+    assert p.result == result and p.tested
+    assert (p.passed, p.total, p.pass_rate, p.duration) == (1, 3, 1 / 3, 4.5)
+    assert p.verdicts == ("passed", "wrong_answer", "timeout") and p.error == "assert f(1) == 2: got None"
+    untested = buffer.add_programs([NewProgram("HumanEval/0", "def g(): pass", -1.0, 3, "m")])[0]
+    assert buffer.program(untested).result is None and buffer.program(untested).pass_rate is None

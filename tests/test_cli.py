@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from pper.buffer import Execution, NewProgram, ReplayBuffer
+from pper.execution.results import ProgramResult, TestResult
 
 
 def pper(*args, cwd=None, ok=True):
@@ -123,10 +124,9 @@ def test_buffer_stats_sample_and_export(tmp_path):
         ids = b.add_programs(
             NewProgram(t, f"def f():\n    return {i}\n", -1.0 - i, 5 + i, "m") for i, t in enumerate(task_ids)
         )
-        b.add_executions(
-            Execution(pid, ("passed",) * (i % 3) + ("wrong_answer",) * (2 - i % 3), i % 3)
-            for i, pid in enumerate(ids[:4])
-        )
+        verdicts = [("passed",) * (i % 3) + ("wrong_answer",) * (2 - i % 3) for i in range(4)]
+        results = [ProgramResult(tuple(map(TestResult, v))) for v in verdicts]
+        b.add_executions(Execution(pid, r) for pid, r in zip(ids[:4], results, strict=True))
     stats = json.loads(pper("buffer", "stats", run_dir, "--json").stdout)
     assert (stats["tasks"], stats["programs"], stats["tested"]) == (82, 5, 4)
     assert all(isinstance(stats[k], int) for k in ("tasks", "programs", "tested"))

@@ -8,6 +8,7 @@ import torch
 
 from pper.buffer import Execution, NewProgram, ReplayBuffer
 from pper.buffer.replay import Replay, ReplayConfig
+from pper.execution.results import ProgramResult, TestResult
 from pper.generation import build_prompt, load_model
 from pper.tasks import load_tasks
 from pper.training import TrainingConfig
@@ -64,7 +65,9 @@ def _buffer(path, tasks):
     buffer = ReplayBuffer(path)
     buffer.add_tasks(tasks)
     ids = buffer.add_programs(NewProgram(t.id, t.solutions[0], -5.0 - i, 40, "m") for i, t in enumerate(tasks))
-    buffer.add_executions(Execution(pid, ("passed", "wrong_answer")[: 1 + i % 2], 1) for i, pid in enumerate(ids))
+    verdicts = [("passed",), ("passed", "wrong_answer")]
+    results = [ProgramResult(tuple(map(TestResult, verdicts[i % 2]))) for i in range(len(ids))]
+    buffer.add_executions(Execution(pid, r) for pid, r in zip(ids, results, strict=True))
     return buffer
 
 

@@ -110,7 +110,7 @@ def execute_untested(buffer: ReplayBuffer, executor, show_progress: bool = True)
         results = progress(results, len(untested), "testing", "programs")
     batch: list[Execution] = []
     for program, result in zip(untested, results, strict=True):
-        batch.append(Execution(program.id, result.verdicts, result.passed, result.error, result.time))
+        batch.append(Execution(program.id, result))
         if len(batch) >= TEST_BATCH:
             buffer.add_executions(batch)
             batch = []

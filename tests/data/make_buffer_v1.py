@@ -46,7 +46,9 @@ def main(mbpp: str) -> None:
             ids += b.add_programs(
                 [
                     NewProgram(a1, "print(input())\n", -4.5, 6, "teacher", 1),
-                    NewProgram(a1, "import sys\nprint(sum(map(int, sys.stdin.read().split())))\n", -6.0, 20, "teacher", 1),
+                    NewProgram(
+                        a1, "import sys\nprint(sum(map(int, sys.stdin.read().split())))\n", -6.0, 20, "teacher", 1
+                    ),
                     NewProgram(tasks[2].id, "def similar_elements(a, b):\n    return ()\n", -5.0, 15, "smollm2", 1),
                 ]
             )

@@ -28,6 +28,8 @@ EXPORT_COLUMNS = (
     "total",
     "verdicts",
     "error",
+    "errors",
+    "times",
     "duration",
     "p2value",
 )
@@ -36,7 +38,8 @@ EXPORT_COLUMNS = (
 def export_rows(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = "geometric") -> Iterator[dict[str, Any]]:
     """Every stored program with its task's prompt and split, its execution and its P2Value.
 
-    Untested programs have None for the execution columns and for p2value.
+    Untested programs have None for the execution columns and for p2value. `error` is the first error text of a
+    test that did not pass; `errors` and `times` hold every test's error text (or None) and wall time.
     """
     tasks = {t.id: t for t in buffer.tasks()}
     for p in buffer.programs():
@@ -59,6 +62,8 @@ def export_rows(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = "g
             "total": p.total,
             "verdicts": list(p.verdicts) if p.verdicts is not None else None,
             "error": p.error,
+            "errors": [t.error for t in p.result.tests] if p.result else None,
+            "times": [t.time for t in p.result.tests] if p.result else None,
             "duration": p.duration,
             "p2value": float(p2value(prob, p.pass_rate, alpha)) if p.tested else None,
         }
@@ -96,6 +101,8 @@ def to_hf_dataset(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = 
             "total": datasets.Value("int64"),
             "verdicts": datasets.Sequence(datasets.Value("string")),
             "error": datasets.Value("string"),
+            "errors": datasets.Sequence(datasets.Value("string")),
+            "times": datasets.Sequence(datasets.Value("float64")),
             "duration": datasets.Value("float64"),
             "p2value": datasets.Value("float64"),
         }

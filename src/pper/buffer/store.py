@@ -3,6 +3,14 @@
 Every write is one transaction, so a process killed in the middle of a write leaves the buffer as it
 was before that write or after it, never in between. The same program for the same task is stored once
 (programs are keyed by task and a hash of their normalised text).
+
+The file's schema has a version (`SCHEMA_VERSION`, in the `meta` table). A buffer written by an older pper is
+migrated when it is opened, one version at a time, each step one transaction (`MIGRATIONS`); a buffer written by
+a newer pper is refused. A change of the schema appends a step to `MIGRATIONS` and changes `_SCHEMA`, the schema
+of a new file, to match (tests/test_buffer_migration.py checks that a migrated file and a new one agree).
+
+An execution is stored as the `ProgramResult` the sandbox returned (`pper.execution.results`, stdlib only): every
+test's verdict, error text and time.
 """
 
 from __future__ import annotations
@@ -12,29 +20,30 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..errors import PperError
+from ..execution.results import PASSED, ProgramResult, TestResult
 from ..tasks import Task
 from ..tasks.rows import RowError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUFFER_FILE = "buffer.sqlite"
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS tasks (
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE tasks (
     id TEXT PRIMARY KEY,
     split TEXT,
     data TEXT NOT NULL               -- the Task in pper's generic JSON format
 );
-CREATE TABLE IF NOT EXISTS programs (
+CREATE TABLE programs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id TEXT NOT NULL REFERENCES tasks(id),
     hash TEXT NOT NULL,              -- sha256 of the normalised text
@@ -46,18 +55,19 @@ CREATE TABLE IF NOT EXISTS programs (
     created REAL NOT NULL,
     UNIQUE (task_id, hash)
 );
-CREATE TABLE IF NOT EXISTS executions (
+CREATE TABLE executions (
     program_id INTEGER PRIMARY KEY REFERENCES programs(id),
     passed INTEGER NOT NULL,
     total INTEGER NOT NULL CHECK (total >= 1 AND passed BETWEEN 0 AND total),
     pass_rate REAL NOT NULL,
     verdicts TEXT NOT NULL,          -- JSON list, one verdict per test
-    error TEXT,                      -- the first error text, if any
-    duration REAL NOT NULL,
+    errors TEXT NOT NULL,            -- JSON list, one error text (or null) per test
+    times TEXT NOT NULL,             -- JSON list, one wall time in seconds per test
+    duration REAL NOT NULL,          -- the program's whole run, in seconds
     created REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS programs_by_task ON programs(task_id);
-CREATE TABLE IF NOT EXISTS samplings (
+CREATE INDEX programs_by_task ON programs(task_id);
+CREATE TABLE samplings (
     task_id TEXT NOT NULL REFERENCES tasks(id),
     model TEXT NOT NULL,
     round INTEGER NOT NULL,
@@ -86,28 +96,16 @@ class NewProgram:
     round: int = 0
 
 
-@dataclass(frozen=True)
-class Execution:
-    """The result of running one stored program against its task's tests."""
+class Execution(NamedTuple):
+    """A stored program's result on its task's tests: what `ReplayBuffer.add_executions` takes."""
 
     program_id: int
-    verdicts: tuple[str, ...]
-    passed: int
-    error: str | None = None
-    duration: float = 0.0
-
-    @property
-    def total(self) -> int:
-        return len(self.verdicts)
-
-    @property
-    def pass_rate(self) -> float:
-        return self.passed / self.total
+    result: ProgramResult
 
 
 @dataclass(frozen=True)
 class Program:
-    """A stored program with its execution, if it has been tested."""
+    """A stored program with its result, once it has been tested (`result` is None before)."""
 
     id: int
     task_id: str
@@ -116,16 +114,37 @@ class Program:
     num_tokens: int
     model: str
     round: int
-    pass_rate: float | None
-    passed: int | None
-    total: int | None
-    verdicts: tuple[str, ...] | None
-    error: str | None
-    duration: float | None
+    result: ProgramResult | None
 
     @property
     def tested(self) -> bool:
-        return self.pass_rate is not None
+        return self.result is not None
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.result.pass_rate if self.result else None
+
+    @property
+    def passed(self) -> int | None:
+        """How many tests passed."""
+        return self.result.passed if self.result else None
+
+    @property
+    def total(self) -> int | None:
+        return self.result.total if self.result else None
+
+    @property
+    def verdicts(self) -> tuple[str, ...] | None:
+        return self.result.verdicts if self.result else None
+
+    @property
+    def error(self) -> str | None:
+        """The first error text of a test that did not pass."""
+        return self.result.error if self.result else None
+
+    @property
+    def duration(self) -> float | None:
+        return self.result.time if self.result else None
 
 
 @dataclass(frozen=True)
@@ -155,16 +174,48 @@ class ReplayBuffer:
             raise PperError(f"{self.path}: not a pper replay buffer ({e})") from None
         # WAL + NORMAL: a committed write survives the process being killed (not a power cut).
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        with self._write():
-            for statement in _SCHEMA.split(";"):  # not executescript: it would commit the transaction
-                if statement.strip():
-                    self._db.execute(statement)
-            version = self._meta("schema_version")
-            if version is None:
-                self._set_meta("schema_version", str(SCHEMA_VERSION))
-            elif int(version) > SCHEMA_VERSION:
-                raise PperError(f"{self.path} was written by a newer pper (schema {version}); upgrade pper")
+        try:
+            self._open_schema()
+        except BaseException:
+            self._db.close()
+            raise
+        self._db.execute("PRAGMA foreign_keys=ON")  # off while migrating: a step may rebuild a table
+
+    def _open_schema(self) -> None:
+        """Create the schema in a new file, or migrate an older one to `SCHEMA_VERSION`, step by step."""
+        while True:
+            with self._write():  # re-read inside the transaction: another process may have migrated
+                version = self._version()
+                if version == SCHEMA_VERSION:
+                    return
+                if version > SCHEMA_VERSION:
+                    raise PperError(
+                        f"{self.path} was written by a newer pper (buffer schema {version}, this pper reads up to "
+                        f"{SCHEMA_VERSION}); upgrade pper"
+                    )
+                if version == 0:
+                    _execute_script(self._db, _SCHEMA)
+                    version = SCHEMA_VERSION
+                else:
+                    MIGRATIONS[version - 1](self._db)
+                    version += 1
+                    if self._db.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                        raise PperError(f"{self.path}: migrating to buffer schema {version} broke a reference")
+                self._set_meta("schema_version", str(version))
+
+    def _version(self) -> int:
+        """The file's schema version; 0 for a new (empty) file."""
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return 0
+        version = self._meta("schema_version") if "meta" in tables else None
+        if version is None or not version.isdigit():
+            raise PperError(f"{self.path}: not a pper replay buffer (no schema version)")
+        return int(version)
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._meta("schema_version"))
 
     @classmethod
     def in_run(cls, run_dir: str | Path) -> ReplayBuffer:
@@ -228,13 +279,6 @@ class ReplayBuffer:
 
     def _set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
-
-    def get_meta(self, key: str) -> str | None:
-        return self._meta(key)
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self._write():
-            self._set_meta(key, value)
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -330,26 +374,36 @@ class ReplayBuffer:
 
     # -- executions ----------------------------------------------------------------------------
 
-    def add_executions(self, executions: Iterable[Execution]) -> int:
-        """Store executions in one transaction; a program already tested keeps its first result.
-
-        Returns how many were new.
+    def add_executions(self, executions: Iterable[Execution | tuple[int, ProgramResult]]) -> int:
+        """Store (program id, `ProgramResult`) pairs in one transaction; a program already tested keeps its
+        first result. Returns how many were new.
         """
         now = time.time()
         rows = []
-        for e in executions:
-            if e.total < 1 or not 0 <= e.passed <= e.total:
-                raise ValueError(f"program {e.program_id}: passed={e.passed} of total={e.total} is impossible")
+        for program_id, result in executions:
+            if result.total < 1:
+                raise ValueError(f"program {program_id}: a result without tests cannot be stored")
+            tests = result.tests
             rows.append(
-                (e.program_id, e.passed, e.total, e.pass_rate, json.dumps(list(e.verdicts)), e.error, e.duration, now)
+                (
+                    program_id,
+                    result.passed,
+                    result.total,
+                    result.pass_rate,
+                    json.dumps([t.verdict for t in tests]),
+                    json.dumps([t.error for t in tests]),
+                    json.dumps([t.time for t in tests]),
+                    result.time,
+                    now,
+                )
             )
         with self._write():
             before = self._count("executions")
             try:
                 self._db.executemany(
                     "INSERT OR IGNORE INTO executions"
-                    " (program_id, passed, total, pass_rate, verdicts, error, duration, created)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " (program_id, passed, total, pass_rate, verdicts, errors, times, duration, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
             except sqlite3.IntegrityError:
@@ -413,13 +467,69 @@ class ReplayBuffer:
 
 _PROGRAMS = (
     "SELECT p.id, p.task_id, p.text, p.logprob, p.num_tokens, p.model, p.round,"
-    " e.pass_rate, e.passed, e.total, e.verdicts, e.error, e.duration"
+    " e.verdicts, e.errors, e.times, e.duration"
     " FROM programs p LEFT JOIN executions e ON e.program_id = p.id"
 )
 
 
 def _program(r: tuple) -> Program:
-    return Program(*r[:10], tuple(json.loads(r[10])) if r[10] is not None else None, r[11], r[12])
+    verdicts, errors, times, duration = r[7:]
+    result = None
+    if verdicts is not None:
+        tests = zip(json.loads(verdicts), json.loads(errors), json.loads(times), strict=True)
+        result = ProgramResult(tuple(TestResult(v, e, t) for v, e, t in tests), duration)
+    return Program(*r[:7], result)
+
+
+def _execute_script(db: sqlite3.Connection, script: str) -> None:
+    """Run `;`-separated statements inside the open transaction (executescript would commit it)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+# -- migrations: MIGRATIONS[n - 1] takes a file from schema n to n + 1 inside one transaction ------------------
+
+
+def _v1_to_v2(db: sqlite3.Connection) -> None:
+    """Executions keep every test's error text and time (`errors`, `times`), replacing the first error text.
+
+    Version 1 kept only the first error text and the program's time: the text goes to the first test that did
+    not pass (where `ProgramResult.error` finds it again; the first test if all passed), and every test's time
+    is 0 (unknown).
+    """
+    _execute_script(
+        db,
+        """
+        CREATE TABLE executions_v2 (
+            program_id INTEGER PRIMARY KEY REFERENCES programs(id),
+            passed INTEGER NOT NULL,
+            total INTEGER NOT NULL CHECK (total >= 1 AND passed BETWEEN 0 AND total),
+            pass_rate REAL NOT NULL,
+            verdicts TEXT NOT NULL,          -- JSON list, one verdict per test
+            errors TEXT NOT NULL,            -- JSON list, one error text (or null) per test
+            times TEXT NOT NULL,             -- JSON list, one wall time in seconds per test
+            duration REAL NOT NULL,          -- the program's whole run, in seconds
+            created REAL NOT NULL
+        )
+        """,
+    )
+    rows = []
+    for program_id, passed, total, pass_rate, verdicts, error, duration, created in db.execute(
+        "SELECT program_id, passed, total, pass_rate, verdicts, error, duration, created FROM executions"
+    ):
+        verdict_list = json.loads(verdicts)
+        errors: list[str | None] = [None] * len(verdict_list)
+        if error is not None and errors:
+            errors[next((i for i, v in enumerate(verdict_list) if v != PASSED), 0)] = error
+        times = json.dumps([0.0] * len(verdict_list))
+        rows.append((program_id, passed, total, pass_rate, verdicts, json.dumps(errors), times, duration, created))
+    db.executemany("INSERT INTO executions_v2 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.execute("DROP TABLE executions")
+    db.execute("ALTER TABLE executions_v2 RENAME TO executions")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1_to_v2,)
 
 
 def _remove_database(path: Path, keep_main: bool = False) -> None:
