@@ -25,7 +25,14 @@ class Scored:
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Probability that at least one of k samples drawn from n, c of them correct, is correct."""
+    """Probability that at least one of k samples drawn from n, c of them correct, is correct.
+
+    1 - C(n - c, k) / C(n, k); defined for 1 <= k <= n and 0 <= c <= n (k samples cannot be drawn from fewer).
+    """
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 1 <= k <= n samples per task, got n={n}, k={k}: sample at least k per task")
+    if not 0 <= c <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n correct samples, got n={n}, c={c}")
     if n - c < k:
         return 1.0
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
