@@ -1,4 +1,5 @@
-"""Prioritized sampling: the sum tree is exact, and draws follow P(i) = p_i^e / sum p_k^e (chi-square)."""
+"""Prioritized sampling: positions are the cumulative-sum search of the uniforms, and draws follow
+P(i) = p_i^e / sum p_k^e (chi-square)."""
 
 import dataclasses
 
@@ -6,41 +7,32 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from pper.buffer import PrioritizedSampler, Replay, ReplayConfig, ReplayTable, SumTree, p2value, possibility, priorities
+from pper.buffer import PrioritizedSampler, Replay, ReplayConfig, ReplayTable, p2value, possibility, priorities
 
 DRAWS = 200_000
 
 
-def test_sum_tree_find_matches_a_cumulative_sum_search():
+def test_positions_are_the_cumulative_sum_search_of_the_uniforms():
+    """The sampler maps each uniform u to the i with C_{i-1} <= u * C_{n-1} < C_i, C the cumulative sums of p^e."""
     rng = np.random.default_rng(0)
     for n in (1, 2, 3, 7, 64, 1000):
-        values = rng.random(n) * (rng.random(n) > 0.3)  # some zero leaves
+        values = rng.random(n) * (rng.random(n) > 0.3)  # some zero priorities, some at the end
         values[0] = max(values[0], 0.1)
-        tree = SumTree.from_values(values)
-        assert tree.total == pytest.approx(values.sum())
-        mass = rng.random(500) * values.sum()
-        expected = np.searchsorted(np.cumsum(values), mass, side="right")
-        np.testing.assert_array_equal(tree.find(mass), expected)
-        assert (values[tree.find(mass)] > 0).all()
+        sampler = PrioritizedSampler(values, exponent=0.8, seed=n)
+        uniforms = np.random.default_rng(n).random(500)
+        cdf = np.cumsum(values**0.8)
+        assert sampler.total == pytest.approx(cdf[-1])
+        drawn = sampler.sample(500)
+        np.testing.assert_array_equal(drawn, np.searchsorted(cdf, uniforms * cdf[-1], side="right"))
+        assert (values[drawn] > 0).all()
 
 
-def test_sum_tree_updates_keep_the_sums_exact():
-    rng = np.random.default_rng(1)
-    values = rng.random(100)
-    tree = SumTree.from_values(values)
-    for _ in range(50):
-        idx = rng.integers(0, 100, size=7)
-        new = rng.random(7)
-        tree.set(idx, new)
-        values[idx] = new  # numpy's last-write-wins, as in the tree
-    np.testing.assert_allclose(tree.get(np.arange(100)), values)
-    assert tree.total == pytest.approx(values.sum(), rel=1e-12)
-    mass = rng.random(300) * values.sum()
-    np.testing.assert_array_equal(tree.find(mass), np.searchsorted(np.cumsum(values), mass, side="right"))
-    with pytest.raises(IndexError):
-        tree.set(100, 1.0)
-    with pytest.raises(ValueError):
-        tree.set(3, -1.0)
+def test_invalid_priorities_are_refused():
+    for bad in ([1.0, -0.5], [1.0, np.nan], [np.inf, 1.0]):
+        with pytest.raises(ValueError, match="finite and non-negative"):
+            PrioritizedSampler(np.array(bad))
+    with pytest.raises(ValueError, match="exponent must be >= 0"):
+        PrioritizedSampler(np.ones(3), exponent=-1)
 
 
 def _table(n, seed=0):
@@ -108,14 +100,14 @@ def test_seeded_draws_are_reproducible_and_state_round_trips():
     assert not np.array_equal(Replay(table, ReplayConfig(), seed=8).sampler.sample(50), b.sampler.sample(50))
 
 
-def test_zero_priorities_are_never_drawn_and_updates_take_effect():
-    s = PrioritizedSampler(np.array([0.0, 1.0, 0.0, 3.0]), exponent=0.0, seed=0)  # e = 0: uniform over p > 0
+def test_zero_priorities_are_never_drawn():
+    s = PrioritizedSampler(np.array([0.0, 1.0, 0.0, 3.0, 0.0]), exponent=0.0, seed=0)  # e = 0: uniform over p > 0
     assert set(np.unique(s.sample(2000)).tolist()) == {1, 3}
-    s.update(np.array([0, 3]), np.array([2.0, 0.0]))
-    assert set(np.unique(s.sample(2000)).tolist()) == {0, 1}
-    np.testing.assert_allclose(s.probabilities(), [0.5, 0.5, 0, 0])
+    np.testing.assert_allclose(s.probabilities(), [0, 0.5, 0, 0.5, 0])
     with pytest.raises(ValueError, match="every priority is zero"):
         PrioritizedSampler(np.zeros(3)).sample(1)
+    with pytest.raises(ValueError, match="every priority is zero"):
+        PrioritizedSampler(np.zeros(0)).sample(1)
 
 
 def test_draws_carry_their_p2value_and_probability():

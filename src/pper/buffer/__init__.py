@@ -1,4 +1,4 @@
-"""The replay buffer: SQLite store, P2Value, prioritized sampling (sum tree, rank-based), export.
+"""The replay buffer: SQLite store (versioned schema), P2Value, prioritized sampling, importance weights, export.
 
 Imports no torch.
 """
@@ -8,7 +8,6 @@ from .priority import importance_weights, p2value, possibility, priorities, rank
 from .replay import Draw, Replay, ReplayConfig
 from .sampler import PrioritizedSampler
 from .store import BUFFER_FILE, Execution, NewProgram, Program, ReplayBuffer, ReplayTable, program_hash
-from .sum_tree import SumTree
 
 __all__ = [
     "EXPORT_COLUMNS",
@@ -31,5 +30,4 @@ __all__ = [
     "ReplayBuffer",
     "ReplayTable",
     "program_hash",
-    "SumTree",
 ]

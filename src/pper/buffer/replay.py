@@ -73,7 +73,9 @@ class Replay:
         self.table, self.config = table, config
         self.possibility = possibility(table.logprob, table.num_tokens, config.possibility)
         self.p2value = p2value(self.possibility, table.pass_rate, config.alpha)
-        self.sampler = PrioritizedSampler(priorities(self.p2value, config.priority), config.exponent, seed)
+        # priorities() makes them non-negative (and refuses a negative P2Value): the sampler need not check again
+        prio = priorities(self.p2value, config.priority)
+        self.sampler = PrioritizedSampler(prio, config.exponent, seed, checked=True)
         if self.sampler.total <= 0:
             raise PperError(
                 f"nothing to replay with priority={config.priority!r}, alpha={config.alpha}: every P2Value is 0 "
@@ -108,3 +110,5 @@ def _check_table(table: ReplayTable) -> None:
         raise ValueError("replay table: every logprob must be finite and <= 0")
     if n and np.min(table.num_tokens) < 1:
         raise ValueError("replay table: every num_tokens must be >= 1")
+    if n and not (np.min(table.pass_rate) >= 0 and np.max(table.pass_rate) <= 1):
+        raise ValueError("replay table: every pass_rate must be in [0, 1]")
