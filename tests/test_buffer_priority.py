@@ -38,6 +38,8 @@ def test_priority_schemes():
     np.testing.assert_allclose(priorities(values, "uniform"), [1, 1, 1, 1])
     with pytest.raises(ValueError, match="priority must be one of"):
         priorities(values, "greedy")
+    with pytest.raises(ValueError, match="must be non-negative"):  # the replay's sampler relies on this check
+        priorities(np.array([0.5, -0.1]), "proportional")
 
 
 def test_importance_weights_beta_zero_is_one_for_every_program():

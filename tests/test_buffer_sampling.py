@@ -151,3 +151,5 @@ def test_a_rescored_table_builds_a_replay_from_the_new_log_probabilities():
         Replay(dataclasses.replace(table, logprob=np.full(20, np.nan)), config)
     with pytest.raises(ValueError, match="num_tokens must be >= 1"):
         Replay(dataclasses.replace(table, num_tokens=np.zeros(20, dtype=np.int64)), config)
+    with pytest.raises(ValueError, match=r"pass_rate must be in \[0, 1\]"):
+        Replay(dataclasses.replace(table, pass_rate=np.full(20, -0.5)), config)
