@@ -1,0 +1,328 @@
+"""Arm kinds and buffer fillers: what one arm x seed of a protocol does, as a small registry.
+
+An arm's unit runs in its own run directory, ROOT/ARM/seed-S, in three steps: the runner fills the shared
+buffer the arm starts from (once per protocol, `fill_buffer`), the arm's kind prepares the run directory
+(`prepare`: copy that buffer in, and whatever the kind needs of its own), and the kind runs it (`execute`:
+an ordinary resumable `pper run`, or the base model's evaluation). Every step skips what is already done,
+so running the protocol again after an interruption continues.
+
+Kinds:
+* `base`: the model before training, evaluated on the held-out tasks (round 0), never trained.
+* `replay`: BTP and its ablations: the buffer (a shared one, or none: the run samples its own) replayed by
+  the arm's `replay` section, trained for `rounds` of `training.steps` steps.
+* `references-sft`: plain supervised fine-tuning on the training tasks' reference solutions: the
+  `references` buffer (every reference, tested like any program), replayed uniformly with the same steps as
+  the other arms; each round replays the same references (the run never samples).
+
+Adding a kind is a subclass of `ArmKind` (usually of `ReplayKind`) registered with `@kind`; a new way to
+fill a shared buffer is a function registered in `FILLERS` under its recipe's `source`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..buffer import BUFFER_FILE, NewProgram, ReplayBuffer
+from ..config import PperConfig
+from ..errors import PperError
+from ..files import write_atomic
+from ..pipeline import eval_paths
+
+if TYPE_CHECKING:
+    from ..tasks import Task
+    from .protocol import ArmSpec, BufferRecipe, Protocol
+
+FILLED = "filled.json"  # in a shared buffer's directory once it is filled and tested: its statistics
+REFERENCES_MODEL = "references"  # the `model` of the programs of a references buffer
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One arm x seed of a protocol."""
+
+    protocol: Protocol
+    arm: str
+    seed: int
+
+    @property
+    def spec(self) -> ArmSpec:
+        return self.protocol.arms[self.arm]
+
+    @property
+    def kind(self) -> ArmKind:
+        return KINDS[self.spec.kind]
+
+    @cached_property
+    def config(self) -> PperConfig:
+        return self.protocol.arm_config(self.arm, self.seed)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.run_dir
+
+    @property
+    def label(self) -> str:
+        """The unit's name in the time ledger."""
+        return f"{self.arm} seed {self.seed}"
+
+    @property
+    def result_round(self) -> int:
+        return self.kind.result_round(self.config)
+
+    def done(self) -> bool:
+        """Whether the round the arm reports has its held-out metrics."""
+        return eval_paths(self.run_dir, self.result_round)[1].exists()
+
+
+class ArmKind:
+    """What an arm of one kind does. The defaults fit an arm that trains through `pper run`."""
+
+    name: ClassVar[str]
+    trains: ClassVar[bool] = True
+    default_buffer: ClassVar[str | None] = None
+
+    def buffer(self, spec: ArmSpec) -> str | None:
+        """The shared buffer the arm starts from, if any."""
+        return spec.buffer or self.default_buffer
+
+    def check(self, protocol: Protocol, name: str, spec: ArmSpec) -> None:
+        """Raise ValueError when the arm's spec cannot work (before any config is built)."""
+        buffer = self.buffer(spec)
+        if buffer is not None and buffer not in protocol.buffers and buffer != "references":
+            raise ValueError(
+                f"arm {name!r} names an unknown buffer {buffer!r} (buffers: {', '.join(protocol.buffers)})"
+            )
+
+    def overrides(self, protocol: Protocol, name: str, spec: ArmSpec) -> dict[str, Any]:
+        """Config sections the kind sets over `common`, before the arm's own overrides."""
+        return {}
+
+    def verify(self, name: str, config: PperConfig) -> None:
+        """Raise PperError when the arm's resolved configuration contradicts its kind (`name` says where)."""
+
+    def result_round(self, config: PperConfig) -> int:
+        """The round whose held-out evaluation the arm reports: its last (arms ship their last round)."""
+        return config.rounds
+
+    def budget(self, config: PperConfig) -> dict[str, int] | None:
+        """What must be equal between compared arms; None for an arm that does not train."""
+        return {"rounds": config.rounds, "training.steps": config.training.steps,
+                "training.batch_size": config.training.batch_size}  # fmt: skip
+
+    def prepare(self, unit: Unit) -> None:
+        """Ready the run directory: a copy of the shared buffer the arm starts from (once)."""
+        buffer = self.buffer(unit.spec)
+        target = unit.run_dir / BUFFER_FILE
+        if buffer is None or target.exists():
+            return
+        with ReplayBuffer(buffer_dir(unit.protocol, buffer) / BUFFER_FILE) as source:
+            source.copy_to(target)
+
+    def execute(self, unit: Unit) -> None:
+        """Run (or resume) the arm's ordinary `pper run`."""
+        from ..pipeline import run
+
+        run(unit.config)
+
+
+KINDS: dict[str, ArmKind] = {}
+
+
+def kind(cls: type[ArmKind]) -> type[ArmKind]:
+    """Register an arm kind under its `name`."""
+    KINDS[cls.name] = cls()
+    return cls
+
+
+@kind
+class BaseKind(ArmKind):
+    """The model before training: its held-out evaluation is round 0."""
+
+    name = "base"
+    trains = False
+
+    def check(self, protocol: Protocol, name: str, spec: ArmSpec) -> None:
+        if spec.buffer is not None:
+            raise ValueError(f"arm {name!r} is the base model: it replays no buffer")
+
+    def overrides(self, protocol: Protocol, name: str, spec: ArmSpec) -> dict[str, Any]:
+        return {"rounds": 1, "training": {"steps": 0}, "evaluation": {"before": True}}
+
+    def result_round(self, config: PperConfig) -> int:
+        return 0
+
+    def budget(self, config: PperConfig) -> dict[str, int] | None:
+        return None
+
+    def execute(self, unit: Unit) -> None:
+        from ..evaluation import evaluate
+        from ..execution import Executor
+        from ..generation import transformers_sampler
+        from ..pipeline import prepare
+
+        config = unit.config
+        prepared = prepare(config)
+        samples, metrics = eval_paths(prepared.dir, 0)
+        x, e = config.execution, config.evaluation
+        with Executor(limits=x.limits, workers=x.workers, isolation=x.isolation) as executor:
+            sampler = transformers_sampler(config.generation, config.seed)
+            evaluate(prepared.eval, samples, executor, sampler, e.mode, e.n, e.ks, metrics,
+                     {"round": 0, "model": sampler.name})  # fmt: skip
+
+
+@kind
+class ReplayKind(ArmKind):
+    """BTP and its ablations: a buffer (shared, or the run's own samples) replayed by the arm's `replay`."""
+
+    name = "replay"
+
+    def overrides(self, protocol: Protocol, name: str, spec: ArmSpec) -> dict[str, Any]:
+        out: dict[str, Any] = {"evaluation": {"before": False}}
+        buffer = self.buffer(spec)
+        if buffer is not None:
+            # the run's sampler is the buffer's: its first round finds every task sampled and samples nothing
+            out["generation"] = protocol.recipe(buffer).generation
+        return out
+
+
+@kind
+class ReferencesSFTKind(ReplayKind):
+    """Supervised fine-tuning on the training tasks' reference solutions, replayed uniformly; every round
+    replays the same references."""
+
+    name = "references-sft"
+    default_buffer = "references"
+
+    def check(self, protocol: Protocol, name: str, spec: ArmSpec) -> None:
+        super().check(protocol, name, spec)
+        buffer = self.buffer(spec)
+        if buffer is not None and protocol.recipe(buffer).source != "references":
+            raise ValueError(f"arm {name!r} ({self.name}) needs a buffer of source references, not {buffer!r}")
+
+    def overrides(self, protocol: Protocol, name: str, spec: ArmSpec) -> dict[str, Any]:
+        return {"evaluation": {"before": False}, "replay": {"priority": "uniform", "min_pass_rate": None}}
+
+    def verify(self, name: str, config: PperConfig) -> None:
+        r = config.replay
+        wrong = [f"replay.{k}: {v!r}" for k, v in (("priority", r.priority), ("min_pass_rate", r.min_pass_rate))
+                 if v != {"priority": "uniform", "min_pass_rate": None}[k]]  # fmt: skip
+        if wrong:
+            raise PperError(f"{name} ({self.name}) replays every reference uniformly: drop {', '.join(wrong)}")
+
+    def prepare(self, unit: Unit) -> None:
+        """The references, and every round's sampling recorded as done (with no programs), so the run
+        replays the references in every round and never samples."""
+        super().prepare(unit)
+        config = unit.config
+        with ReplayBuffer.in_run(unit.run_dir) as buffer:
+            tasks = [t.id for t in buffer.tasks()]
+            for r, model in enumerate(pipeline_sampler_names(config), 1):
+                done = buffer.sampled_tasks(model, r)
+                for task_id in tasks:
+                    if task_id not in done:
+                        buffer.add_sampled(task_id, model, r, [])
+
+
+def pipeline_sampler_names(config: PperConfig) -> list[str]:
+    """The sampler name `pper run` records round r's sampling under, for r = 1..rounds: the base model's
+    name in round 1, then the model trained in the round before (as `pipeline.Models.sampler_name`)."""
+    from ..generation import resolve_model
+
+    name = resolve_model(config.generation.model)[0]
+    return [name if r == 1 else f"{name}@{config.name}/round-{r - 1}" for r in range(1, config.rounds + 1)]
+
+
+# -- shared buffers ----------------------------------------------------------------------------
+
+
+def buffer_dir(protocol: Protocol, buffer: str) -> Path:
+    return protocol.root / "buffers" / buffer
+
+
+def buffer_filled(protocol: Protocol, buffer: str) -> bool:
+    return (buffer_dir(protocol, buffer) / FILLED).exists()
+
+
+def fill_buffer(protocol: Protocol, buffer: str) -> Path:
+    """Fill and test the shared buffer `buffer` once (resumable); its directory."""
+    target = buffer_dir(protocol, buffer)
+    if buffer_filled(protocol, buffer):
+        return target
+    recipe = protocol.recipe(buffer)
+    config = protocol.buffer_config(buffer)
+    FILLERS[recipe.source](config, recipe)
+    with ReplayBuffer.in_run(target) as store:
+        write_atomic(target / FILLED, json.dumps(store.stats(), indent=2) + "\n")
+    return target
+
+
+def _executor(config: PperConfig) -> Any:
+    from ..execution import Executor
+
+    x = config.execution
+    return Executor(limits=x.limits, workers=x.workers, isolation=x.isolation)
+
+
+def fill_by_sampling(config: PperConfig, recipe: BufferRecipe) -> None:
+    """The base model samples every training task (round 1, as `pper run` would), then every program is tested."""
+    from ..generation import transformers_sampler
+    from ..pipeline import execute_untested, prepare, sample_into_buffer
+
+    prepared = prepare(config)
+    g = config.generation
+    with ReplayBuffer.in_run(prepared.dir) as store, _executor(config) as executor:
+        sample_into_buffer(store, transformers_sampler(g, config.seed), prepared.train, g.mode, g.k, round=1)
+        execute_untested(store, executor)
+
+
+def fill_with_references(config: PperConfig, recipe: BufferRecipe) -> None:
+    """Every reference solution of every training task (none of a held-out task), with its log-probability
+    under the base model, then every program is tested like a sampled one."""
+    from ..pipeline import execute_untested, prepare
+
+    prepared = prepare(config)
+    with ReplayBuffer.in_run(prepared.dir) as store, _executor(config) as executor:
+        todo = [(t, s) for t in prepared.train for s in t.solutions]
+        if todo and not store.programs():  # added in one transaction: all of them, or none yet
+            scored = score_programs(config, todo)
+            store.add_programs(
+                NewProgram(t.id, s, lp, n, REFERENCES_MODEL) for (t, s), (lp, n) in zip(todo, scored, strict=True)
+            )
+        if not store.programs():
+            raise PperError(f"no training task of {config.tasks.source} has a reference solution")
+        execute_untested(store, executor)
+
+
+FILLERS: dict[str, Callable[[PperConfig, BufferRecipe], None]] = {
+    "model": fill_by_sampling,
+    "references": fill_with_references,
+}
+
+
+def score_programs(config: PperConfig, programs: list[tuple[Task, str]]) -> list[tuple[float, int]]:
+    """(log P(program), tokens) of each (task, program) under the configuration's model, over the program's
+    own tokens (`prompts.program_tokens`) of the text training replays after the task's prompt."""
+    import torch
+
+    from ..generation import build_prompt, load_model, training_target
+    from ..generation.prompts import program_tokens
+
+    model, tokenizer, _ = load_model(config.generation.model, config.generation.dtype)
+    out = []
+    with torch.inference_mode():
+        for task, program in programs:
+            prompt = build_prompt(task, tokenizer)
+            head = list(tokenizer(prompt.text).input_ids)
+            target = list(tokenizer(training_target(prompt, program), add_special_tokens=False).input_ids)
+            target.append(tokenizer.eos_token_id)
+            ids = torch.tensor([head + target], device=model.device)
+            logp = model(input_ids=ids).logits[0, len(head) - 1 : -1].float().log_softmax(-1)
+            token_logp = logp.gather(-1, ids[0, len(head) :, None]).squeeze(-1)
+            lo, hi = program_tokens(tokenizer, prompt, target)
+            out.append((min(float(token_logp[lo:hi].sum()), 0.0), hi - lo))
+    return out

@@ -1,0 +1,277 @@
+"""An experiment protocol: arms, their seeds, the buffers they share and the comparisons to report.
+
+A protocol is a YAML file (configs/experiments/ has examples):
+
+    name: small                     # the protocol's runs go under RUNS_DIR/NAME
+    runs_dir: runs/experiments
+    extends: other.yaml             # optional: start from that protocol (beside this file), merge this in
+    common: {...}                   # a pper configuration every arm starts from
+    buffers:                        # buffer recipes: each is filled once and copied into every arm using it
+      beam: {mode: beam, k: 3}      # source model (the default): the base model samples, with these
+                                    #   `generation` settings, then every program is tested
+      refs: {source: references}    # the training tasks' reference solutions, tested
+    arms:
+      base: {kind: base}            # the model before training (evaluated, never trained)
+      btp-rank: {buffer: beam, seeds: [0, 1, 2], replay: {priority: rank, alpha: 0.5}}
+      references-sft: {kind: references-sft}
+    compare: [[btp-rank, references-sft]]   # pairs a, b whose paired difference a - b is reported
+    alpha_sweep: [btp-rank, ...]            # arms that make the alpha plot (each sets replay.alpha)
+
+An arm is a kind (arms.py: `replay` by default), the buffer it starts from, its seeds, and overrides of
+the common configuration (any section of a pper config but name, runs_dir and seed, which the runner sets).
+Every arm is compared with the base model; arms compared with each other (`compare`, the alpha sweep) must
+train with equal rounds, steps and batch size, hence equal examples: a protocol that breaks this is refused.
+Arms ship their last round, so `tasks.validation` is 0 in every arm (set by the runner).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from ..config import PperConfig, TasksConfig, validate_config
+from ..errors import PperError
+from ..generation.config import GenerationConfig
+
+RUNNER_KEYS = ("name", "runs_dir", "seed")  # set per arm and seed by the runner
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`base` updated by `over`, recursively for mappings present in both; other values are replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class BufferRecipe(BaseModel):
+    """How a shared buffer is filled. source `model`: the base model samples every training task with the
+    `generation` settings given beside `source` (mode, k, temperature, ...; the rest from `common`), and
+    every program is tested. source `references`: the training tasks' reference solutions, tested."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: Literal["model", "references"] = "model"
+
+    @model_validator(mode="after")
+    def _generation_keys(self) -> BufferRecipe:
+        extra = sorted(self.model_extra or {})
+        known = GenerationConfig.model_fields
+        unknown = [k for k in extra if k not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown key {unknown[0]!r} (a recipe takes source and generation keys: {', '.join(known)})"
+            )
+        if extra and self.source != "model":
+            raise ValueError(f"a {self.source} buffer is not sampled: drop {', '.join(extra)}")
+        return self
+
+    @property
+    def generation(self) -> dict[str, Any]:
+        """The generation settings of a `model` buffer."""
+        return dict(self.model_extra or {})
+
+
+class ArmSpec(BaseModel):
+    """One arm of a protocol: its kind, the buffer it starts from, its seeds, and its overrides of `common`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str = "replay"
+    buffer: str | None = None
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        return seeds
+
+    @model_validator(mode="after")
+    def _known(self) -> ArmSpec:
+        from .arms import KINDS
+
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown arm kind {self.kind!r} (known kinds: {', '.join(KINDS)})")
+        for key in self.model_extra or {}:
+            if key == "train":
+                raise ValueError("`train: false` is now `kind: base`")
+            if key in RUNNER_KEYS:
+                raise ValueError(f"{key!r} is set by the runner for every arm and seed")
+            if key not in PperConfig.model_fields:
+                raise ValueError(
+                    f"unknown key {key!r} (an arm takes kind, buffer, seeds and sections of a pper config: "
+                    f"{', '.join(k for k in PperConfig.model_fields if k not in RUNNER_KEYS)})"
+                )
+        return self
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The arm's own overrides of the common configuration."""
+        return dict(self.model_extra or {})
+
+
+class Protocol(BaseModel):
+    """A whole protocol, validated: every arm's configuration for every seed is built once here, so a
+    mistake is reported before anything runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    runs_dir: Path = Path("runs/experiments")
+    common: dict[str, Any] = {}
+    buffers: dict[str, BufferRecipe] = {}
+    arms: dict[str, ArmSpec]
+    compare: list[tuple[str, str]] = []
+    alpha_sweep: list[str] = []
+    _source: str = PrivateAttr("protocol")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Protocol:
+        from .arms import KINDS
+
+        bases = [n for n, a in self.arms.items() if not KINDS[a.kind].trains]
+        if len(bases) != 1:
+            raise ValueError(f"a protocol needs exactly one arm of kind base (the model before training), got {bases}")
+        for name, arm in self.arms.items():
+            KINDS[arm.kind].check(self, name, arm)
+        for a, b in self.compare:
+            for arm in (a, b):
+                if arm not in self.arms:
+                    raise ValueError(f"compare [{a}, {b}]: no arm named {arm!r}")
+        for name in self.alpha_sweep:
+            if name not in self.arms:
+                raise ValueError(f"alpha_sweep: no arm named {name!r}")
+            if "alpha" not in (self.arms[name].overrides.get("replay") or {}):
+                raise ValueError(f"alpha_sweep: arm {name!r} sets no replay.alpha")
+        return self
+
+    @property
+    def root(self) -> Path:
+        """The directory of the protocol's runs, buffers, ledger and results."""
+        return self.runs_dir / self.name
+
+    @property
+    def source(self) -> str:
+        """The file the protocol was read from."""
+        return self._source
+
+    def base_arm(self) -> str:
+        from .arms import KINDS
+
+        return next(n for n, a in self.arms.items() if not KINDS[a.kind].trains)
+
+    def recipe(self, buffer: str) -> BufferRecipe:
+        """A named buffer's recipe; `references` needs no entry under `buffers`."""
+        if buffer in self.buffers:
+            return self.buffers[buffer]
+        if buffer == "references":
+            return BufferRecipe(source="references")
+        raise PperError(f"protocol {self.name}: no buffer named {buffer!r} (buffers: {', '.join(self.buffers)})")
+
+    def buffer_config(self, buffer: str) -> PperConfig:
+        """The configuration a shared buffer is filled with (its run directory is ROOT/buffers/NAME)."""
+        data = deep_merge(self.common, {"generation": self.recipe(buffer).generation})
+        data.update(name=f"buffers/{buffer}", runs_dir=str(self.root), seed=0)
+        return validate_config(no_validation(data), f"{self.source}: buffer {buffer}")
+
+    def arm_config(self, arm: str, seed: int) -> PperConfig:
+        """The configuration of one arm and seed: `common`, then what the arm's kind sets, then the arm's
+        own overrides; run under ROOT/ARM/seed-SEED."""
+        from .arms import KINDS
+
+        spec = self.arms[arm]
+        kind = KINDS[spec.kind]
+        data = deep_merge(deep_merge(self.common, kind.overrides(self, arm, spec)), spec.overrides)
+        data.update(name=f"{arm}/seed-{seed}", runs_dir=str(self.root), seed=seed)
+        config = validate_config(no_validation(data, f"{self.source}: arm {arm}"), f"{self.source}: arm {arm}")
+        kind.verify(f"{self.source}: arm {arm}", config)
+        return config
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        """Every pair of arms compared: each arm against the base model, then `compare`."""
+        base = self.base_arm()
+        pairs = [(n, base) for n in self.arms if n != base]
+        return pairs + [p for p in self.compare if p not in pairs]
+
+    def check_budgets(self) -> None:
+        """Refuse arms compared with each other (`compare`, the alpha sweep) that train with different rounds,
+        steps or batch sizes: a difference between them would measure the budget, not the method."""
+        from .arms import KINDS
+
+        pairs = list(self.compare) + list(itertools.combinations(self.alpha_sweep, 2))
+        budgets = {n: KINDS[a.kind].budget(self.arm_config(n, a.seeds[0])) for n, a in self.arms.items()}
+        for a, b in pairs:
+            if budgets[a] is None or budgets[b] is None or budgets[a] == budgets[b]:
+                continue
+            show = {n: ", ".join(f"{k} {v}" for k, v in budgets[n].items()) for n in (a, b)}
+            raise PperError(
+                f"{self.source}: arms {a} and {b} are compared but train with different budgets "
+                f"({a}: {show[a]}; {b}: {show[b]}); compared arms need equal {', '.join(budgets[a])}"
+            )
+
+
+def no_validation(data: dict[str, Any], origin: str = "protocol") -> dict[str, Any]:
+    """`data` with `tasks.validation: 0`, so the run keeps (and the protocol reports) its last round.
+
+    A configuration without that key (an older pper) is left as it is; a protocol asking for another
+    value is refused.
+    """
+    if "validation" not in TasksConfig.model_fields:
+        return data
+    tasks = dict(data.get("tasks") or {})
+    if tasks.get("validation", 0) != 0:
+        raise PperError(
+            f"{origin}: tasks.validation is {tasks['validation']}, but arms ship their last round "
+            "(no keep-best): leave it out, the runner sets 0"
+        )
+    return {**data, "tasks": {**tasks, "validation": 0}}
+
+
+def read_protocol(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw mapping of a protocol file, with its `extends` chain merged in (the extended file first)."""
+    path = Path(path)
+    if path.resolve() in seen:
+        raise PperError(f"{path}: `extends` loops back to itself ({' -> '.join(str(p) for p in seen)})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise PperError(f"cannot read protocol {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise PperError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise PperError(f"{path}: a protocol must be a mapping of keys to values")
+    if "extends" in data:
+        parent = path.parent / str(data.pop("extends"))
+        data = deep_merge(read_protocol(parent, (*seen, path.resolve())), data)
+    return data
+
+
+def load_protocol(path: str | Path) -> Protocol:
+    """Read, merge (`extends`) and validate a protocol file, every arm's configuration included."""
+    data = read_protocol(Path(path))
+    return validate_protocol(data, str(path))
+
+
+def validate_protocol(data: dict[str, Any], source: str = "protocol") -> Protocol:
+    """A validated `Protocol` from its mapping; errors name the key at fault."""
+    try:
+        protocol = Protocol.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key}: {msg}" if key else f"  {msg}")
+        raise PperError(f"{source}: invalid protocol\n" + "\n".join(lines)) from None
+    protocol._source = source
+    for arm, spec in protocol.arms.items():
+        for seed in spec.seeds:
+            protocol.arm_config(arm, seed)
+    protocol.check_budgets()
+    return protocol

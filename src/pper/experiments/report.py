@@ -1,0 +1,394 @@
+"""The results of a protocol: statistics over held-out tasks, markdown tables, the alpha plot, publishing.
+
+Per arm and held-out source, for pass rate and strict accuracy:
+* pooled: each task's score averaged over the arm's seeds, then the mean over tasks with a 95% bootstrap
+  interval over tasks;
+* per seed: each seed's mean over tasks with its own interval;
+* differences, for each compared pair a - b (every arm against the base model, then `compare`): the
+  paired interval over tasks of the pooled scores, and per seed (a's seed s against b's seed s, or against
+  b's only seed when b has one, like the deterministic base model).
+Every interval draws the same resamples (`pper.evaluation.stats`), so adding an arm never moves another's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..buffer import BUFFER_FILE, ReplayBuffer
+from ..errors import PperError
+from ..evaluation.stats import bootstrap_mean, paired_bootstrap
+from ..files import write_atomic
+from ..jsonl import read_jsonl
+from ..pipeline import eval_paths
+from .arms import Unit, buffer_dir, buffer_filled
+from .protocol import Protocol
+from .runner import TIMINGS, ledger, not_run, spent
+
+METRICS = (("pass_rate", 0), ("strict_accuracy", 1))
+Scores = dict[str, tuple[float, float]]  # task id -> (pass rate, strict), averaged over the task's samples
+
+
+def source_of(task_id: str) -> str:
+    return task_id.split("/")[0].lower()
+
+
+def per_task(run_dir: Path, round: int) -> Scores:
+    """task id -> (pass rate, passed all tests) of a run's held-out evaluation of `round`, each averaged over
+    the task's samples."""
+    samples, _ = eval_paths(run_dir, round)
+    rows: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in read_jsonl(f"{samples}_results.jsonl"):
+        rows[r["task_id"]].append((float(r["pass_rate"]), float(r["passed"])))
+    return {t: (float(np.mean([p for p, _ in v])), float(np.mean([s for _, s in v]))) for t, v in rows.items()}
+
+
+def _interval(values: np.ndarray) -> dict[str, Any]:
+    mean, low, high = bootstrap_mean(values)
+    return {"mean": mean, "ci": [low, high]}
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    mean, low, high = paired_bootstrap(a, b)
+    return {"mean": mean, "ci": [low, high]}
+
+
+def summarize(protocol: Protocol, units: Sequence[Unit]) -> dict[str, Any]:
+    """The statistics of every finished unit among `units` (see the module docstring), and why the others
+    did not run."""
+    base = protocol.base_arm()
+    done: dict[str, list[Unit]] = {}
+    skipped: dict[str, str] = {}
+    for u in units:
+        if u.done():
+            done.setdefault(u.arm, []).append(u)
+        elif (why := not_run(u)) is not None:
+            skipped.setdefault(u.arm, why)
+    if base not in done:
+        raise PperError(
+            f"protocol {protocol.name}: the base model's evaluation ({base}) is not done: nothing to compare"
+        )
+    tables = {arm: {u.seed: per_task(u.run_dir, u.result_round) for u in us} for arm, us in done.items()}
+    reference = next(iter(tables[base].values()))
+    sources = sorted({source_of(t) for t in reference})
+    ids = {s: sorted(t for t in reference if source_of(t) == s) for s in sources}
+    for arm, seeds in tables.items():
+        for seed, table in seeds.items():
+            missing = [t for t in reference if t not in table]
+            if missing:
+                raise PperError(
+                    f"{arm} seed {seed} has no held-out result for {len(missing)} of the base model's tasks "
+                    f"(e.g. {missing[0]}): the arms were evaluated on different tasks"
+                )
+
+    def column(table: Scores, source: str, col: int) -> np.ndarray:
+        return np.array([table[t][col] for t in ids[source]])
+
+    arms: dict[str, Any] = {}
+    pooled: dict[tuple[str, str, str], np.ndarray] = {}
+    for arm, seeds in tables.items():
+        arms[arm] = {"kind": protocol.arms[arm].kind, "seeds": list(seeds)}
+        for s in sources:
+            for metric, col in METRICS:
+                per_seed = {seed: column(table, s, col) for seed, table in seeds.items()}
+                score = np.mean(list(per_seed.values()), axis=0)
+                pooled[arm, s, metric] = score
+                arms[arm][f"{s}/{metric}"] = {
+                    "tasks": len(score),
+                    **_interval(score),
+                    "per_seed": [{"seed": seed, **_interval(v)} for seed, v in per_seed.items()],
+                }
+    differences = []
+    for a, b in protocol.comparisons():
+        if a not in tables or b not in tables:
+            continue
+        row: dict[str, Any] = {"arm": a, "against": b}
+        pairs = _seed_pairs(list(tables[a]), list(tables[b]))
+        for s in sources:
+            for metric, col in METRICS:
+                row[f"{s}/{metric}"] = {
+                    **_paired(pooled[a, s, metric], pooled[b, s, metric]),
+                    "per_seed": [
+                        {
+                            "seed": sa,
+                            "against_seed": sb,
+                            **_paired(column(tables[a][sa], s, col), column(tables[b][sb], s, col)),
+                        }
+                        for sa, sb in pairs
+                    ],  # fmt: skip
+                }
+        differences.append(row)
+    return {
+        "protocol": protocol.source,
+        "name": protocol.name,
+        "sources": sources,
+        "base": base,
+        "arms": arms,
+        "differences": differences,
+        "not_run": {a: why for a, why in skipped.items() if a not in done},
+        "working_seconds": sum(spent(ledger(protocol.root)).values()),
+        "buffers": buffer_stats(protocol),
+        "replay": replay_stats(protocol, done),
+        "machine": machine(),
+    }
+
+
+def _seed_pairs(a: list[int], b: list[int]) -> list[tuple[int, int]]:
+    """Seeds of a paired with b's: the same seed, or b's only seed when it has one (the base model)."""
+    if len(b) == 1:
+        return [(s, b[0]) for s in a]
+    return [(s, s) for s in a if s in b]
+
+
+def buffer_stats(protocol: Protocol) -> dict[str, dict]:
+    """Per filled shared buffer: its programs, how good they are, and the minutes it took to fill and test."""
+    seconds = spent(ledger(protocol.root))
+    names = dict.fromkeys([*protocol.buffers, "references"])
+    out = {}
+    for name in names:
+        if not buffer_filled(protocol, name):
+            continue
+        with ReplayBuffer(buffer_dir(protocol, name) / BUFFER_FILE) as buffer:
+            stats, table = buffer.stats(), buffer.replay_table()
+        out[name] = {
+            "tasks": stats["tasks"],
+            "programs": stats["programs"],
+            "mean_tokens": float(table.num_tokens.mean()) if len(table.num_tokens) else 0.0,
+            "mean_pass_rate": stats["mean_pass_rate"],
+            "passing_programs": stats["pass_rate_distribution"]["1"],
+            "tasks_solved": stats["tasks_solved"],
+            "minutes": seconds.get(f"buffer {name}", 0.0) / 60,
+        }
+    return out
+
+
+def replay_stats(protocol: Protocol, done: dict[str, list[Unit]]) -> dict[str, dict]:
+    """Per trained arm, what its replay draws from its (first seed's, final) buffer, as exact expectations
+    under its sampling distribution, and its minutes per finished seed."""
+    from ..buffer import Replay
+
+    seconds = spent(ledger(protocol.root))
+    out = {}
+    for arm, us in done.items():
+        if not us[0].kind.trains or not (us[0].run_dir / BUFFER_FILE).exists():
+            continue
+        with ReplayBuffer.in_run(us[0].run_dir) as buffer:
+            try:
+                replay = Replay.from_buffer(buffer, us[0].config.replay)
+            except PperError:  # nothing to replay now (a kind whose buffer is not its replay)
+                continue
+        prob, table = replay.probability, replay.table
+        out[arm] = {
+            "programs": int((prob > 0).sum()),
+            "tasks": len(set(table.task_id[prob > 0])),
+            "pass_rate": float(prob @ table.pass_rate),
+            "passing": float(prob @ (table.pass_rate == 1.0)),
+            "possibility": float(prob @ replay.possibility),
+            "minutes_per_seed": sum(seconds.get(u.label, 0.0) for u in us) / 60 / len(us),
+        }
+    return out
+
+
+def machine() -> str:
+    import torch
+
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# -- markdown ----------------------------------------------------------------------------------
+
+
+def pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def pp(fraction: float) -> str:
+    """A difference in signed percentage points, one decimal, without a negative zero."""
+    return f"{round(fraction * 100, 1) + 0.0:+.1f}"
+
+
+def _cell(d: dict[str, Any]) -> str:
+    return f"{pct(d['mean'])} [{pct(d['ci'][0])}, {pct(d['ci'][1])}]"
+
+
+def _diff_cell(d: dict[str, Any]) -> str:
+    lo, hi = d["ci"]
+    verdict = "noise" if lo <= 0 <= hi else ("**up**" if lo > 0 else "**down**")
+    return f"{pp(d['mean'])} [{pp(lo)}, {pp(hi)}] {verdict}"
+
+
+def _head(summary: dict, first: str) -> list[str]:
+    sources = summary["sources"]
+    cols = " | ".join(f"{s} pass rate | {s} strict acc." for s in sources)
+    return [f"| {first} | {cols} |", "|---" * first.count("|") + "|---|" + "---|---|" * len(sources)]
+
+
+def results_table(summary: dict) -> list[str]:
+    """The paper's Table 2 shape: an arm per row, pass rate and strict accuracy per held-out source."""
+    sources, arms = summary["sources"], summary["arms"]
+    tasks = {s: arms[summary["base"]][f"{s}/pass_rate"]["tasks"] for s in sources}
+    head = " | ".join(f"{s} ({tasks[s]}) pass rate | {s} strict acc." for s in sources)
+    lines = [f"| arm | seeds | {head} |", "|---|---|" + "---|---|" * len(sources)]
+    for name, r in arms.items():
+        cells = [_cell(r[f"{s}/{m}"]) for s in sources for m, _ in METRICS]
+        lines.append(f"| {name} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+    lines += [f"| {name} | not run: {why} |" for name, why in summary.get("not_run", {}).items()]
+    return lines
+
+
+def seeds_table(summary: dict) -> list[str]:
+    """Each seed's mean with its own interval, for the arms with more than one seed."""
+    sources, arms = summary["sources"], summary["arms"]
+    lines = _head(summary, "arm | seed")
+    for name, r in arms.items():
+        if len(r["seeds"]) > 1:
+            for i, seed in enumerate(r["seeds"]):
+                cells = [_cell(r[f"{s}/{m}"]["per_seed"][i]) for s in sources for m, _ in METRICS]
+                lines.append(f"| {name} | {seed} | " + " | ".join(cells) + " |")
+    return lines if len(lines) > 2 else []
+
+
+def differences_table(summary: dict) -> list[str]:
+    """Each compared pair's mean difference with its paired 95% interval; *noise* where it contains 0."""
+    lines = _head(summary, "difference")
+    for row in summary["differences"]:
+        cells = [_diff_cell(row[f"{s}/{m}"]) for s in summary["sources"] for m, _ in METRICS]
+        lines.append(f"| {row['arm']} - {row['against']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def seed_differences_table(summary: dict) -> list[str]:
+    """Each compared pair's difference seed by seed, for pairs whose first arm has more than one seed."""
+    sources = summary["sources"]
+    lines = _head(summary, "difference | seeds")
+    for row in summary["differences"]:
+        first = row[f"{sources[0]}/pass_rate"]["per_seed"]
+        if len(first) < 2:
+            continue
+        for i, p in enumerate(first):
+            cells = [_diff_cell(row[f"{s}/{m}"]["per_seed"][i]) for s in sources for m, _ in METRICS]
+            lines.append(f"| {row['arm']} - {row['against']} | {p['seed']} - {p['against_seed']} | "
+                         + " | ".join(cells) + " |")  # fmt: skip
+    return lines if len(lines) > 2 else []
+
+
+def context_tables(summary: dict) -> list[str]:
+    """The shared buffers, and what each arm replays."""
+    lines = ["| buffer | tasks | programs | tokens/program | mean pass rate | programs passing all | tasks solved |"
+             " fill + test (min) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, b in summary["buffers"].items():
+        rate = "-" if b["mean_pass_rate"] is None else f"{b['mean_pass_rate']:.3f}"
+        lines.append(f"| {name} | {b['tasks']} | {b['programs']} | {b['mean_tokens']:.0f} | {rate} | "
+                     f"{b['passing_programs']} | {b['tasks_solved']} | {b['minutes']:.1f} |")  # fmt: skip
+    lines += ["", "| arm | programs it can draw | tasks | E[pass rate] | P(passes all) | E[possibility] |"
+              " min per seed |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in summary["replay"].items():
+        lines.append(f"| {name} | {r['programs']} | {r['tasks']} | {r['pass_rate']:.3f} | {r['passing']:.3f} | "
+                     f"{r['possibility']:.3f} | {r['minutes_per_seed']:.1f} |")  # fmt: skip
+    return lines
+
+
+def markdown(summary: dict) -> str:
+    seeds, seed_diffs = seeds_table(summary), seed_differences_table(summary)
+    hours = summary["working_seconds"] / 3600
+    lines = [
+        "Mean over tasks (each task's score averaged over the seeds) with a 95% bootstrap interval over tasks:",
+        "",
+        *results_table(summary),
+        "",
+        *(
+            ["Each seed's mean with its own interval, for the arms with several seeds:", "", *seeds, ""]
+            if seeds
+            else []
+        ),
+        "Differences in percentage points, with a paired 95% bootstrap interval over tasks; *noise* where the",
+        "interval contains 0:",
+        "",
+        *differences_table(summary),
+        "",
+        *(["The same differences seed by seed:", "", *seed_diffs, ""] if seed_diffs else []),
+        "The buffers, and what each arm's replay draws from its buffer (expectations under the arm's sampling",
+        "distribution over the buffer; minutes of training and evaluation per seed):",
+        "",
+        *context_tables(summary),
+        "",
+        f"Protocol `{summary['protocol']}`; working time {hours:.1f} h (summed from `{TIMINGS}`) on "
+        f"{summary['machine']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(protocol: Protocol, summary: dict) -> str:
+    """results.json, results.md and (with an alpha sweep) alpha.png under the protocol's root; the markdown."""
+    root = protocol.root
+    write_atomic(root / "results.json", json.dumps(summary, indent=2) + "\n")
+    text = markdown(summary)
+    write_atomic(root / "results.md", text)
+    sweep = sorted(
+        (protocol.arms[n].overrides["replay"]["alpha"], n) for n in protocol.alpha_sweep if n in summary["arms"]
+    )
+    if sweep:
+        alpha_plot(summary, sweep, root / "alpha.png")
+    return text
+
+
+def alpha_plot(summary: dict, sweep: list[tuple[float, str]], path: Path) -> None:
+    """Pass rate and strict accuracy against alpha, with their intervals, per held-out source."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sources, arms = summary["sources"], summary["arms"]
+    fig, axes = plt.subplots(1, len(sources), figsize=(4.5 * len(sources), 3.5), squeeze=False)
+    xs = [a for a, _ in sweep]
+    for ax, s in zip(axes[0], sources, strict=True):
+        for m, style in (("pass_rate", "o-"), ("strict_accuracy", "s--")):
+            cells = [arms[n][f"{s}/{m}"] for _, n in sweep]
+            ax.plot(xs, [c["mean"] for c in cells], style, label=m.replace("_", " "))
+            ax.fill_between(xs, [c["ci"][0] for c in cells], [c["ci"][1] for c in cells], alpha=0.15)
+        base = arms[summary["base"]][f"{s}/pass_rate"]["mean"]
+        ax.axhline(base, color="grey", lw=0.8, ls=":", label="base pass rate")
+        ax.set_title(s)
+        ax.set_xlabel("alpha (rank-based priority)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def publish(doc: Path, protocol: Protocol, text: str) -> None:
+    """Put `text` (and the alpha plot, if any) between the `<!-- results: NAME -->` and
+    `<!-- end results: NAME -->` markers of `doc`, or at its end; the rest of `doc` is left as it is."""
+    name, root = protocol.name, protocol.root
+    begin, end = f"<!-- results: {name} -->", f"<!-- end results: {name} -->"
+    if (root / "alpha.png").exists():
+        plot = doc.parent / f"{name}-alpha.png"
+        shutil.copyfile(root / "alpha.png", plot)
+        text += f"\n![alpha sweep, protocol {name}]({plot.name})\n"
+    block = f"{begin}\n{text}{end}"
+    old = doc.read_text() if doc.exists() else ""
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
+    else:
+        new = old + ("\n" if old and not old.endswith("\n") else "") + block + "\n"
+    write_atomic(doc, new)

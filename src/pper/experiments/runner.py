@@ -1,0 +1,180 @@
+"""Running a protocol: its units in seed-major order, a time ledger across invocations, and its status.
+
+Every arm x seed is a unit (arms.py). The runner goes through every arm's first seed, then every arm's
+second, ..., so an interrupted protocol has all its arms before it has all its seeds. Each unit and each
+shared buffer skips what is done, so the same command continues an interrupted protocol. The working time
+of each unit and buffer fill goes to ROOT/timings.jsonl (also when it is interrupted), so the reported
+time adds up over invocations, and `status` can estimate what is left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import PperError
+from ..jsonl import append_jsonl, read_jsonl
+from .arms import Unit, buffer_dir, buffer_filled, fill_buffer
+from .protocol import Protocol
+
+TIMINGS = "timings.jsonl"
+NOT_RUN = "not-run.txt"  # in a unit's run directory: why it could not run (a pper error, e.g. nothing to replay)
+
+
+@contextmanager
+def timed(root: Path, unit: str) -> Iterator[None]:
+    """Append the seconds spent on `unit` to the protocol's time ledger, also when it is interrupted."""
+    start = time.time()
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        seconds = time.time() - start
+        if seconds > 1 or not finished:  # a unit found already done costs nothing worth logging
+            row = {"unit": unit, "seconds": round(seconds, 1), "finished": finished, "time": start}
+            root.mkdir(parents=True, exist_ok=True)
+            append_jsonl(root / TIMINGS, [row])
+
+
+def ledger(root: Path) -> list[dict]:
+    """The rows of the protocol's time ledger (none before its first unit)."""
+    return read_jsonl(root / TIMINGS)
+
+
+def spent(rows: list[dict]) -> dict[str, float]:
+    """Seconds per ledger unit, summed over its attempts."""
+    out: dict[str, float] = {}
+    for r in rows:
+        out[r["unit"]] = out.get(r["unit"], 0.0) + float(r["seconds"])
+    return out
+
+
+def units(protocol: Protocol, only: Sequence[str] = ()) -> list[Unit]:
+    """The protocol's units, seed-major; with `only`, just those arms (and the base model, which every
+    comparison needs)."""
+    unknown = [a for a in only if a not in protocol.arms]
+    if unknown:
+        raise PperError(f"--only: no arm named {unknown[0]!r} in {protocol.source} (arms: {', '.join(protocol.arms)})")
+    base = protocol.base_arm()
+    chosen = [a for a in protocol.arms if not only or a in only or a == base]
+    indexed = [(i, Unit(protocol, a, s)) for a in chosen for i, s in enumerate(protocol.arms[a].seeds)]
+    return [u for _, u in sorted(indexed, key=lambda x: x[0])]
+
+
+def not_run(unit: Unit) -> str | None:
+    """Why the unit could not run, if it could not (the reason its last attempt gave)."""
+    path = unit.run_dir / NOT_RUN
+    return path.read_text() if path.exists() else None
+
+
+def run_unit(unit: Unit, echo: Callable[[str], None] = print) -> bool:
+    """Fill the unit's shared buffer if needed, then prepare and run the unit; whether it is done. A pper
+    error (e.g. a pass-rate filter that leaves nothing to replay) is recorded in the run directory as the
+    reason the unit did not run, and tried again on the next invocation."""
+    root = unit.protocol.root
+    buffer = unit.kind.buffer(unit.spec)
+    if buffer is not None and not buffer_filled(unit.protocol, buffer):
+        echo(f"== buffer {buffer}")
+        with timed(root, f"buffer {buffer}"):
+            fill_buffer(unit.protocol, buffer)
+    if unit.done():
+        return True
+    echo(f"== {unit.label}")
+    marker = unit.run_dir / NOT_RUN
+    try:
+        with timed(root, unit.label):
+            unit.kind.prepare(unit)
+            unit.kind.execute(unit)
+    except PperError as e:
+        echo(f"   {unit.label} not run: {e}")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(e))
+        return False
+    marker.unlink(missing_ok=True)
+    return unit.done()
+
+
+@dataclass(frozen=True)
+class UnitStatus:
+    """Where one unit (or shared buffer) stands: done, not run, partial or not started; the seconds the
+    ledger has for it, and an estimate of the seconds left (None where nothing finished gives a basis)."""
+
+    unit: str
+    state: str
+    seconds: float
+    remaining: float | None
+
+
+def status(protocol: Protocol) -> list[UnitStatus]:
+    """Every shared buffer and unit of the protocol, in the order the runner takes them.
+
+    Estimates: a unit not done is expected to take what the finished units of its arm took on average (else
+    those of its kind; a buffer, the other filled buffers of its source), less what it has spent already.
+    """
+    root = protocol.root
+    seconds = spent(ledger(root))
+    all_units = units(protocol)
+    buffers = list(dict.fromkeys(b for u in all_units if (b := u.kind.buffer(u.spec)) is not None))
+    out: list[UnitStatus] = []
+
+    def mean(labels: list[str]) -> float | None:
+        known = [seconds[x] for x in labels if x in seconds]
+        return sum(known) / len(known) if known else None
+
+    filled = {b: buffer_filled(protocol, b) for b in buffers}
+    for b in buffers:
+        label = f"buffer {b}"
+        if filled[b]:
+            out.append(UnitStatus(label, "done", seconds.get(label, 0.0), 0.0))
+            continue
+        source = protocol.recipe(b).source
+        estimate = mean([f"buffer {o}" for o in buffers if filled[o] and protocol.recipe(o).source == source])
+        state = "partial" if buffer_dir(protocol, b).exists() else "not started"
+        out.append(UnitStatus(label, state, seconds.get(label, 0.0), _left(estimate, seconds.get(label, 0.0))))
+    done = {u.label: u.done() for u in all_units}
+    for u in all_units:
+        have = seconds.get(u.label, 0.0)
+        if done[u.label]:
+            out.append(UnitStatus(u.label, "done", have, 0.0))
+            continue
+        estimate = mean([v.label for v in all_units if v.arm == u.arm and done[v.label]])
+        if estimate is None:
+            estimate = mean([v.label for v in all_units if v.spec.kind == u.spec.kind and done[v.label]])
+        state = "not run" if not_run(u) else "partial" if u.run_dir.exists() else "not started"
+        out.append(UnitStatus(u.label, state, have, _left(estimate, have)))
+    return out
+
+
+def _left(estimate: float | None, have: float) -> float | None:
+    return None if estimate is None else max(estimate - have, 0.0)
+
+
+def run_protocol(
+    protocol: Protocol,
+    only: Sequence[str] = (),
+    report_only: bool = False,
+    publish: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> str:
+    """Run (or resume) the protocol's units, then summarise every finished one; the results as markdown.
+
+    Writes ROOT/results.json, results.md and alpha.png (report.py); with `publish`, also puts the
+    results between the protocol's markers in that document.
+    """
+    from .report import publish as publish_results
+    from .report import summarize, write_results
+
+    protocol.root.mkdir(parents=True, exist_ok=True)
+    chosen = units(protocol, only)
+    if not report_only:
+        for unit in chosen:
+            run_unit(unit, echo)
+    summary = summarize(protocol, chosen)
+    text = write_results(protocol, summary)
+    if publish is not None:
+        publish_results(publish, protocol, text)
+    return text
