@@ -493,6 +493,61 @@ def export(run_dir: str, jsonl_path: str | None, hf_dir: str | None, alpha: floa
             err.print(f"saved a dataset of {len(dataset)} programs to {hf_dir}")
 
 
+@cli.group()
+def experiment() -> None:
+    """Experiment protocols: arms (base model, BTP and its ablations, references-sft, ...) trained from the
+    same buffers and compared on held-out tasks with paired bootstrap intervals."""
+
+
+@experiment.command("run")
+@click.argument("protocol", type=click.Path(dir_okay=False, exists=True))
+@click.option("--only", multiple=True, metavar="ARM", help="Run only this arm (repeatable); the base model always runs")
+@click.option("--report-only", is_flag=True, help="Only summarise the units already finished.")
+@click.option("--publish", type=click.Path(dir_okay=False), metavar="DOC", help="Also put the results into DOC.")
+def experiment_run(protocol: str, only: tuple[str, ...], report_only: bool, publish: str | None) -> None:
+    """Run (or resume) every arm x seed of PROTOCOL, then write its results under RUNS_DIR/NAME/.
+
+    Each unit is an ordinary resumable `pper run`; run the same command again after an interruption and it
+    continues. --publish puts the tables between the protocol's `<!-- results: NAME -->` markers of DOC.
+    """
+    from .experiments import load_protocol, run_protocol
+
+    text = run_protocol(
+        load_protocol(protocol), only, report_only, Path(publish) if publish else None,
+        echo=lambda line: err.print(line, highlight=False),
+    )  # fmt: skip
+    click.echo(text, nl=False)
+
+
+@experiment.command("status")
+@click.argument("protocol", type=click.Path(dir_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per buffer and unit.")
+def experiment_status(protocol: str, as_json: bool) -> None:
+    """Which buffers and units of PROTOCOL are done, partial or not started; the time each took (from the
+    protocol's time ledger) and an estimate of the time left."""
+    from dataclasses import asdict
+
+    from .experiments import load_protocol, status
+
+    rows = status(load_protocol(protocol))
+    if as_json:
+        for row in rows:
+            sys.stdout.write(json.dumps(asdict(row)) + "\n")
+        return
+    table = Table("unit", "state", "spent (min)", "left (min)", title=f"experiment {protocol}")
+    for row in rows:
+        left = "?" if row.remaining is None else f"{row.remaining / 60:.1f}"
+        table.add_row(row.unit, row.state, f"{row.seconds / 60:.1f}", left)
+    out.print(table)
+    unknown = sum(r.remaining is None for r in rows)
+    left = sum(r.remaining or 0.0 for r in rows) / 3600
+    out.print(
+        f"spent {sum(r.seconds for r in rows) / 3600:.2f} h; left about {left:.2f} h"
+        + (f" plus {unknown} units with no finished unit of their arm or kind to estimate from" if unknown else ""),
+        highlight=False,
+    )
+
+
 def main() -> None:
     cli(prog_name="pper")
 
