@@ -1,118 +1,237 @@
-"""bench/experiments.py: its protocol files, the statistics of its tables and publishing into a doc."""
+"""pper.experiments: protocol files, the equal-budget rule, summary statistics, publishing, the references-sft
+buffer, and `pper experiment run` end to end on a tiny protocol."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from pper.errors import PperError
+from pper.experiments import load_protocol, units, validate_protocol
+from pper.experiments.report import differences_table, publish, seed_differences_table, seeds_table, summarize
 from pper.pipeline import eval_paths
 
 ROOT = Path(__file__).parents[1]
+PROTOCOLS = sorted((ROOT / "configs" / "experiments").glob("*.yaml"))
 
 
-@pytest.fixture(scope="module")
-def experiments():
-    spec = importlib.util.spec_from_file_location("experiments", ROOT / "bench" / "experiments.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.mark.parametrize("path", PROTOCOLS, ids=lambda p: p.name)
+def test_every_protocol_file_gives_valid_arm_configs(path):
+    protocol = load_protocol(path)  # validates every arm x seed config and the equal budgets
+    for unit in units(protocol):
+        assert unit.config.seed == unit.seed
+        assert unit.config.run_dir == protocol.root / unit.arm / f"seed-{unit.seed}"
+        assert unit.config.tasks.validation == 0  # arms ship their last round
+    assert protocol.arm_config(protocol.base_arm(), 0).training.steps == 0
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_protocol_file_gives_valid_arm_configs(experiments, path, tmp_path):
-    protocol = experiments.load_protocol(path)
-    arms = protocol["arms"]
-    assert sum(not a.get("train", True) for a in arms.values()) == 1, "exactly one base arm"
-    for name, arm in arms.items():
-        if arm.get("train", True):
-            assert arm["buffer"] in protocol["buffers"], f"{path.name}: {name} names an unknown buffer"
-        overrides = {k: v for k, v in arm.items() if k not in ("buffer", "seeds", "train")}
-        for seed in arm.get("seeds", [0]):
-            config = experiments.arm_config(protocol, tmp_path, name, seed, overrides)
-            assert config.seed == seed
-    for name in protocol.get("alpha_sweep", []):
-        assert "alpha" in arms[name]["replay"], f"{path.name}: alpha-sweep arm {name} sets no alpha"
-    for a, b in protocol.get("compare", []):
-        assert a in arms and b in arms
+def test_small_compares_btp_with_references_sft_pass_filter_and_the_base_model():
+    protocol = load_protocol(ROOT / "configs/experiments/small.yaml")
+    comparisons = protocol.comparisons()
+    for other in ("references-sft", "pass-filter", "base"):
+        assert ("btp-rank", other) in comparisons
+    sft = protocol.arm_config("references-sft", 0)
+    assert sft.replay.priority == "uniform" and sft.replay.min_pass_rate is None
+    assert protocol.arm_config("pass-filter", 0).replay.min_pass_rate == 1.0
+    btp = protocol.arm_config("btp-rank", 0)
+    assert (sft.rounds, sft.training.steps, sft.training.batch_size) == (
+        btp.rounds,
+        btp.training.steps,
+        btp.training.batch_size,
+    )
 
 
-def test_extends_adds_seeds_and_arms_to_the_shared_protocol(experiments):
-    small = experiments.load_protocol(ROOT / "configs/experiments/small.yaml")
-    more = experiments.load_protocol(ROOT / "configs/experiments/small-extended.yaml")
-    assert more["name"] == small["name"] and more["common"] == small["common"]
-    assert more["arms"]["btp-rank"]["replay"] == small["arms"]["btp-rank"]["replay"]
-    assert more["arms"]["btp-rank"]["seeds"] == [0, 1, 2] and "seeds" not in small["arms"]["btp-rank"]
-    assert set(small["arms"]) < set(more["arms"])
+def test_extends_adds_seeds_and_arms_to_the_shared_protocol():
+    small = load_protocol(ROOT / "configs/experiments/small.yaml")
+    more = load_protocol(ROOT / "configs/experiments/small-extended.yaml")
+    assert more.name == small.name and more.common == small.common and more.root == small.root
+    assert more.arm_config("btp-rank", 0) == small.arm_config("btp-rank", 0)  # the same runs
+    assert more.arms["btp-rank"].seeds == [0, 1, 2] and small.arms["btp-rank"].seeds == [0]
+    assert set(small.arms) < set(more.arms)
 
 
-def fake_run(root: Path, arm: str, seed: int, round: int, scores: dict[str, tuple[float, bool]]) -> Path:
-    """A run directory holding only an evaluation's per-program results (what the summary reads)."""
-    run_dir = root / arm / f"seed-{seed}"
-    samples, metrics = eval_paths(run_dir, round)
+def protocol_dict(tmp_path: Path, **arms) -> dict:
+    return {
+        "name": "t",
+        "runs_dir": str(tmp_path),
+        "common": {"tasks": {"source": "humaneval", "limit": 4}},
+        "buffers": {"b": {"mode": "beam", "k": 2}},
+        "arms": {"base": {"kind": "base"}, **arms},
+    }
+
+
+def test_arms_compared_with_different_budgets_are_refused(tmp_path):
+    data = protocol_dict(tmp_path, a={"buffer": "b"}, sft={"kind": "references-sft", "training": {"steps": 32}})
+    validate_protocol(data)  # not compared with each other: allowed
+    with pytest.raises(PperError, match=r"arms a and sft .*a: rounds 1, training.steps 16.*sft: .*training.steps 32"):
+        validate_protocol({**data, "compare": [["a", "sft"]]})
+    data = protocol_dict(tmp_path, a={"buffer": "b", "replay": {"alpha": 0.0}}, c={"buffer": "b", "rounds": 2})
+    data["arms"]["c"]["replay"] = {"alpha": 1.0}
+    with pytest.raises(PperError, match=r"arms a and c .*rounds 1.*rounds 2"):
+        validate_protocol({**data, "alpha_sweep": ["a", "c"]})
+
+
+def test_protocol_mistakes_are_named(tmp_path):
+    for arms, message in [
+        ({"a": {"kind": "nope"}}, "unknown arm kind 'nope'"),
+        ({"a": {"buffer": "nope"}}, "unknown buffer 'nope'"),
+        ({"a": {"buffer": "b", "repaly": {}}}, "unknown key 'repaly'"),
+        ({"a": {"kind": "references-sft", "replay": {"priority": "rank"}}}, "replay.priority: 'rank'"),
+        ({"a": {"kind": "references-sft", "buffer": "b"}}, "needs a buffer of source references"),
+        ({"a": {"buffer": "b", "tasks": {"validation": 0.25}}}, "arms ship their last round"),
+    ]:
+        with pytest.raises(PperError, match=message):
+            validate_protocol(protocol_dict(tmp_path, **arms))
+
+
+def fake_run(protocol, arm: str, seed: int, scores: dict[str, tuple[float, bool]]) -> None:
+    """A unit's run directory holding only its held-out evaluation's per-program results (what the summary reads)."""
+    unit = next(u for u in units(protocol) if u.arm == arm and u.seed == seed)
+    samples, metrics = eval_paths(unit.run_dir, unit.result_round)
     samples.parent.mkdir(parents=True)
     metrics.parent.mkdir(parents=True)
     rows = [{"task_id": t, "pass_rate": p, "passed": s} for t, (p, s) in scores.items()]
     Path(f"{samples}_results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     metrics.write_text("{}")
-    return run_dir
 
 
-def test_summary_averages_seeds_per_task_and_pairs_differences(experiments, tmp_path):
+def test_summary_pools_seeds_per_task_gives_per_seed_intervals_and_pairs_differences(tmp_path):
     tasks = [f"MBPP/{i}" for i in range(20)]
     base = {t: (0.5, False) for t in tasks}
     good = [{t: (1.0, True) for t in tasks}, {t: (0.5, i % 2 == 0) for i, t in enumerate(tasks)}]
-    protocol = {
-        "common": {"rounds": 1},
-        "arms": {"base": {"train": False}, "good": {"buffer": "b"}, "same": {"buffer": "b"}},
-        "compare": [["good", "same"]],
-    }
-    done = {
-        "base": [fake_run(tmp_path, "base", 0, 0, base)],
-        "good": [fake_run(tmp_path, "good", s, 1, good[s]) for s in (0, 1)],
-        "same": [fake_run(tmp_path, "same", 0, 1, base)],
-    }
-    summary = experiments.summarize(protocol, tmp_path, done)
+    data = protocol_dict(tmp_path, good={"buffer": "b", "seeds": [0, 1]}, same={"buffer": "b"})
+    protocol = validate_protocol({**data, "compare": [["good", "same"]]})
+    fake_run(protocol, "base", 0, base)
+    fake_run(protocol, "good", 0, good[0])
+    fake_run(protocol, "good", 1, good[1])
+    fake_run(protocol, "same", 0, base)
+    summary = summarize(protocol, units(protocol))
     good_pr = summary["arms"]["good"]["mbpp/pass_rate"]
-    assert good_pr["mean"] == pytest.approx(0.75) and good_pr["per_seed"] == [1.0, 0.5]
-    assert good_pr["ci"] == (pytest.approx(0.75), pytest.approx(0.75))  # every task scored alike
+    assert good_pr["mean"] == pytest.approx(0.75)
+    assert good_pr["ci"] == [pytest.approx(0.75), pytest.approx(0.75)]  # every task scored alike
+    per_seed = [(s["seed"], s["mean"], s["ci"]) for s in good_pr["per_seed"]]
+    assert per_seed == [(0, 1.0, [1.0, 1.0]), (1, 0.5, [0.5, 0.5])]
     strict = summary["arms"]["good"]["mbpp/strict_accuracy"]
     assert strict["mean"] == pytest.approx(0.75) and strict["ci"][0] < 0.75 < strict["ci"][1]
+    seed1 = strict["per_seed"][1]
+    assert seed1["mean"] == pytest.approx(0.5) and seed1["ci"][0] < 0.5 < seed1["ci"][1]
     diffs = {(d["arm"], d["against"]): d for d in summary["differences"]}
-    assert diffs["same", "base"]["mbpp/pass_rate"] == {"mean": 0.0, "ci": (0.0, 0.0)}
+    assert diffs["same", "base"]["mbpp/pass_rate"]["ci"] == [0.0, 0.0]
     assert diffs["good", "same"]["mbpp/pass_rate"]["mean"] == pytest.approx(0.25)
-    table = "\n".join(experiments.differences_table(summary))
+    per_seed = diffs["good", "base"]["mbpp/pass_rate"]["per_seed"]  # each seed against the base's only seed
+    assert [(p["seed"], p["against_seed"], p["mean"]) for p in per_seed] == [(0, 0, 0.5), (1, 0, 0.0)]
+    table = "\n".join(differences_table(summary))
     assert "| same - base | +0.0 [+0.0, +0.0] noise" in table
     assert "| good - base | +25.0 [+25.0, +25.0] **up**" in table
+    assert "| good - base | 1 - 0 | +0.0 [+0.0, +0.0] noise" in "\n".join(seed_differences_table(summary))
+    assert "| good | 0 | 100.0% [100.0%, 100.0%]" in "\n".join(seeds_table(summary))
 
 
-def test_an_interval_does_not_depend_on_the_other_arms(experiments, tmp_path):
+def test_an_interval_does_not_depend_on_the_other_arms(tmp_path):
     tasks = [f"MBPP/{i}" for i in range(30)]
     base = {t: (0.0, False) for t in tasks}
     mixed = {t: ((i * 7 % 30) / 29, i % 3 == 0) for i, t in enumerate(tasks)}  # many distinct means
-    arms = {"base": {"train": False}, "mixed": {"buffer": "b"}}
-    done = {"base": [fake_run(tmp_path, "base", 0, 0, base)], "mixed": [fake_run(tmp_path, "mixed", 0, 1, mixed)]}
-    alone = experiments.summarize({"common": {"rounds": 1}, "arms": arms}, tmp_path, done)
-    arms = {**arms, "other": {"buffer": "b"}}  # one more arm, summarized before and beside "mixed"
-    done = {"base": done["base"], "other": [fake_run(tmp_path, "other", 0, 1, mixed)], "mixed": done["mixed"]}
-    beside = experiments.summarize({"common": {"rounds": 1}, "arms": arms}, tmp_path, done)
-    ci = alone["arms"]["mixed"]["mbpp/pass_rate"]["ci"]
+    alone = validate_protocol(protocol_dict(tmp_path / "a", mixed={"buffer": "b"}))
+    fake_run(alone, "base", 0, base)
+    fake_run(alone, "mixed", 0, mixed)
+    beside = validate_protocol(protocol_dict(tmp_path / "b", other={"buffer": "b"}, mixed={"buffer": "b"}))
+    fake_run(beside, "base", 0, base)
+    fake_run(beside, "other", 0, {t: (1 - p, not s) for t, (p, s) in mixed.items()})
+    fake_run(beside, "mixed", 0, mixed)
+    one, two = summarize(alone, units(alone)), summarize(beside, units(beside))
+    ci = one["arms"]["mixed"]["mbpp/pass_rate"]["ci"]
     assert ci[0] < 0.5 < ci[1]
-    assert beside["arms"]["mixed"]["mbpp/pass_rate"]["ci"] == ci
-    assert beside["differences"][1]["arm"] == "mixed"
-    assert beside["differences"][1]["mbpp/pass_rate"] == alone["differences"][0]["mbpp/pass_rate"]
+    assert two["arms"]["mixed"]["mbpp/pass_rate"]["ci"] == ci
+    assert two["differences"][1]["arm"] == "mixed"
+    assert two["differences"][1]["mbpp/pass_rate"] == one["differences"][0]["mbpp/pass_rate"]
 
 
-def test_publish_replaces_only_its_own_block(experiments, tmp_path):
-    doc, root = tmp_path / "results.md", tmp_path / "run"
-    root.mkdir()
+def test_publish_replaces_only_its_own_block(tmp_path):
+    doc = tmp_path / "results.md"
     doc.write_text("# Results\n\nWritten by hand.\n")
-    experiments.publish(doc, "small", root, "table one\n")
-    experiments.publish(doc, "other", root, "table two\n")
-    experiments.publish(doc, "small", root, "table three\n")
+    small = validate_protocol({**protocol_dict(tmp_path), "name": "small"})
+    other = validate_protocol({**protocol_dict(tmp_path), "name": "other"})
+    publish(doc, small, "table one\n")
+    publish(doc, other, "table two\n")
+    publish(doc, small, "table three\n")
     text = doc.read_text()
     assert text.startswith("# Results\n\nWritten by hand.\n")
     assert "table one" not in text and text.count("table three") == 1 and text.count("table two") == 1
     assert text.index("table three") < text.index("table two")  # replaced in place
+
+
+def test_references_buffer_holds_exactly_the_training_tasks_references_tested(tmp_path):
+    from pper.buffer import ReplayBuffer
+    from pper.experiments.arms import REFERENCES_MODEL, buffer_dir, fill_buffer
+    from pper.pipeline import split_tasks
+
+    data = protocol_dict(tmp_path, sft={"kind": "references-sft"})
+    data["common"]["tasks"]["holdout"] = 0.5
+    data["common"]["execution"] = {"workers": 1}
+    protocol = validate_protocol(data)
+    train, _, held_out = split_tasks(protocol.buffer_config("references"))
+    assert len(train) == 2 and len(held_out) == 2
+    fill_buffer(protocol, "references")
+    with ReplayBuffer.in_run(buffer_dir(protocol, "references")) as buffer:
+        programs = buffer.programs()
+        task_ids = {t.id for t in buffer.tasks()}
+    assert sorted((p.task_id, p.text) for p in programs) == sorted((t.id, s) for t in train for s in t.solutions)
+    assert task_ids == {t.id for t in train}  # nothing of a held-out task
+    assert all(p.tested and p.pass_rate == 1.0 for p in programs)  # HumanEval's references pass their tests
+    assert all(p.model == REFERENCES_MODEL and p.logprob < 0 and p.num_tokens >= 1 for p in programs)
+
+
+def test_experiment_run_end_to_end_on_a_tiny_protocol(tmp_path):
+    """base and references-sft (2 rounds of 1 LoRA step) on 2 HumanEval training and 2 held-out tasks:
+    every unit runs, references-sft replays only the references in both rounds, the results are published,
+    and a second invocation finds everything done."""
+    protocol = {
+        "name": "tiny",
+        "runs_dir": str(tmp_path / "runs"),
+        "common": {
+            "rounds": 2,
+            "tasks": {"source": "humaneval", "limit": 4, "holdout": 0.5},
+            "generation": {"max_new_tokens": 24, "batch_size": 2},
+            "execution": {"workers": 1},
+            "training": {"steps": 1, "batch_size": 2},
+        },
+        "arms": {"base": {"kind": "base"}, "references-sft": {"kind": "references-sft"}},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(protocol))
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n")
+    cmd = [sys.executable, "-m", "pper", "experiment", "run", str(path), "--publish", str(doc)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    root = tmp_path / "runs" / "tiny"
+    summary = json.loads((root / "results.json").read_text())
+    assert set(summary["arms"]) == {"base", "references-sft"}
+    assert summary["differences"][0]["arm"] == "references-sft" and summary["differences"][0]["against"] == "base"
+    assert summary["arms"]["base"]["humaneval/pass_rate"]["tasks"] == 2
+    assert "<!-- results: tiny -->" in doc.read_text() and "| references-sft - base |" in doc.read_text()
+    run = root / "references-sft" / "seed-0"
+    with sqlite3.connect(run / "buffer.sqlite") as db:
+        models = {m for (m,) in db.execute("SELECT DISTINCT model FROM programs")}
+    assert models == {"references"}  # the run never sampled: both rounds replayed the references
+    assert eval_paths(run, 2)[1].exists() and (run / "checkpoints" / "round-2").exists()
+    steps = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert sum(e.get("event") == "step" for e in steps) == 2
+    status = subprocess.run(
+        [sys.executable, "-m", "pper", "experiment", "status", str(path), "--json"], capture_output=True, text=True
+    )
+    rows = [json.loads(x) for x in status.stdout.splitlines()]
+    assert [(r["unit"], r["state"]) for r in rows] == [
+        ("buffer references", "done"),
+        ("base seed 0", "done"),
+        ("references-sft seed 0", "done"),
+    ]
+    assert all(r["seconds"] > 0 for r in rows)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "==" not in again.stderr  # nothing left to run
