@@ -98,3 +98,28 @@ def test_pper_eval_samples_the_model_in_human_eval_format_and_resumes(tmp_path):
     assert read_jsonl(out / "samples.jsonl") == rows  # nothing sampled again
     assert len(read_jsonl(out / "samples.jsonl_results.jsonl")) == 3  # nothing tested again
     assert json.loads((out / "metrics.json").read_text())["overall"] == metrics["overall"]
+
+
+def test_paired_bootstrap_over_tasks():
+    import numpy as np
+
+    from pper.evaluation.stats import bootstrap_mean, paired_bootstrap
+
+    a, b = [1.0, 0.5, 0.0, 1.0], [0.0, 0.5, 0.0, 0.5]
+    mean, low, high = paired_bootstrap(a, b)
+    assert mean == pytest.approx(0.375) and 0.0 <= low < mean < high <= 1.0
+    assert paired_bootstrap(a, b) == (mean, low, high)  # a fixed-seed generator: the same interval every call
+    assert paired_bootstrap(b, b) == (0.0, 0.0, 0.0)
+    assert paired_bootstrap([0.75, 0.5], [0.25, 0.0]) == (0.5, 0.5, 0.5)  # the same gain on every task
+    # the percentile interval of resampled means, as written out by hand
+    d = np.array(a) - np.array(b)
+    means = d[np.random.default_rng(0).integers(0, 4, size=(10_000, 4))].mean(axis=1)
+    assert (low, high) == (float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
+    # many tasks are drawn in chunks from the same stream: the same resamples as one draw
+    many = np.random.default_rng(1).random(3000)
+    means = many[np.random.default_rng(0).integers(0, 3000, size=(10_000, 3000))].mean(axis=1)
+    assert bootstrap_mean(many)[1:] == (float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
+    with pytest.raises(ValueError, match="one value per task in both"):
+        paired_bootstrap([1.0], [1.0, 0.0])
+    with pytest.raises(ValueError, match="non-empty"):
+        bootstrap_mean([])
