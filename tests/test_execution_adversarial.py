@@ -171,6 +171,37 @@ CASES = [
         "import sys, gc\ndef f(x):\n    seen = [c for fr in [sys._getframe(i) for i in range(1, 4)] for c in fr.f_code.co_consts if isinstance(c, int) and c > x]\n    return seen[0] if seen else -1\n",
         (W, W, {P, W}),
     ),
+    (
+        "capabilities",  # none, and none to gain by exec (as uid 0 of a user namespace when pper is not root)
+        textwrap.dedent("""
+        import ctypes
+        def f(x):
+            status = dict(line.split(':', 1) for line in open('/proc/self/status'))
+            if int(status['CapEff'], 16) or int(status['CapPrm'], 16) or status['NoNewPrivs'].strip() != '1':
+                return 0
+            return 0 if ctypes.CDLL(None).mount(b'tmpfs', b'/usr', b'tmpfs', 0, None) == 0 else x + 1
+        """),
+        P,
+    ),
+    (
+        "remount and write outside",
+        textwrap.dedent(f"""
+        import ctypes
+        def f(x):
+            libc = ctypes.CDLL(None)
+            for point in ('/tmp', '/root', '/home', {str(Path.home())!r}):
+                libc.umount2(point.encode(), 2)
+            for line in open('/proc/self/mountinfo'):
+                libc.mount(None, line.split()[4].encode(), None, 32 | 4096, None)  # MS_REMOUNT | MS_BIND: writable
+            for path in {[str(p) for p in FORBIDDEN]!r}:
+                try:
+                    open(path, 'w').write('x')
+                except OSError:
+                    pass
+            return x + 1
+        """),
+        P,
+    ),
     ("file size", "def f(x):\n    open('big', 'wb').write(b'x' * (64 << 20))\n    return x + 1\n", R),
     ("too many files", "def f(x):\n    return len([open('/dev/null') for _ in range(10**5)])\n", R),
 ]

@@ -47,7 +47,7 @@ def test_programs_get_the_calibrated_limit_of_each_test():
     with Executor(workers=1, limits=LIMITS) as executor:
         limits = executor.calibrate([SLOW_TASK, NO_REFERENCE])
         slow, fast = limits[SLOW_TASK.id]
-        assert slow >= 4.0 * 0.5 and fast == 0.5  # max(0.5, 4 x ~0.5 s) and the floor
+        assert slow > 1.5 and fast == 0.5  # max(0.5, 4 x ~0.5 s) and the floor
         assert limits[NO_REFERENCE.id] == (0.5,)
         # 1 s on the first test: within its calibrated limit (it would time out at 0.5 s without calibration)
         assert executor.run(SLOW_TASK, SLEEPS.format(seconds="0.5 * x + 0.5 * (x == 1)")).all_passed
@@ -64,7 +64,7 @@ def test_programs_get_the_calibrated_limit_of_each_test():
 def test_a_task_submitted_without_calibrate_is_calibrated_first():
     with Executor(workers=1, limits=LIMITS) as executor:
         assert executor.run(SLOW_TASK, SLEEPS.format(seconds="0.5 * x + 0.5 * (x == 1)")).all_passed
-        assert executor.time_limits(SLOW_TASK)[0] >= 2.0
+        assert executor.time_limits(SLOW_TASK)[0] > 1.5
 
 
 def test_measured_once_per_task_set_and_cpu(cache):
@@ -77,7 +77,7 @@ def test_measured_once_per_task_set_and_cpu(cache):
 
         first = calibration.reference_times([SLOW_TASK, FAST_TASK, NO_REFERENCE], measure, cpu="cpu A")
         assert runs == [[SLOW_TASK.id, FAST_TASK.id]] and set(first) == {SLOW_TASK.id, FAST_TASK.id}
-        assert first[SLOW_TASK.id][0] >= 0.5
+        assert first[SLOW_TASK.id][0] > 0.4  # the sleep, as the worker saw it
         again = calibration.reference_times([FAST_TASK, SLOW_TASK], measure, cpu="cpu A")
         assert len(runs) == 1 and again == first  # read from the cache: nothing ran
         calibration.reference_times([SLOW_TASK, FAST_TASK], measure, cpu="cpu B")

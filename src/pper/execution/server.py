@@ -33,6 +33,9 @@ MNT_DETACH = 2
 SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")  # where programs may write: fresh for every program when isolated
 SCRATCH_OPTIONS = "size=1g,mode=1777"
 PR_SET_CHILD_SUBREAPER = 36
+PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 28, 38, 47, 4
+SECBIT_NOROOT, SECBIT_NOROOT_LOCKED = 1, 2
+CAPABILITY_VERSION_3 = 0x20080522
 SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
 # Modules imported before forking, so programs do not pay for importing them: those that HumanEval's and
 # MBPP's solutions and tests import (re, math, collections, typing, heapq, itertools, random, ...).
@@ -231,6 +234,9 @@ class Server:
             os.setgroups([])
             os.setgid(self.uid)
             os.setuid(self.uid)
+        else:  # uid 0 of the worker's user namespace (pper not run as root): no capabilities in it either
+            _drop_capabilities()
+        _LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # no exec (setuid, file capabilities) gains privileges
         # sys.stdin/stdout/stderr now read and write the new descriptors 0-2; the server never writes to
         # them, so they carry no buffered data of its own.
 
@@ -358,10 +364,34 @@ class Server:
                     finally:
                         os._exit(0)
         while True:
+            if not self.isolated:  # orphans that left the session (and, not root, the uid): reparented here
+                for child in _children():
+                    try:
+                        os.kill(child, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
             try:
                 os.waitpid(-1, 0)
             except ChildProcessError:
                 break
+
+
+def _children() -> list[int]:
+    """This process's children: as a subreaper, every orphan of the programs it ran ends up among them."""
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children") as f:
+            return [int(pid) for pid in f.read().split()]
+    except OSError:  # a kernel without CONFIG_PROC_CHILDREN: look through every process
+        children = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    if entry.isdigit() and int(f.read().rsplit(b")", 1)[1].split()[1]) == me:
+                        children.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+        return children
 
 
 class _Output:
@@ -476,6 +506,25 @@ def _compile_suite(suite: dict[str, Any]) -> dict[str, Any]:
     return {"tests": list(range(len(suite["inputs"])))}
 
 
+def _drop_capabilities() -> None:
+    """Clear the effective, permitted, inheritable and ambient capabilities of this process. Without this a
+    program run as uid 0 of the worker's user namespace could mount and unmount there: uncover the host's
+    filesystem, remount it writable and write wherever the user running pper can."""
+    _LIBC.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = (ctypes.c_uint32 * 2)(CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two sets of (effective, permitted, inheritable): all empty
+    if _LIBC.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "cannot drop capabilities")
+
+
+def _no_root_privileges() -> None:
+    """For a server that stays uid 0 of its user namespace: uid 0 gets no capabilities from exec, and none
+    can be raised again (an empty bounding set). Where the server has no capabilities, nothing changes."""
+    _LIBC.prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED, 0, 0, 0)
+    for cap in range(64):  # past the kernel's last capability, the call fails harmlessly
+        _LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+
+
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     if _LIBC.mount(
         source and source.encode(), target.encode(), fstype and fstype.encode(), flags, data and data.encode()
@@ -553,6 +602,8 @@ def main(argv: list[str]) -> None:
         _isolate_filesystem([sys.prefix, sys.base_prefix, sys.exec_prefix, *filter(None, sys.path)], hidden)
     else:
         _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    if uid < 0:
+        _no_root_privileges()
     for name in PRELOAD:
         __import__(name)
     gc.freeze()  # children then never touch (and copy) the server's objects when they collect garbage
