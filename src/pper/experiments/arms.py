@@ -305,24 +305,12 @@ FILLERS: dict[str, Callable[[PperConfig, BufferRecipe], None]] = {
 
 
 def score_programs(config: PperConfig, programs: list[tuple[Task, str]]) -> list[tuple[float, int]]:
-    """(log P(program), tokens) of each (task, program) under the configuration's model, over the program's
-    own tokens (`prompts.program_tokens`) of the text training replays after the task's prompt."""
-    import torch
-
-    from ..generation import build_prompt, load_model, training_target
-    from ..generation.prompts import program_tokens
+    """(log P(program), tokens) of each (task, program) under the configuration's model, in the example
+    training replays it in and over the program's own tokens (`pper.training.program_logprobs`). A program
+    none of whose tokens fits in `training.max_length` counts one token of probability 1."""
+    from ..generation import load_model
+    from ..training import program_logprobs
 
     model, tokenizer, _ = load_model(config.generation.model, config.generation.dtype)
-    out = []
-    with torch.inference_mode():
-        for task, program in programs:
-            prompt = build_prompt(task, tokenizer)
-            head = list(tokenizer(prompt.text).input_ids)
-            target = list(tokenizer(training_target(prompt, program), add_special_tokens=False).input_ids)
-            target.append(tokenizer.eos_token_id)
-            ids = torch.tensor([head + target], device=model.device)
-            logp = model(input_ids=ids).logits[0, len(head) - 1 : -1].float().log_softmax(-1)
-            token_logp = logp.gather(-1, ids[0, len(head) :, None]).squeeze(-1)
-            lo, hi = program_tokens(tokenizer, prompt, target)
-            out.append((min(float(token_logp[lo:hi].sum()), 0.0), hi - lo))
-    return out
+    logprob, count = program_logprobs(model, tokenizer, programs, config.training.max_length)
+    return [(float(lp), max(int(n), 1)) for lp, n in zip(logprob, count, strict=True)]

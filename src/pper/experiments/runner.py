@@ -9,6 +9,9 @@ time adds up over invocations, and `status` can estimate what is left.
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +41,20 @@ def timed(root: Path, unit: str) -> Iterator[None]:
             row = {"unit": unit, "seconds": round(seconds, 1), "finished": finished, "time": start}
             root.mkdir(parents=True, exist_ok=True)
             append_jsonl(root / TIMINGS, [row])
+
+
+@contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """While it lasts, SIGTERM raises SystemExit(143) (in the main thread), so a `kill` still logs the
+    interrupted unit's time in the ledger; the previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def ledger(root: Path) -> list[dict]:
@@ -171,8 +188,9 @@ def run_protocol(
     protocol.root.mkdir(parents=True, exist_ok=True)
     chosen = units(protocol, only)
     if not report_only:
-        for unit in chosen:
-            run_unit(unit, echo)
+        with sigterm_exits():
+            for unit in chosen:
+                run_unit(unit, echo)
     summary = summarize(protocol, chosen)
     text = write_results(protocol, summary)
     if publish is not None:
