@@ -235,3 +235,26 @@ def test_experiment_run_end_to_end_on_a_tiny_protocol(tmp_path):
     assert all(r["seconds"] > 0 for r in rows)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "==" not in again.stderr  # nothing left to run
+
+
+def test_a_terminated_run_still_logs_the_interrupted_units_time(tmp_path):
+    import signal
+    import time
+
+    from pper.experiments.runner import TIMINGS, ledger
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(protocol_dict(tmp_path / "runs")))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pper", "experiment", "run", str(path)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr.readline().strip() == "== base seed 0"  # the unit has started
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+    finally:
+        proc.kill()
+        proc.stderr.close()
+    rows = ledger(tmp_path / "runs" / "t")
+    assert [(r["unit"], r["finished"]) for r in rows] == [("base seed 0", False)], tmp_path / TIMINGS
