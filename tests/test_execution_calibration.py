@@ -67,8 +67,10 @@ def test_a_task_submitted_without_calibrate_is_calibrated_first():
         assert executor.time_limits(SLOW_TASK)[0] > 1.5
 
 
-def test_measured_once_per_task_set_and_cpu(cache):
+def test_measured_once_per_task_set_and_cpu(cache, monkeypatch):
     runs: list[list[str]] = []
+    other = replace(FAST_TASK, id="calibration/other")
+    changed = replace(FAST_TASK, tests=AssertTests(asserts=("assert f(2) == 3",)))
     with Executor(workers=2, limits=LIMITS) as executor:
 
         def measure(tasks):
@@ -81,14 +83,17 @@ def test_measured_once_per_task_set_and_cpu(cache):
         again = calibration.reference_times([FAST_TASK, SLOW_TASK], measure, cpu="cpu A")
         assert len(runs) == 1 and again == first  # read from the cache: nothing ran
         calibration.reference_times([SLOW_TASK, FAST_TASK], measure, cpu="cpu B")
-        assert len(runs) == 2  # another CPU: measured again
-        calibration.reference_times([SLOW_TASK], measure, cpu="cpu A")
-        assert len(runs) == 3  # another task set
-        changed = replace(FAST_TASK, tests=AssertTests(asserts=("assert f(2) == 3",)))
+        assert runs[1:] == [[SLOW_TASK.id, FAST_TASK.id]]  # another CPU: measured again
+        assert calibration.reference_times([SLOW_TASK], measure, cpu="cpu A") == {SLOW_TASK.id: first[SLOW_TASK.id]}
+        assert len(runs) == 2  # another task set, of tasks measured on this CPU: their times are reused
+        calibration.reference_times([SLOW_TASK, other], measure, cpu="cpu A")
+        assert runs[2:] == [[other.id]]  # only the task never measured runs
         calibration.reference_times([SLOW_TASK, changed], measure, cpu="cpu A")
-        assert len(runs) == 4  # a task whose tests changed
-    files = sorted((cache / "limits").glob("*.json"))
-    assert len(files) == 4
+        assert runs[3:] == [[changed.id]]  # a task whose tests changed is measured again
+        monkeypatch.setattr(calibration, "_KNOWN", {})  # another process: it finds them in the files
+        calibration.reference_times([other, FAST_TASK], measure, cpu="cpu A")
+        assert len(runs) == 4
+    assert len(list((cache / "limits").glob("*.json"))) == 6  # one per task set and CPU
     saved = json.loads(calibration.cache_path([SLOW_TASK, FAST_TASK], "cpu A").read_text())
     assert saved["cpu"] == "cpu A"
     assert saved["tasks"][SLOW_TASK.id]["verdicts"] == ["passed", "passed"]

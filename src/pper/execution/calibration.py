@@ -10,9 +10,11 @@ seconds of wall time, and CPU time scaled the same way (see `server.cpu_seconds`
 timed out on even with `MEASURE` seconds keeps the floor; so does every test of a task without a reference.
 
 Measured times are cached in `$PPER_CACHE/limits/<key>.json`, where key is a hash of this machine's CPU
-(`cpu_key`), `VERSION` and every task of the set (its id, entry point, tests and reference): they are
-measured once per task set on a machine. The file lists each task's per-test times and the reference's
-verdicts, so the limits a task gets can be read there (or from `Executor.time_limits`).
+(`cpu_key`), `VERSION` and every task of the set (its id, entry point, tests and reference: `task_key`):
+a task set is measured once on a machine. A set not seen before reuses the times of its tasks found in the
+other files of this CPU (same `task_key`), so only tasks never measured here run. The file lists each
+task's per-test times and the reference's verdicts, so the limits a task gets can be read there (or from
+`Executor.time_limits`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from .results import PASSED, TIMEOUT, ProgramResult
 VERSION = 1
 MEASURE = 60.0  # seconds of wall and CPU time per test a reference may take while it is measured
 Times = tuple[float | None, ...]  # a reference's seconds per test; None where it timed out
+_KNOWN: dict[tuple[str, str], dict[str, dict]] = {}  # (cache folder, CPU) -> task_key -> entry, this process
 
 
 def cpu_key() -> str:
@@ -84,13 +87,17 @@ def reference_times(
     if not tasks:
         return {}
     cpu = cpu or cpu_key()
+    keys = {t.id: task_key(t) for t in tasks}
     path = cache_path(tasks, cpu)
-    cached = _read(path)
-    if cached is not None and all(t.id in cached for t in tasks):
+    cached = _read(path, cpu)
+    if cached is not None and all(cached.get(t.id, {}).get("key") == keys[t.id] for t in tasks):
         return {t.id: tuple(cached[t.id]["times"]) for t in tasks}
-    results = measure(tasks)
-    entries = {t.id: _entry(t, r) for t, r in zip(tasks, results, strict=True)}
-    failing = sorted(i for i, e in entries.items() if any(v != PASSED for v in e["verdicts"]))
+    known = _known(path.parent, cpu)
+    todo = [t for t in tasks if keys[t.id] not in known]
+    measured = {t.id: _entry(t, r) for t, r in zip(todo, measure(todo) if todo else [], strict=True)}
+    known.update((e["key"], e) for e in measured.values())
+    entries = {t.id: known[keys[t.id]] for t in tasks}
+    failing = sorted(i for i, e in measured.items() if any(v != PASSED for v in e["verdicts"]))
     if failing:
         shown = ", ".join(failing[:5]) + (f" and {len(failing) - 5} more" if len(failing) > 5 else "")
         warnings.warn(
@@ -104,14 +111,28 @@ def reference_times(
 
 def _entry(task: Task, result: ProgramResult) -> dict:
     return {
+        "key": task_key(task),
         "times": [None if t.verdict == TIMEOUT else round(t.time, 6) for t in result.tests],
         "verdicts": list(result.verdicts),
     }
 
 
-def _read(path: Path) -> dict | None:
+def _known(folder: Path, cpu: str) -> dict[str, dict]:
+    """Every task measured on this CPU, by `task_key`, from all cache files (read once per process)."""
+    known = _KNOWN.get((str(folder), cpu))
+    if known is None:
+        known = _KNOWN[(str(folder), cpu)] = {}
+        for path in sorted(folder.glob("*.json")):
+            for entry in (_read(path, cpu) or {}).values():
+                if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+                    known[entry["key"]] = entry
+    return known
+
+
+def _read(path: Path, cpu: str) -> dict | None:
+    """The task entries of a cache file of this version and CPU; None if it is missing or unusable."""
     try:
         data = json.loads(path.read_text())
-        return data["tasks"] if data.get("version") == VERSION else None
+        return data["tasks"] if data.get("version") == VERSION and data.get("cpu") == cpu else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
