@@ -51,3 +51,49 @@ def test_stop_index():
     text = "\n    return x\n\ndef other():\n    pass"
     assert text[: stop_index(text, COMPLETION_STOPS)] == "\n    return x\n"
     assert stop_index("\n    return x", COMPLETION_STOPS) is None
+
+
+def test_code_span_is_where_the_extracted_code_lies():
+    from pper.generation.prompts import code_span
+
+    answers = [
+        "Sure! Here it is:\n```python\ndef f(x):\n    return x\n```\nThis returns x.",
+        "```python\n\n\ndef f():\n    return 2\n\n```",
+        "Answer:\n```python\ndef f():\n    return 2",
+        "Here is a function that adds:\n\ndef add(a, b):\n    return a + b\n\nIt works for ints.",
+        "\n\n  x = 1  \n\n",
+        "just prose",
+        "```python\n\n```",
+    ]
+    for answer in answers:
+        start, end = code_span(answer)
+        assert 0 <= start <= end <= len(answer)
+        assert answer[start:end] + "\n" == code_from_answer(answer)
+    assert code_span(answers[0]) == (answers[0].index("def"), answers[0].index("\n```\nThis"))
+
+
+def _ends(pieces):
+    return [sum(len(p) for p in pieces[: j + 1]) for j in range(len(pieces))]
+
+
+def test_program_tokens_are_the_code_without_prose_and_fences():
+    import dataclasses
+
+    from pper.generation.prompts import program_span, program_token_range, training_target
+
+    humaneval = load_tasks("humaneval", limit=1)[0]
+    chat = build_prompt(dataclasses.replace(humaneval, prompt_style="instruction"))
+    answer = "Here:\n```python\ndef f():\n    return 1\n```\nDone."
+    pieces = ["Here", ":\n", "```", "python", "\n", "def", " f", "():", "\n   ", " return", " 1", "\n", "```"]
+    pieces.append("\nDone.")
+    assert "".join(pieces) == answer
+    assert program_span(chat, answer) == (answer.index("def"), answer.index("\n```\nDone"))
+    assert program_token_range(chat, answer, _ends(pieces)) == (5, 11)  # "def" .. " 1"
+    crossing = ["Here:\n```python\nde", "f f():\n    return 1", "\n```\nDone."]  # counts for where it ends
+    assert program_token_range(chat, answer, _ends(crossing)) == (0, 2)
+    target = training_target(chat, "def f():\n    return 1\n")
+    assert target[slice(*program_span(chat, target))] == "def f():\n    return 1"
+    assert program_token_range(chat, "```python\n\n```", _ends(["```", "python", "\n", "\n```"])) == (0, 4)  # no code
+    completion = build_prompt(humaneval)
+    assert program_span(completion, "\n    return 1\n\n") == (0, 15)
+    assert program_token_range(completion, "\n    return 1\n\n", [5, 12, 15]) == (0, 3)

@@ -81,6 +81,43 @@ def test_chat_answers_become_programs(loaded, mbpp_path):
         assert "```" not in candidates[0].program
 
 
+def _token_logprobs(model, tokenizer, prompt_text, tokens):
+    import torch
+
+    ids = tokenizer(prompt_text).input_ids
+    with torch.no_grad():
+        logp = model(input_ids=torch.tensor([ids + list(tokens)])).logits[0].float().log_softmax(-1)
+    return [float(logp[len(ids) - 1 + j, t]) for j, t in enumerate(tokens)]
+
+
+def test_chat_answers_score_only_the_code_not_the_prose_or_fences(loaded, mbpp_path):
+    """P(t) and the token count of an MBPP program cover the tokens of its code: the run of kept tokens
+    whose text is exactly the code the program came from, not the whole chat answer."""
+    from pper.generation.prompts import code_span
+
+    model, tokenizer, name = loaded
+    tasks = load_tasks(f"mbpp:{mbpp_path}", split="test", limit=2)
+    sampler = TransformersSampler(model, tokenizer, name, batch_size=2, max_new_tokens=64)
+    with_prose = 0
+    for task, (c,) in sampler.sample(tasks, "greedy", 1):
+        start, end = code_span(c.completion)
+        code = c.completion[start:end]
+        assert c.program == code + "\n" and code.startswith("def ")
+        runs = [
+            (i, j)
+            for i in range(len(c.tokens))
+            for j in range(i + 1, len(c.tokens) + 1)
+            if tokenizer.decode(c.tokens[i:j]) == code
+        ]
+        assert len(runs) == 1, runs  # the code is exactly a run of whole tokens here
+        i, j = runs[0]
+        with_prose += j - i < len(c.tokens)
+        assert c.num_tokens == j - i
+        logps = _token_logprobs(model, tokenizer, build_prompt(task, tokenizer).text, c.tokens)
+        assert c.logprob == pytest.approx(sum(logps[i:j]), abs=1e-3)
+    assert with_prose == len(tasks)  # the answers had fences (and prose) around the code
+
+
 def test_model_errors_say_what_to_do(monkeypatch, tmp_path):
     with pytest.raises(PperError, match="unknown model 'no-such-model'"):
         resolve_model("no-such-model")

@@ -1,7 +1,16 @@
 """Sampling phase: turn tasks into candidate programs with the log-probability the model gave them."""
 
 from .models import DEFAULT_MODEL, load_model, resolve_model
-from .prompts import Prompt, build_prompt, code_from_answer, extract_program, training_target
+from .prompts import (
+    Prompt,
+    build_prompt,
+    code_from_answer,
+    extract_program,
+    program_span,
+    program_token_range,
+    program_tokens,
+    training_target,
+)
 from .sampler import MODES, Candidate, Mode, Sampler
 
 __all__ = [
@@ -12,6 +21,9 @@ __all__ = [
     "build_prompt",
     "code_from_answer",
     "extract_program",
+    "program_span",
+    "program_token_range",
+    "program_tokens",
     "training_target",
     "MODES",
     "Candidate",

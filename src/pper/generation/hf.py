@@ -3,8 +3,10 @@
 Tasks are grouped by prompt style and sorted by prompt length, and run `batch_size` at a time with left
 padding. Generation stops each beam at the end of its program (the style's stop strings, or end of text),
 not at `max_new_tokens`. Each sequence is then cut at its stop string on a token boundary, and its
-log-probability is the sum of the per-token log-probabilities of exactly the tokens kept, so the stored
-logP always belongs to the stored tokens (and no step's full scores are kept).
+log-probability is the sum of the per-token log-probabilities of exactly the program's own tokens among
+the tokens kept (`program_tokens`: all of them for completion tasks, the code without prose and fences
+for instruction tasks), so the stored logP always belongs to the stored program (and no step's full
+scores are kept).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..tasks import Task
-from .prompts import Prompt, build_prompt, extract_program, stop_index
+from .prompts import Prompt, build_prompt, extract_program, program_tokens, stop_index
 from .sampler import Candidate, Mode
 
 
@@ -139,13 +141,14 @@ class TransformersSampler:
                     continue
                 seen.add(tuple(kept))
                 completion = tok.decode(kept)
+                lo, hi = program_tokens(tok, prompt, kept)
                 results[t].append(
                     Candidate(
                         task_id=prompt.task.id,
                         program=extract_program(prompt, completion),
                         completion=completion,
-                        logprob=float(sum(logps[: len(kept)])),
-                        num_tokens=len(kept),
+                        logprob=float(sum(logps[lo:hi])),
+                        num_tokens=hi - lo,
                         model=self.name,
                         tokens=tuple(kept),
                     )
@@ -212,7 +215,7 @@ class TransformersSampler:
                     input_ids=next_ids,
                     attention_mask=mask,
                     position_ids=mask.sum(-1, keepdim=True) - 1,
-                    past_key_values=cache,
+                    cache=cache,
                     use_cache=True,
                 ).logits[:, -1]
         ranked = []
@@ -237,7 +240,7 @@ class TransformersSampler:
                 cache = DynamicCache()
                 out = self.model(
                     input_ids=torch.tensor([ids], device=self.device),
-                    past_key_values=cache,
+                    cache=cache,
                     use_cache=True,
                     logits_to_keep=1,
                 )

@@ -9,12 +9,18 @@
 * instruction (MBPP, APPS, CodeContests, JSONL tasks): the problem statement, with up to three of its
   asserts shown as in the MBPP paper, in the model's chat template where it has one. The program is the
   first fenced code block of the answer, or the answer with the prose around the code dropped.
+
+A program's P(t) and token count are taken over its own tokens (`program_tokens`): the whole completion for
+completion tasks, the code without the prose and fences around it for instruction tasks; sampling and
+training use that one definition.
 """
 
 from __future__ import annotations
 
 import ast
+import bisect
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,17 +98,85 @@ def training_target(prompt: Prompt, program: str) -> str:
 
 def code_from_answer(answer: str) -> str:
     """The code in a chat answer: its first fenced block, else the longest stretch of lines that parses,
-    with prose before and after dropped."""
+    with prose before and after dropped (`code_span` says where)."""
+    start, end = code_span(answer)
+    return answer[start:end] + "\n"
+
+
+def code_span(answer: str) -> tuple[int, int]:
+    """Where the code of a chat answer lies, as a character span [start, end) of `answer`: the body of its
+    first fenced code block (the fence lines excluded, blank lines around the body trimmed); without a
+    fence, the first longest stretch of whole lines that parses and has one of `=():` (leading blank lines
+    and trailing whitespace trimmed); else the answer without its surrounding whitespace."""
     match = _FENCE.search(answer)
     if match:
-        return match.group(1).strip("\n") + "\n"
-    lines = answer.strip("\n").splitlines()
-    for start in range(len(lines)):
-        for end in range(len(lines), start, -1):
-            chunk = "\n".join(lines[start:end])
+        start, end = match.span(1)
+        body = answer[start:end]
+        lead = len(body) - len(body.lstrip("\n"))
+        return start + lead, start + max(lead, len(body.rstrip("\n")))
+    offsets = [0]  # offsets[i]: where line i begins; the last entry is the end of the answer
+    for line in answer.splitlines(keepends=True):
+        offsets.append(offsets[-1] + len(line))
+    lines = len(offsets) - 1
+    for first in range(lines):
+        for last in range(lines, first, -1):
+            start, end = offsets[first], offsets[last]
+            chunk = answer[start:end]
             if chunk.strip() and _parses(chunk) and any(c in chunk for c in "=():"):
-                return chunk.strip("\n").rstrip() + "\n"
-    return answer.strip() + "\n"
+                start += len(chunk) - len(chunk.lstrip("\n"))
+                return start, start + len(chunk.strip("\n").rstrip())
+    start = len(answer) - len(answer.lstrip())
+    return start, max(start, len(answer.rstrip()))
+
+
+def program_span(prompt: Prompt, text: str) -> tuple[int, int]:
+    """Where the program's own code lies in `text`, what the model writes after `prompt` (a sampled
+    completion, or a `training_target`): the whole text for completion tasks (the program is the prompt
+    plus it); for instruction tasks the code the program is extracted from (`code_span`), so the prose
+    and the ``` fences around it are not part of it."""
+    if prompt.task.prompt_style == "completion":
+        return 0, len(text)
+    return code_span(text)
+
+
+def program_token_range(prompt: Prompt, text: str, ends: Sequence[int]) -> tuple[int, int]:
+    """The program's own tokens among the tokens of `text` (what the model wrote after `prompt`), as an
+    index range [lo, hi); `ends[j]` is where token j's text ends in `text` (non-decreasing).
+
+    Token j belongs to the program when it ends inside `program_span(prompt, text)` = [s, e):
+    s < ends[j] <= e, so a token crossing a boundary counts for where it ends. When no token does (no
+    code at all, e.g. an empty fenced block), every token counts, so that P(t) stays defined."""
+    start, end = program_span(prompt, text)
+    lo, hi = bisect.bisect_right(ends, start), bisect.bisect_right(ends, end)
+    return (lo, hi) if hi > lo else (0, len(ends))
+
+
+def program_tokens(tokenizer: Any, prompt: Prompt, ids: Sequence[int]) -> tuple[int, int]:
+    """The program's own tokens among `ids`, the token ids the model writes after `prompt` (a sampled
+    completion, or a tokenized `training_target` with its end-of-text token), as an index range [lo, hi)
+    of `ids`: `program_token_range` over the text of `ids` up to their first special token (end of text,
+    and what follows, never counts), token ends measured by decoding prefixes (O(log n) decodes).
+
+    The one definition for sampling and training: P(t) and the token count of a program are its token
+    log-probabilities summed, and counted, over exactly ids[lo:hi]. For completion tasks that is every
+    token before end of text; for instruction tasks the code, without the prose and fences around it."""
+    special = set(getattr(tokenizer, "all_special_ids", None) or ())
+    ids = list(ids)
+    ids = ids[: next((j for j, t in enumerate(ids) if t in special), len(ids))]
+    return program_token_range(prompt, tokenizer.decode(ids), _DecodedEnds(tokenizer, ids))
+
+
+class _DecodedEnds(Sequence[int]):
+    """ends[j] = len(decode(ids[:j+1])), decoded only when asked (bisection reads a few)."""
+
+    def __init__(self, tokenizer: Any, ids: list[int]):
+        self.tokenizer, self.ids = tokenizer, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, j):  # type: ignore[override]
+        return len(self.tokenizer.decode(self.ids[: j + 1]))
 
 
 def _parses(code: str) -> bool:

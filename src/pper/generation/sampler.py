@@ -15,7 +15,9 @@ MODES = ("beam", "sample", "greedy")
 @dataclass(frozen=True)
 class Candidate:
     """One program for a task: the model's completion (`tokens`, decoded as `completion`), the runnable
-    program made from it, and log P(tokens | prompt) over exactly those `num_tokens` tokens."""
+    program made from it, and `logprob`, the sum of the token log-probabilities given the prompt over the
+    program's own `num_tokens` tokens among `tokens` (`prompts.program_tokens`: the code, without the
+    prose and fences of a chat answer)."""
 
     task_id: str
     program: str
