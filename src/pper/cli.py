@@ -543,7 +543,7 @@ def experiment_status(protocol: str, as_json: bool) -> None:
     left = sum(r.remaining or 0.0 for r in rows) / 3600
     out.print(
         f"spent {sum(r.seconds for r in rows) / 3600:.2f} h; left about {left:.2f} h"
-        + (f" plus {unknown} units with no finished unit of their arm or kind to estimate from" if unknown else ""),
+        + (f", plus {unknown} not estimated (nothing like them has finished)" if unknown else ""),
         highlight=False,
     )
 
