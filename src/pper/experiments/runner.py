@@ -130,7 +130,8 @@ def status(protocol: Protocol) -> list[UnitStatus]:
     """Every shared buffer and unit of the protocol, in the order the runner takes them.
 
     Estimates: a unit not done is expected to take what the finished units of its arm took on average (else
-    those of its kind; a buffer, the other filled buffers of its source), less what it has spent already.
+    those of its kind, else any that train as it does or not; a buffer, the other filled buffers of its
+    source), less what it has spent already.
     """
     root = protocol.root
     seconds = spent(ledger(root))
@@ -161,6 +162,8 @@ def status(protocol: Protocol) -> list[UnitStatus]:
         estimate = mean([v.label for v in all_units if v.arm == u.arm and done[v.label]])
         if estimate is None:
             estimate = mean([v.label for v in all_units if v.spec.kind == u.spec.kind and done[v.label]])
+        if estimate is None:
+            estimate = mean([v.label for v in all_units if v.kind.trains == u.kind.trains and done[v.label]])
         state = "not run" if not_run(u) else "partial" if u.run_dir.exists() else "not started"
         out.append(UnitStatus(u.label, state, have, _left(estimate, have)))
     return out
