@@ -187,6 +187,7 @@ def test_references_buffer_holds_exactly_the_training_tasks_references_tested(tm
     assert all(p.model == REFERENCES_MODEL and p.logprob < 0 and p.num_tokens >= 1 for p in programs)
 
 
+@pytest.mark.slow  # 454 s under a load of 10 on 2 cores; 153 s of CPU time
 def test_experiment_run_end_to_end_on_a_tiny_protocol(tmp_path):
     """base and references-sft (2 rounds of 1 LoRA step) on 2 HumanEval training and 2 held-out tasks:
     every unit runs, references-sft replays only the references in both rounds, the results are published,
