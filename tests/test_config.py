@@ -8,6 +8,8 @@ from pper.errors import PperError
 def test_defaults_and_yaml_round_trip(tmp_path):
     config = load_config()
     assert config == PperConfig() and config.replay.priority == "rank" and config.tasks.source == "humaneval"
+    assert (config.tasks.holdout, config.tasks.validation) == (0.5, 0.25)
+    assert "  validation: 0.25\n" in config.to_yaml()  # `pper config` shows it
     path = tmp_path / "c.yaml"
     path.write_text(config.to_yaml())
     assert load_config(path) == config
@@ -34,6 +36,7 @@ def test_yaml_values_and_overrides(tmp_path):
         ("replay:\n  alpha: 1.5\n", "replay.alpha: Input should be less than or equal to 1"),
         ("replay:\n  priority: greedy\n", "replay.priority: Input should be 'rank', 'proportional' or 'uniform'"),
         ("taks: {}\n", "taks: unknown key (did you mean 'tasks'?)"),
+        ("tasks:\n  validation: 1\n", "tasks.validation: Input should be less than 1"),
         ("- just\n- a list\n", "a config must be a mapping"),
         ("replay: [unclosed\n", "not valid YAML"),
     ],

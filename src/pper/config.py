@@ -26,7 +26,12 @@ class TasksConfig(BaseModel):
 
     Without `eval_source`, a seeded `holdout` fraction of the training source is held out for evaluation;
     with it (one source or a list, each filtered by `eval_split` and cut to its first `eval_limit` tasks),
-    those tasks evaluate.
+    those tasks evaluate (the held-out test metrics).
+
+    `validation`: a seeded fraction of the *training* tasks (never a source's own validation split) set
+    aside, never sampled or trained on; every round, round 0 (the base model) included, is evaluated on it,
+    and the run keeps the round with the best validation pass rate (ties keep the earlier round) as
+    `runs/<name>/model/`. 0 turns it off: the last round is kept.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -38,6 +43,7 @@ class TasksConfig(BaseModel):
     eval_split: str | None = None
     eval_limit: int | None = Field(None, ge=1)
     holdout: float = Field(0.5, ge=0.0, lt=1.0)
+    validation: float = Field(0.25, ge=0.0, lt=1.0)
 
 
 class PperConfig(BaseModel):

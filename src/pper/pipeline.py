@@ -8,15 +8,21 @@ what is already there, so a killed run resumes where it stopped:
 * training: a checkpoint every `training.checkpoint_every` steps and at the end of the round;
 * evaluation: samples and results appended per task and per program, metrics written at the end.
 
-Round 0 is the model before training (evaluated when `evaluation.before`); round r samples with the
-model of round r - 1, trains round r's checkpoint on the whole buffer, and evaluates it.
+Round 0 is the model before training; round r samples with the model of round r - 1, trains round r's
+checkpoint on the whole buffer, and evaluates it. Every round, round 0 included, is evaluated on the
+validation tasks (a seeded part of the training tasks, never sampled or trained on) and on the held-out
+tasks (round 0 there only when `evaluation.before`). After the last round the run keeps the round with
+the best validation pass rate (ties keep the earlier round; without validation tasks, the last round) as
+`model/`, a plain transformers directory, and records the choice in `kept.json`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -25,16 +31,20 @@ from typing import Any
 
 import yaml
 
-from .buffer import Execution, NewProgram, ReplayBuffer
+from .buffer import BUFFER_FILE, Execution, NewProgram, ReplayBuffer
 from .config import PperConfig, validate_config
-from .files import write_atomic
 from .errors import PperError
+from .files import write_atomic
 from .jsonl import append_jsonl
 from .tasks import Task, holdout_split, load_tasks
 
 CONFIG_FILE = "config.yaml"
 TASKS_FILE = "tasks.json"
 EVENTS_FILE = "events.jsonl"
+KEPT_FILE = "kept.json"
+MODEL_DIR = "model"
+MIN_VALIDATION_TASKS = 10  # fewer and the choice of the kept round is mostly noise: warn
+TIE = 1e-12  # validation pass rates closer than this are a tie (the earlier round is kept)
 TEST_BATCH = 64  # executions committed together: a killed run loses at most one batch of test work
 
 
@@ -46,22 +56,32 @@ class Run:
     dir: Path
     train: list[Task]
     eval: list[Task]
+    validation: list[Task]
 
 
-def split_tasks(config: PperConfig) -> tuple[list[Task], list[Task]]:
-    """(training tasks, evaluation tasks) as the config asks."""
+def split_tasks(config: PperConfig) -> tuple[list[Task], list[Task], list[Task]]:
+    """(training, validation, held-out tasks) as the config asks.
+
+    Held out: the `eval_source` tasks, else a seeded `holdout` fraction of the source. Validation: a
+    seeded `validation` fraction of the tasks left for training (never a source's own split).
+    """
     c = config.tasks
     train = load_tasks(c.source, c.split, c.limit)
     if c.eval_source is not None:
         sources = [c.eval_source] if isinstance(c.eval_source, str) else c.eval_source
-        return train, [t for source in sources for t in load_tasks(source, c.eval_split, c.eval_limit)]
-    return holdout_split(train, c.holdout, config.seed)
+        held_out = [t for source in sources for t in load_tasks(source, c.eval_split, c.eval_limit)]
+    else:
+        train, held_out = holdout_split(train, c.holdout, config.seed)
+    train, validation = holdout_split(train, c.validation, config.seed)
+    return train, validation, held_out
 
 
 def prepare(config: PperConfig, force: bool = False) -> Run:
     """Create or reopen the run directory of `config`.
 
     A directory made by a different config is refused unless `force` (then the new config replaces it).
+    So is a buffer holding programs of tasks the config holds out (validation or held-out): training would
+    replay them, and the metrics would measure tasks the model was trained on.
     """
     run_dir = config.run_dir
     config_path = run_dir / CONFIG_FILE
@@ -73,15 +93,41 @@ def prepare(config: PperConfig, force: bool = False) -> Run:
                 f"{run_dir} was made by another configuration (differs in: {', '.join(changed)}); "
                 "use another run name, or --force to continue it with this configuration"
             )
-    train, held_out = split_tasks(config)
+    train, validation, held_out = split_tasks(config)
     if not train:
-        raise PperError(f"no training tasks: {config.tasks.source} with split {config.tasks.split!r} is empty")
+        raise PperError(
+            f"no training tasks: {config.tasks.source} with split {config.tasks.split!r} leaves none once "
+            f"tasks.holdout and tasks.validation ({config.tasks.validation}) are set aside"
+        )
+    if config.tasks.validation > 0 and len(validation) < MIN_VALIDATION_TASKS:
+        warnings.warn(
+            f"only {len(validation)} validation tasks (tasks.validation = {config.tasks.validation} of "
+            f"{len(train) + len(validation)} training tasks): the kept round is chosen on very few tasks"
+            + ("" if validation else ", so the last round is kept"),
+            stacklevel=2,
+        )
+    if (run_dir / BUFFER_FILE).exists():
+        _refuse_held_out_programs(run_dir, {t.id for t in validation + held_out})
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(config_path, config.to_yaml())
-    write_atomic(run_dir / TASKS_FILE, json.dumps({"train": [t.id for t in train], "eval": [t.id for t in held_out]}))
+    ids = {"train": [t.id for t in train], "validation": [t.id for t in validation], "eval": [t.id for t in held_out]}
+    write_atomic(run_dir / TASKS_FILE, json.dumps(ids))
     with ReplayBuffer.in_run(run_dir) as buffer:
         buffer.add_tasks(train)
-    return Run(config=config, dir=run_dir, train=train, eval=held_out)
+    return Run(config=config, dir=run_dir, train=train, eval=held_out, validation=validation)
+
+
+def _refuse_held_out_programs(run_dir: Path, held_out: set[str]) -> None:
+    """Raise if the run's buffer holds programs of `held_out` tasks (a split changed under a run)."""
+    with ReplayBuffer.in_run(run_dir) as buffer:
+        leaked = sorted({p.task_id for p in buffer.programs()} & held_out)
+    if leaked:
+        raise PperError(
+            f"{run_dir / BUFFER_FILE} holds programs of {len(leaked)} task(s) this configuration holds out for "
+            f"validation or evaluation (e.g. {leaked[0]}): training would replay them and the metrics would "
+            "measure tasks the model was trained on. The split changed (tasks.*, seed); start a new run "
+            f"(another --name) or delete {run_dir}"
+        )
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -142,9 +188,11 @@ def checkpoint_dir(run_dir: Path, round: int) -> Path:
     return run_dir / "checkpoints" / f"round-{round}"
 
 
-def eval_paths(run_dir: Path, round: int) -> tuple[Path, Path]:
-    """(samples file, metrics JSON) of round `round`'s evaluation."""
-    return run_dir / "samples" / f"round-{round}.jsonl", run_dir / "eval" / f"round-{round}.json"
+def eval_paths(run_dir: Path, round: int, validation: bool = False) -> tuple[Path, Path]:
+    """(samples file, metrics JSON) of round `round`'s evaluation on the held-out tasks, or on the
+    validation tasks (`samples/validation/`, `eval/validation/`)."""
+    sub = "validation/" if validation else ""
+    return run_dir / "samples" / f"{sub}round-{round}.jsonl", run_dir / "eval" / f"{sub}round-{round}.json"
 
 
 class Events:
@@ -244,12 +292,12 @@ def train(models: Models, buffer: ReplayBuffer, round: int, events: Events, show
 
 
 def evaluate_round(
-    models: Models, tasks: list[Task], executor: Any, round: int, show_progress: bool = True
+    models: Models, tasks: list[Task], executor: Any, round: int, show_progress: bool = True, validation: bool = False
 ) -> dict[str, Any]:
     from .evaluation import evaluate
 
     e = models.config.evaluation
-    samples, metrics = eval_paths(models.run_dir, round)
+    samples, metrics = eval_paths(models.run_dir, round, validation)
     return evaluate(
         tasks,
         samples,
@@ -277,18 +325,15 @@ def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> 
     events.log(event="run")
     models = Models(config, run_dir)
     done = [r for r in range(1, config.rounds + 1) if read_info(checkpoint_dir(run_dir, r))]
+    validation, held_out = prepared.validation, prepared.eval
     with (
         ReplayBuffer.in_run(run_dir) as buffer,
         Executor(limits=x.limits, workers=x.workers, isolation=x.isolation) as executor,
     ):
-        held_out = prepared.eval
-        if held_out and config.evaluation.before and not eval_paths(run_dir, 0)[1].exists():
-            with events.phase("evaluation", 0):
-                evaluate_round(models, held_out, executor, 0, show_progress)
-        if done:
-            models.at(done[-1])
-        for r in range(1, config.rounds + 1):
-            if r not in done:
+        for r in range(config.rounds + 1):
+            if r > 0 and r not in done:
+                if r - 1 in done:
+                    models.at(r - 1)  # resumed: continue from the last finished round's weights
                 sampler = teacher_sampler(g, config.seed) if g.teacher else models.sampler(models.sampler_name(r - 1))
                 with events.phase("sampling", r):
                     sample_into_buffer(buffer, sampler, prepared.train, g.mode, g.k, r, show_progress)
@@ -296,9 +341,147 @@ def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> 
                     execute_untested(buffer, executor, show_progress)
                 with events.phase("training", r):
                     train(models, buffer, r, events, show_progress)
-            if held_out and not eval_paths(run_dir, r)[1].exists():
+            if validation and not eval_paths(run_dir, r, validation=True)[1].exists():
+                models.at(r)
+                with events.phase("validation", r):
+                    evaluate_round(models, validation, executor, r, show_progress, validation=True)
+            if held_out and (r > 0 or config.evaluation.before) and not eval_paths(run_dir, r)[1].exists():
+                models.at(r)
                 with events.phase("evaluation", r):
                     evaluate_round(models, held_out, executor, r, show_progress)
-            write_report(run_dir, config)
+            if r > 0:
+                write_report(run_dir, config)
+    del models
+    keep(run_dir, config, bool(validation))
+    write_report(run_dir, config)
     events.log(event="finished")
     return prepared
+
+
+# -- the kept model ------------------------------------------------------------------------------
+
+
+def best_round(scores: dict[int, float]) -> int:
+    """The round with the highest score; a later round must beat an earlier one by more than `TIE`, so
+    ties keep the earlier round (round 0, the base model, unless a round does better)."""
+    best = min(scores)
+    for r in sorted(scores):
+        if scores[r] > scores[best] + TIE:
+            best = r
+    return best
+
+
+def choose_kept(per_task: dict[int, dict[str, float]]) -> dict[str, Any]:
+    """The kept round from each round's per-task validation pass rates, as `kept.json` records it.
+
+    Tasks scored in every round are compared. The kept round has the best mean pass rate (`best_round`);
+    `difference` is its mean per-task gain over round 0 with the paired 95% bootstrap interval over the
+    validation tasks (`evaluation.stats.paired_bootstrap`, 10,000 resamples, seed 0).
+    """
+    from .evaluation.stats import paired_bootstrap
+
+    if 0 not in per_task:
+        raise ValueError("choosing the kept round needs round 0's validation scores")
+    ids = sorted(set.intersection(*(set(scores) for scores in per_task.values())))
+    if not ids:
+        raise PperError("no validation task was scored in every round: cannot choose the kept round")
+    rates = {r: [per_task[r][t] for t in ids] for r in sorted(per_task)}
+    means = {r: sum(v) / len(v) for r, v in rates.items()}
+    kept = best_round(means)
+    difference, low, high = paired_bootstrap(rates[kept], rates[0])
+    return {
+        "round": kept,
+        "validation": {
+            "tasks": len(ids),
+            "pass_rates": {str(r): m for r, m in means.items()},
+            "round_0_pass_rate": means[0],
+            "pass_rate": means[kept],
+            "difference": difference,
+            "interval": [low, high],
+        },
+    }
+
+
+def keep(run_dir: Path, config: PperConfig, validation: bool) -> dict[str, Any]:
+    """Choose the kept round of a finished run, write it as `model/` and record it in `kept.json`."""
+    from .evaluation.evaluate import per_task_pass_rates
+
+    if validation:
+        per_task = {r: per_task_pass_rates(eval_paths(run_dir, r, True)[0]) for r in range(config.rounds + 1)}
+        record = choose_kept(per_task)
+        record["rule"] = "the best validation pass rate; ties keep the earlier round"
+    else:
+        record = {"round": config.rounds, "validation": None, "rule": "no validation tasks: the last round"}
+    r = record["round"]
+    record["from"] = (
+        f"base model {config.generation.model}" if r == 0 else str(Path("checkpoints", f"round-{r}", "model"))
+    )
+    write_kept(run_dir, config, record)
+    return record
+
+
+def write_kept(run_dir: Path, config: PperConfig, record: dict[str, Any]) -> None:
+    """Put round `record["round"]`'s model at `run_dir/model/`, then write `record` as `kept.json`.
+
+    `kept.json` is removed first and written last, and `model/` is replaced by renames, so a run killed
+    at any point leaves either both consistent or no `kept.json` (no kept model yet: `kept_model` says so
+    and the next run writes it). Done already (the same record and a model directory) is a no-op.
+    """
+    from .training.trainer import replace_dir
+
+    kept_path, target = run_dir / KEPT_FILE, run_dir / MODEL_DIR
+    if read_kept(run_dir) == record and (target / "config.json").exists():
+        return
+    kept_path.unlink(missing_ok=True)
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    if record["round"] == 0:
+        _save_base_model(config, staging)
+    else:
+        shutil.copytree(checkpoint_dir(run_dir, record["round"]) / MODEL_DIR, staging, copy_function=_link_or_copy)
+    replace_dir(staging, target)
+    write_atomic(kept_path, json.dumps(record, indent=2) + "\n")
+
+
+def _save_base_model(config: PperConfig, path: Path) -> None:
+    """The configured model before training, as a plain transformers directory at `path`."""
+    from .generation import load_model
+
+    model, tokenizer, _ = load_model(config.generation.model, config.generation.dtype, device="cpu")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link where the file system allows one (checkpoint files are never modified in place, so
+    the kept model shares their disk space), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def read_kept(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's `kept.json`, or None before a kept model is written."""
+    try:
+        return json.loads((Path(run_dir) / KEPT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether `path` is a pper run directory (not a model directory)."""
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / TASKS_FILE).is_file()
+
+
+def kept_model(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(the kept model directory, `kept.json`) of a run directory, or a clear error when it has none."""
+    run_dir = Path(run_dir)
+    record = read_kept(run_dir)
+    if record is None or not (run_dir / MODEL_DIR / "config.json").exists():
+        raise PperError(
+            f"{run_dir} has no kept model yet: `pper run` writes {run_dir / MODEL_DIR} and {KEPT_FILE} after "
+            "its last round is evaluated; run the same `pper run` command again to finish it"
+        )
+    return run_dir / MODEL_DIR, record

@@ -1,5 +1,6 @@
-"""The run report: `report.md` with the metrics per round, the time per phase and the buffer, and the
-plots under `plots/` (pass rate per round, the buffer's pass-rate and P2Value distributions, the loss)."""
+"""The run report: `report.md` with the kept model (which round, why, its validation and held-out figures
+against round 0's), the metrics per round, the time per phase and the buffer, and the plots under `plots/`
+(pass rate per round, the buffer's pass-rate and P2Value distributions, the loss)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,63 @@ from typing import Any
 
 import numpy as np
 
-from .files import write_atomic
 from .buffer import ReplayBuffer
 from .buffer.priority import p2value, possibility
+from .files import write_atomic
 from .jsonl import read_jsonl
 
-PHASES = ("sampling", "testing", "training", "evaluation")
+PHASES = ("sampling", "testing", "training", "validation", "evaluation")
 
 
-def round_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The metrics JSON of each evaluated round, in round order."""
+def round_metrics(run_dir: Path, validation: bool = False) -> list[dict[str, Any]]:
+    """The metrics JSON of each evaluated round on the held-out tasks (or the validation tasks), in round
+    order."""
     rows = []
-    for path in (run_dir / "eval").glob("round-*.json"):
+    for path in (Path(run_dir) / "eval" / ("validation" if validation else "")).glob("round-*.json"):
         rows.append(json.loads(path.read_text()))
     return sorted(rows, key=lambda r: r["round"])
+
+
+def kept_summary(kept: dict[str, Any] | None, held_out: dict[int, dict[str, Any]]) -> list[str]:
+    """The report's paragraph on the kept model: its round, its validation pass rate against round 0's
+    with the paired 95% interval, and the held-out test figures of both."""
+    if kept is None:
+        return ["No kept model yet: the run has not finished its last round."]
+    r, v = kept["round"], kept.get("validation")
+    if v is None:
+        lines = [
+            f"**Kept round {r}**, the last round. The run has no validation tasks (`tasks.validation: 0`), so the "
+            "kept model was not checked against the base model."
+        ]
+    elif r == 0:
+        later = ", ".join(f"round {k} {p:.4f}" for k, p in v["pass_rates"].items() if k != "0")
+        lines = [
+            f"**No round beat the base model** on the {v['tasks']} validation tasks, so the run ships the base "
+            f"model (round 0) unchanged. Validation pass rate: round 0 {v['round_0_pass_rate']:.4f}; {later}."
+        ]
+    else:
+        low, high = v["interval"]
+        lines = [
+            f"**Kept round {r}**: validation pass rate {v['pass_rate']:.4f} against {v['round_0_pass_rate']:.4f} "
+            f"for round 0 (the base model) on {v['tasks']} validation tasks, a difference of {v['difference']:+.4f} "
+            f"with paired 95% bootstrap interval [{low:+.4f}, {high:+.4f}]"
+            + (" (it includes 0: the gain may be noise)." if low <= 0 <= high else ".")
+        ]
+    lines.append("")
+    for round_ in sorted({0, r}):
+        what = "the base model" + (", kept" if r == 0 else "") if round_ == 0 else "the kept model"
+        m = held_out.get(round_)
+        if m is None:
+            why = " (`evaluation.before: false`)" if round_ == 0 else ""
+            lines.append(f"- Held-out test, round {round_} ({what}): not evaluated{why}.")
+        else:
+            o = m["overall"]
+            lines.append(
+                f"- Held-out test, round {round_} ({what}): pass rate {o['pass_rate']:.4f}, "
+                f"strict accuracy {o['strict_accuracy']:.4f} on {o['tasks']} tasks."
+            )
+    lines += ["", f"The kept model is `model/` (from {kept.get('from', '?')}); `pper eval --model RUN_DIR` loads it."]
+    return lines
 
 
 def phase_seconds(events: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
@@ -56,7 +100,10 @@ def training_losses(events: list[dict[str, Any]]) -> dict[int, list[tuple[int, f
 def write_report(run_dir: str | Path, config: Any) -> Path:
     """Write `report.md` and `plots/*.png` from what the run directory holds now; returns the report path."""
     run_dir = Path(run_dir)
+    from .pipeline import read_kept
+
     metrics = round_metrics(run_dir)
+    validation = round_metrics(run_dir, validation=True)
     events = read_jsonl(run_dir / "events.jsonl")
     times = phase_seconds(events)
     losses = training_losses(events)
@@ -78,6 +125,10 @@ def write_report(run_dir: str | Path, config: Any) -> Path:
         f"replayed by {config.replay.priority} priority "
         f"(alpha={config.replay.alpha}, exponent={config.replay.exponent}).",
         "",
+        "## Kept model",
+        "",
+        *kept_summary(read_kept(run_dir), {m["round"]: m for m in metrics}),
+        "",
         "## Held-out metrics per round",
         "",
         "Round 0 is the model before fine-tuning. Pass rate: mean fraction of tests passed; strict accuracy: "
@@ -93,6 +144,19 @@ def write_report(run_dir: str | Path, config: Any) -> Path:
         lines.append("| " + " | ".join(cells) + " |")
     if not metrics:
         lines.append("| (no round evaluated yet) | | | |" + " |" * len(ks))
+    if validation:
+        lines += [
+            "",
+            "## Validation metrics per round",
+            "",
+            "The validation tasks are training-source tasks never sampled or trained on; they choose the kept round.",
+            "",
+            "| round | tasks | pass rate | strict accuracy |",
+            "|---|---|---|---|",
+        ]
+        for m in validation:
+            o = m["overall"]
+            lines.append(f"| {m['round']} | {o['tasks']} | {o['pass_rate']:.4f} | {o['strict_accuracy']:.4f} |")
     lines += [
         "",
         "## Wall time per phase (seconds)",
@@ -102,6 +166,8 @@ def write_report(run_dir: str | Path, config: Any) -> Path:
     ]
     for r, phases in times.items():
         lines.append(f"| {r} | " + " | ".join(f"{phases[p]:.0f}" if p in phases else "" for p in PHASES) + " |")
+    total = sum(sum(phases.values()) for phases in times.values())
+    lines += ["", f"{total:.0f} s in all phases (loading the model and writing the kept one not counted)."]
     rate = stats["mean_pass_rate"]
     lines += [
         "",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,15 @@ from .metrics import Scored, grouped, summarize
 
 def results_path(samples_path: str | Path) -> Path:
     return Path(f"{samples_path}_results.jsonl")
+
+
+def per_task_pass_rates(samples_path: str | Path) -> dict[str, float]:
+    """Task id -> its pass rate in the results of `samples_path` (the mean over the task's samples), the
+    per-task scores whose mean is the metrics' overall pass rate; paired comparisons resample them."""
+    by_task: dict[str, list[float]] = defaultdict(list)
+    for row in read_jsonl(results_path(samples_path)):
+        by_task[row["task_id"]].append(float(row["pass_rate"]))
+    return {task: sum(rates) / len(rates) for task, rates in by_task.items()}
 
 
 def sample_tasks(
