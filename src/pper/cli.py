@@ -79,6 +79,7 @@ def _summary(run_dir: Path) -> None:
     """One screen: held-out metrics and phase times per round, the buffer, where the report is."""
     from .buffer import ReplayBuffer
     from .jsonl import read_jsonl
+    from .pipeline import read_kept
     from .report import PHASES, phase_seconds, round_metrics
 
     metrics = {m["round"]: m["overall"] for m in round_metrics(run_dir)}
@@ -106,6 +107,17 @@ def _summary(run_dir: Path) -> None:
             else ""
         )
     )
+    kept = read_kept(run_dir)
+    if kept is not None:
+        v = kept["validation"]
+        why = (
+            "no validation tasks: the last round"
+            if v is None
+            else f"validation pass rate {v['pass_rate']:.4f} vs {v['round_0_pass_rate']:.4f} for round 0, "
+            f"difference 95% interval [{v['interval'][0]:+.4f}, {v['interval'][1]:+.4f}]"
+        )
+        base = " (no round beat the base model)" if kept["round"] == 0 and v is not None else ""
+        out.print(f"kept: round {kept['round']}{base}, {why}; model in {run_dir / 'model'}", highlight=False)
     out.print(f"report: [bold]{run_dir / 'report.md'}[/] (plots in {run_dir / 'plots'})")
 
 
@@ -265,7 +277,8 @@ def test_cmd(
 @click.option(
     "--model",
     default=None,
-    help="Model to evaluate: default, a directory (a run's checkpoints/round-N/model), a .gguf or a hub id.",
+    help="Model to evaluate: default, a run directory (its kept model, RUN/model), a model directory "
+    "(e.g. RUN/checkpoints/round-N/model), a .gguf or a hub id.",
 )
 @click.option("--tasks", "source", required=True, help="Task source (humaneval, mbpp:PATH, ...).")
 @click.option("--split", help="Split of the task source.")
@@ -331,9 +344,15 @@ def eval_cmd(
     tasks = load_tasks(source, split, limit)
     sampler, name = None, Path(samples_file).stem if samples_file else None
     if samples_file is None:
-        from .generation import DEFAULT_MODEL, transformers_sampler
+        from .generation import DEFAULT_MODEL, load_model, transformers_sampler
         from .generation.config import GenerationConfig
+        from .pipeline import is_run_dir, kept_model
 
+        loaded = None
+        if model and is_run_dir(model):  # a run: its kept model, named after the run and the kept round
+            model_dir, kept = kept_model(model)
+            model_name = f"{Path(model).resolve().name}-round-{kept['round']}"
+            loaded = (*load_model(str(model_dir), dtype)[:2], model_name)
         config = GenerationConfig(
             model=model or DEFAULT_MODEL,
             batch_size=batch_size,
@@ -341,7 +360,7 @@ def eval_cmd(
             dtype=dtype,
             temperature=temperature,
         )
-        sampler = transformers_sampler(config, seed)
+        sampler = transformers_sampler(config, seed, loaded)
         name = sampler.name
     target = Path(out_dir or Path("evals") / re.sub(r"[^\w.-]+", "_", f"{name}_{source}").strip("_"))
     target.mkdir(parents=True, exist_ok=True)
