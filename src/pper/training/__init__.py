@@ -2,7 +2,17 @@
 
 from .config import LoraSettings, TrainingConfig
 
-__all__ = ["LoraSettings", "TrainingConfig", "PPERTrainer", "StepStats", "build_example", "Example"]
+__all__ = [
+    "LoraSettings",
+    "TrainingConfig",
+    "PPERTrainer",
+    "StepStats",
+    "build_example",
+    "Example",
+    "program_logprobs",
+    "rescore",
+    "replay_for_round",
+]
 
 
 def __getattr__(name: str):
@@ -14,4 +24,8 @@ def __getattr__(name: str):
         from . import examples
 
         return getattr(examples, name)
+    if name in ("program_logprobs", "rescore", "replay_for_round"):
+        from . import scoring
+
+        return getattr(scoring, name)
     raise AttributeError(name)

@@ -24,6 +24,11 @@ class Example:
     def target_tokens(self) -> int:
         return len(self.ids) - self.target_start
 
+    @property
+    def first_predicted(self) -> int:
+        """The first target position the loss covers: the first token has no context to be predicted from."""
+        return max(self.target_start, 1)
+
 
 def build_example(task: Task, program: str, tokenizer: Any, max_length: int) -> Example:
     """The example for (task, program), cut to `max_length` tokens: the target's end is cut first, and a
@@ -48,5 +53,5 @@ def pack(examples: list[Example]) -> tuple[list[int], list[int], list[int]]:
         offset = len(ids)
         ids.extend(ex.ids)
         positions.extend(range(len(ex.ids)))
-        predict.extend(range(offset + max(ex.target_start, 1) - 1, offset + len(ex.ids) - 1))
+        predict.extend(range(offset + ex.first_predicted - 1, offset + len(ex.ids) - 1))
     return ids, positions, predict

@@ -126,13 +126,19 @@ class PPERTrainer:
         `checkpoint_every` steps (after the step has been yielded)."""
         every = self.config.checkpoint_every
         while self.step < self.steps:
-            yield self.train_step(self.draw_examples(buffer))
+            yield self.train_step(*self.draw_weighted(buffer))
             if checkpoint and every and self.step % every == 0 and self.step < self.steps:
                 checkpoint()
 
     def draw_examples(self, buffer: ReplayBuffer) -> list[Example]:
+        """The next minibatch of `batch_size` examples drawn from the round's replay."""
+        return self.draw_weighted(buffer)[0]
+
+    def draw_weighted(self, buffer: ReplayBuffer) -> tuple[list[Example], list[float]]:
+        """The next minibatch and each draw's importance-sampling weight (`Draw.weight`, 1.0 when
+        `replay.importance_beta` is 0)."""
         assert self.replay is not None, "begin_round first"
-        examples = []
+        examples, weights = [], []
         for draw in self.replay.sample(self.config.batch_size):
             ex = self._examples.get(draw.program_id)
             if ex is None:
@@ -140,19 +146,27 @@ class PPERTrainer:
                 ex = build_example(buffer.task(program.task_id), program.text, self.tokenizer, self.config.max_length)
                 self._examples[draw.program_id] = ex
             examples.append(ex)
-        return examples
+            weights.append(draw.weight)
+        return examples, weights
 
-    def train_step(self, examples: list[Example]) -> StepStats:
-        """One optimiser step on `examples`: the mean cross-entropy over all their target tokens."""
+    def train_step(self, examples: list[Example], weights: list[float] | None = None) -> StepStats:
+        """One optimiser step on `examples`: loss = sum_i w_i * L_i / T, with L_i the summed cross-entropy of
+        example i's target tokens, T the target tokens of all examples and w_i its importance-sampling weight
+        (`weights`, default 1 each): with every weight 1, the mean cross-entropy over all target tokens."""
         import torch
 
         start = time.perf_counter()
         self.model.train()
+        if weights is not None and len(weights) != len(examples):
+            raise ValueError(f"{len(weights)} weights for {len(examples)} examples")
+        if weights is not None and all(w == 1.0 for w in weights):
+            weights = None  # the unweighted loss, bit for bit
         target_tokens = sum(ex.target_tokens for ex in examples)
         size = self.config.micro_batch_size
         total = 0.0
-        for chunk in (examples[i : i + size] for i in range(0, len(examples), size)):
-            loss = self.loss_sum(chunk) / target_tokens
+        for i in range(0, len(examples), size):
+            chunk_weights = weights[i : i + size] if weights is not None else None
+            loss = self.loss_sum(examples[i : i + size], chunk_weights) / target_tokens
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
         if self.scaler:
@@ -179,8 +193,9 @@ class PPERTrainer:
             time.perf_counter() - start,
         )
 
-    def loss_sum(self, examples: list[Example]) -> Any:
-        """Summed cross-entropy of the target tokens of `examples`, packed in one unpadded row."""
+    def loss_sum(self, examples: list[Example], weights: list[float] | None = None) -> Any:
+        """Summed cross-entropy of the target tokens of `examples`, packed in one unpadded row; with
+        `weights`, each example's sum scaled by its weight (sum_i w_i * L_i)."""
         import torch
         import torch.nn.functional as F
 
@@ -194,7 +209,11 @@ class PPERTrainer:
                 logits_to_keep=keep,
                 use_cache=False,
             )
-        return F.cross_entropy(out.logits[0].float(), input_ids[0, keep + 1], reduction="sum")
+        if weights is None:
+            return F.cross_entropy(out.logits[0].float(), input_ids[0, keep + 1], reduction="sum")
+        per_token = F.cross_entropy(out.logits[0].float(), input_ids[0, keep + 1], reduction="none")
+        scale = [w for ex, w in zip(examples, weights, strict=True) for _ in range(ex.first_predicted, len(ex.ids))]
+        return (per_token * torch.tensor(scale, device=self.device, dtype=per_token.dtype)).sum()
 
     # -- models for inference and users ------------------------------------------------------------
 
