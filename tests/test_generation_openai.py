@@ -7,7 +7,8 @@ import sys
 import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -24,40 +25,61 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
 @pytest.fixture(scope="module")
-def llama_server():
+def llama_server(tmp_path_factory):
+    """A llama.cpp server on loopback. `--n_batch 1`: it evaluates every prompt token alone, as it does a
+    generated one, so what a request gets never depends on which prompt prefix an earlier request left in its
+    cache (the reproducible set-up that pper.generation.openai_api's docstring names). llama.cpp computes a token
+    alone and within a batch with different kernels (the logits after HumanEval/0's prompt differ by up to 0.84),
+    and with batched prompts issue 13 saw the same greedy request return another completion after other requests.
+    One-token batches also keep llama.cpp out of its AMX matrix kernel, which kills the server at the first prompt
+    on some Xeons (ggml-org/llama.cpp#20824)."""
     pytest.importorskip("llama_cpp", reason="needs llama-cpp-python[server] (installed by the dev group)")
     port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(embedded_gguf()),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--n_ctx",
-            "2048",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(embedded_gguf()),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_ctx",
+                "2048",
+                "--n_batch",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
-    while time.time() < deadline:
+    while True:
         try:
             urllib.request.urlopen(url + "/models", timeout=2)
             break
         except OSError:
             if proc.poll() is not None:
-                pytest.fail("llama_cpp.server exited at start")
+                pytest.fail(f"llama_cpp.server exited at start ({proc.returncode}); its log:\n{_tail(log_path)}")
+            if time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"llama_cpp.server did not answer within 120 s; its log:\n{_tail(log_path)}")
             time.sleep(0.5)
     yield url
+    died = proc.poll()
     proc.terminate()
     proc.wait(timeout=30)
+    if died is not None:
+        pytest.fail(f"llama_cpp.server died during the tests ({died}); its log:\n{_tail(log_path)}")
 
 
 def test_completion_tasks_get_programs_with_logprobs(llama_server):
@@ -72,10 +94,14 @@ def test_completion_tasks_get_programs_with_logprobs(llama_server):
             assert c.model == "api:smollm2" and 1 <= c.num_tokens <= 64 and c.logprob < 0
             assert not any(stop in c.completion for stop in COMPLETION_STOPS)
             assert c.program.startswith(prompt.text)
-    greedy = [cs for _, cs in sampler.sample(tasks, "greedy", 5)]
-    assert all(len(cs) == 1 for cs in greedy)
-    again = [cs for _, cs in sampler.sample(tasks, "greedy", 1)]
-    assert [c[0].completion for c in greedy] == [c[0].completion for c in again]  # temperature 0
+    greedy = {t.id: cs for t, cs in sampler.sample(tasks, "greedy", 5)}
+    assert all(len(cs) == 1 for cs in greedy.values())
+    # the same requests in the other order, each after another prompt than before: on this server (one-token
+    # prompt batches) the same greedy request gives the same tokens and the same log-probabilities, bit for bit
+    again = {t.id: cs for t, cs in sampler.sample(tasks[::-1], "greedy", 1)}
+    assert {i: (c[0].completion, c[0].logprob) for i, c in greedy.items()} == {
+        i: (c[0].completion, c[0].logprob) for i, c in again.items()
+    }
 
 
 def test_instruction_tasks_use_the_chat_endpoint(llama_server, mbpp_path):
@@ -158,3 +184,54 @@ def test_a_dead_or_failing_server_is_a_clear_error(scripted):
     _Scripted.script = [(500, {"error": {"message": "boom"}})]
     with pytest.raises(PperError, match="answered 500"):
         list(OpenAISampler(scripted, "m", max_retries=1).sample(load_tasks("humaneval", limit=1), "greedy", 1))
+
+
+class _Overlap(BaseHTTPRequestHandler):
+    """A threaded loopback server for /v1/completions that holds each request until another one is in flight, the
+    `expect`-th has arrived or `hold` seconds pass, and records the prompts in arrival order and the most
+    requests in flight at once."""
+
+    cond = threading.Condition()
+    hold, expect, in_flight, peak = 0.0, 0, 0, 0
+    prompts: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        prompt = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["prompt"]
+        cls = _Overlap
+        with cls.cond:
+            cls.prompts.append(prompt)
+            cls.in_flight += 1
+            cls.peak = max(cls.peak, cls.in_flight)
+            cls.cond.notify_all()
+            cls.cond.wait_for(lambda: cls.in_flight > 1 or len(cls.prompts) >= cls.expect, timeout=cls.hold)
+            cls.in_flight -= 1  # before answering: a client that waits for the answer never overlaps
+        data = json.dumps(_completion({"tokens": [" 1"], "token_logprobs": [-0.5], "top_logprobs": None})).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def overlap():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Overlap)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_greedy_requests_go_one_at_a_time_in_task_order(overlap):
+    tasks = load_tasks("humaneval", limit=3)
+    sampler = OpenAISampler(overlap, "m", concurrency=3)
+    # a client sending greedy requests concurrently would have a second one in flight while the first is held
+    _Overlap.hold, _Overlap.expect, _Overlap.peak, _Overlap.prompts = 0.3, 3, 0, []
+    assert [t.id for t, _ in sampler.sample(tasks, "greedy", 1)] == [t.id for t in tasks]
+    assert _Overlap.peak == 1 and _Overlap.prompts == [build_prompt(t).text for t in tasks]
+    # sampling keeps up to `concurrency` requests in flight: a held request waits for the next one
+    _Overlap.hold, _Overlap.expect, _Overlap.peak, _Overlap.prompts = 30.0, 6, 0, []
+    assert len(list(sampler.sample(tasks[:2], "sample", 3))) == 2
+    assert 2 <= _Overlap.peak <= 3 and len(_Overlap.prompts) == 6

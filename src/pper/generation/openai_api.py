@@ -6,6 +6,19 @@ for log-probabilities, which P(t) needs, and a server that returns none is an er
 requests, `concurrency` at a time. The official client retries connection errors, timeouts, 429 and 5xx
 with exponential backoff (`max_retries`); what still fails becomes one clear error. APIs have no beam
 search, so `beam` mode is refused.
+
+Greedy (temperature 0) and reproducibility. A greedy request has temperature 0, n = 1 and the sampler's seed,
+and greedy requests go **one at a time, in task order**: a server sees the same sequence of requests on every
+run and never batches two of pper's greedy requests together. That is all a client can fix; whether the same
+request gives the same completion is the server's arithmetic. Servers reuse the cached prompt prefix of an
+earlier request (llama.cpp's prompt cache, vLLM's prefix caching) and batch concurrent requests, and a prompt
+evaluated whole, in pieces or beside other requests is the same sums added in another order: the logits
+differ in the last bits and a near-tie flips a greedy token, so the completion can depend on what the server
+did before. Greedy is reproducible where the server makes each request's arithmetic independent of the
+others, e.g. llama.cpp evaluating prompts one token at a time (`python -m llama_cpp.server --n_batch 1`;
+`llama-server -b 1 -ub 1`), which the tests check; for other servers see their documentation on
+deterministic inference (llama-server's per-request `cache_prompt`, vLLM's batch-invariant mode). Sampling
+keeps `concurrency` requests in flight.
 """
 
 from __future__ import annotations
@@ -55,9 +68,11 @@ class OpenAISampler:
             raise PperError(
                 "an OpenAI-compatible API offers no beam search: use --mode sample or greedy with a teacher"
             )
-        n = 1 if mode == "greedy" else k
-        temperature = 0.0 if mode == "greedy" else self.temperature
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+        greedy = mode == "greedy"
+        n = 1 if greedy else k
+        temperature = 0.0 if greedy else self.temperature
+        # greedy: one request at a time, in task order (the module's docstring says why)
+        with ThreadPoolExecutor(max_workers=1 if greedy else self.concurrency) as pool:
             futures = [[pool.submit(self._one, t, temperature, i) for i in range(n)] for t in tasks]
             for task, pending in zip(tasks, futures, strict=True):
                 candidates = [f.result() for f in pending]
