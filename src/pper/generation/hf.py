@@ -110,6 +110,14 @@ class TransformersSampler:
         if mode == "greedy":
             k = 1
         torch.manual_seed(self.seed)
+        for batch in self.batches(tasks):
+            candidates = self._batch(batch, mode, k)
+            for i, prompt in enumerate(batch):
+                yield prompt.task, candidates[i]
+
+    def batches(self, tasks: Sequence[Task]) -> list[list[Prompt]]:
+        """The batches `sample` runs: the tasks' prompts grouped by stop strings, longest prompt first,
+        at most `batch_size` to a batch."""
         prompts = [build_prompt(t, self.tokenizer) for t in tasks]
         lengths = {id(p): len(self.tokenizer(p.text).input_ids) for p in prompts}
         ordered = sorted(prompts, key=lambda p: (p.stops, -lengths[id(p)]))
@@ -119,10 +127,7 @@ class TransformersSampler:
                 batches[-1].append(p)
             else:
                 batches.append([p])
-        for batch in batches:
-            candidates = self._batch(batch, mode, k)
-            for i, prompt in enumerate(batch):
-                yield prompt.task, candidates[i]
+        return batches
 
     @property
     def device(self) -> Any:
@@ -134,8 +139,8 @@ class TransformersSampler:
         results: list[list[Candidate]] = [[] for _ in batch]
         for t, (prompt, found) in enumerate(zip(batch, hypotheses, strict=True)):
             seen: set[tuple[int, ...]] = set()
-            for tokens, logps in found:
-                kept = self._until_stop(tokens, prompt.stops)
+            for _, tokens, logps in found:
+                kept = self.until_stop(tokens, prompt.stops)
                 # beams equal up to the stop are one program; equal samples stay (pass@k counts them)
                 if not kept or (mode == "beam" and tuple(kept) in seen):
                     continue
@@ -155,12 +160,13 @@ class TransformersSampler:
                 )
         return results
 
-    def _decode(self, batch: list[Prompt], mode: Mode, k: int) -> list[list[tuple[list[int], list[float]]]]:
+    def _decode(self, batch: list[Prompt], mode: Mode, k: int) -> list[list[tuple[float, list[int], list[float]]]]:
         """Decode a batch with a KV cache, dropping each task's rows as soon as it is finished.
 
-        Returns, per task, its hypotheses as (tokens, per-token log-probabilities): the top-k beams
-        (ranked by logP / length, as transformers does), or k samples, or the greedy sequence. A hypothesis
-        ends at end of text or at a stop string (its tokens then run past the stop; callers cut them).
+        Returns, per task, its hypotheses as (score, tokens, per-token log-probabilities): the top-k beams
+        ranked by score = logP / length (end-of-text token included in both, as transformers does), or k
+        samples, or the greedy sequence (score 0). A hypothesis ends at end of text (not in its tokens) or
+        at a stop string (its tokens then run past the stop; callers cut them).
         """
         import torch
 
@@ -221,7 +227,7 @@ class TransformersSampler:
         ranked = []
         for found in finished:
             found.sort(key=lambda h: -h[0])
-            ranked.append([(seq, lps) for _, seq, lps in found[: max(per_task, 1)]])
+            ranked.append(found[: max(per_task, 1)])
         return ranked
 
     def _prefill(self, batch: list[Prompt]) -> tuple[Any, Any, Any]:
@@ -308,8 +314,8 @@ class TransformersSampler:
         tail = self.tokenizer.decode(tokens[-8:])
         return stop_index(tail, stops) is not None
 
-    def _until_stop(self, tokens: list[int], stops: tuple[str, ...]) -> list[int]:
-        """The longest prefix of `tokens` whose text ends before the first stop string."""
+    def until_stop(self, tokens: list[int], stops: tuple[str, ...]) -> list[int]:
+        """The longest prefix of `tokens` whose text ends before the first stop string (the tokens kept)."""
         if not stops:
             return tokens
         text = self.tokenizer.decode(tokens)
