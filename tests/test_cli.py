@@ -64,20 +64,21 @@ def test_errors_are_one_clear_line(mbpp_path, tmp_path):
     assert "has no replay buffer" in pper("buffer", "stats", tmp_path, ok=False).stderr
 
 
-def test_the_default_run_splits_humaneval_82_82(tmp_path):
+def test_the_default_run_splits_humaneval_82_held_out_20_validation_62_training(tmp_path):
     from pper.config import load_config
     from pper.pipeline import prepare
 
     prepared = prepare(load_config(overrides={"runs_dir": str(tmp_path)}))
     split = json.loads((prepared.dir / "tasks.json").read_text())
-    assert len(split["train"]) == len(split["eval"]) == 82 and not set(split["train"]) & set(split["eval"])
+    assert (len(split["train"]), len(split["validation"]), len(split["eval"])) == (62, 20, 82)
+    assert not set(split["train"]) & set(split["eval"]) and not set(split["validation"]) & set(split["eval"])
     assert {p.name for p in prepared.dir.iterdir()} >= {"config.yaml", "buffer.sqlite", "tasks.json"}
 
 
 def _small_config(tmp_path, extra=""):
     config = tmp_path / "small.yaml"
     config.write_text(
-        f"name: r1\nruns_dir: {tmp_path}\ntasks:\n  limit: 6\n"
+        f"name: r1\nruns_dir: {tmp_path}\ntasks:\n  limit: 6\n  validation: 0\n"
         "generation:\n  mode: greedy\n  k: 1\n  max_new_tokens: 24\n"
         "training:\n  steps: 2\n  batch_size: 2\n" + extra
     )
@@ -89,6 +90,7 @@ def test_run_samples_tests_resumes_and_refuses_another_config(tmp_path):
     done = pper("run", "--config", config)
     assert "buffer: 3 programs, 3 tested" in done.stdout
     assert f"report: {tmp_path / 'r1' / 'report.md'}" in done.stdout
+    assert "kept: round 1, no validation tasks: the last round" in done.stdout  # tasks.validation: 0
     run_dir = tmp_path / "r1"
     for path in (
         "eval/round-0.json",
@@ -128,7 +130,7 @@ def test_buffer_stats_sample_and_export(tmp_path):
         results = [ProgramResult(tuple(map(TestResult, v))) for v in verdicts]
         b.add_executions(Execution(pid, r) for pid, r in zip(ids[:4], results, strict=True))
     stats = json.loads(pper("buffer", "stats", run_dir, "--json").stdout)
-    assert (stats["tasks"], stats["programs"], stats["tested"]) == (82, 5, 4)
+    assert (stats["tasks"], stats["programs"], stats["tested"]) == (62, 5, 4)  # the training tasks
     assert all(isinstance(stats[k], int) for k in ("tasks", "programs", "tested"))
     assert sum(stats["pass_rate_distribution"].values()) == 4
     assert "pass rate 1" in pper("buffer", "stats", run_dir).stdout
