@@ -265,13 +265,13 @@ class Models:
 
 def train(models: Models, buffer: ReplayBuffer, round: int, events: Events, show_progress: bool = True) -> None:
     """Train round `round` from the buffer (resuming its in-round checkpoint) and write its checkpoint."""
-    from .buffer.replay import Replay
     from .progress import progress
+    from .training import replay_for_round
     from .training.trainer import read_info
 
     config = models.config
     trainer = models.trainer()
-    replay = Replay.from_buffer(buffer, config.replay, seed=config.seed + round)
+    replay = replay_for_round(buffer, config, trainer.model, models.tokenizer, seed=config.seed + round)
     final = checkpoint_dir(models.run_dir, round)
     partial = final.with_name(final.name + ".partial")
     if read_info(partial):
@@ -328,7 +328,7 @@ def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> 
     validation, held_out = prepared.validation, prepared.eval
     with (
         ReplayBuffer.in_run(run_dir) as buffer,
-        Executor(limits=x.limits, workers=x.workers, isolation=x.isolation) as executor,
+        Executor.from_config(x) as executor,
     ):
         for r in range(config.rounds + 1):
             if r > 0 and r not in done:

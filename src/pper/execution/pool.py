@@ -27,6 +27,7 @@ from typing import Literal
 
 from ..tasks import Task
 from . import calibration
+from .config import ExecutionConfig
 from .judge import judge
 from .limits import Limits
 from .plan import Plan, build_plan
@@ -243,6 +244,11 @@ class Executor:
         ]
         for thread in self._threads:
             thread.start()
+
+    @classmethod
+    def from_config(cls, config: ExecutionConfig) -> Executor:
+        """The executor an `ExecutionConfig` describes."""
+        return cls(limits=config.limits, workers=config.workers, isolation=config.isolation, calibrate=config.calibrate)
 
     def __enter__(self) -> Executor:
         return self

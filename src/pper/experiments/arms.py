@@ -169,7 +169,7 @@ class BaseKind(ArmKind):
         prepared = prepare(config)
         samples, metrics = eval_paths(prepared.dir, 0)
         x, e = config.execution, config.evaluation
-        with Executor(limits=x.limits, workers=x.workers, isolation=x.isolation) as executor:
+        with Executor.from_config(x) as executor:
             sampler = transformers_sampler(config.generation, config.seed)
             evaluate(prepared.eval, samples, executor, sampler, e.mode, e.n, e.ks, metrics,
                      {"round": 0, "model": sampler.name})  # fmt: skip
@@ -265,7 +265,7 @@ def _executor(config: PperConfig) -> Any:
     from ..execution import Executor
 
     x = config.execution
-    return Executor(limits=x.limits, workers=x.workers, isolation=x.isolation)
+    return Executor.from_config(x)
 
 
 def fill_by_sampling(config: PperConfig, recipe: BufferRecipe) -> None:
