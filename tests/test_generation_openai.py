@@ -188,22 +188,22 @@ def test_a_dead_or_failing_server_is_a_clear_error(scripted):
 
 class _Overlap(BaseHTTPRequestHandler):
     """A threaded loopback server for /v1/completions that holds each request until another one is in flight, the
-    `expect`-th has arrived or `hold` seconds pass, and records the prompts in arrival order and the most
+    `expect`-th has arrived or `hold` seconds pass, and records the request bodies in arrival order and the most
     requests in flight at once."""
 
     cond = threading.Condition()
     hold, expect, in_flight, peak = 0.0, 0, 0, 0
-    prompts: list = []
+    bodies: list = []
 
     def do_POST(self):  # noqa: N802 - http.server's name
-        prompt = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["prompt"]
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         cls = _Overlap
         with cls.cond:
-            cls.prompts.append(prompt)
+            cls.bodies.append(body)
             cls.in_flight += 1
             cls.peak = max(cls.peak, cls.in_flight)
             cls.cond.notify_all()
-            cls.cond.wait_for(lambda: cls.in_flight > 1 or len(cls.prompts) >= cls.expect, timeout=cls.hold)
+            cls.cond.wait_for(lambda: cls.in_flight > 1 or len(cls.bodies) >= cls.expect, timeout=cls.hold)
             cls.in_flight -= 1  # before answering: a client that waits for the answer never overlaps
         data = json.dumps(_completion({"tokens": [" 1"], "token_logprobs": [-0.5], "top_logprobs": None})).encode()
         self.send_response(200)
@@ -224,14 +224,15 @@ def overlap():
     server.shutdown()
 
 
-def test_greedy_requests_go_one_at_a_time_in_task_order(overlap):
+def test_greedy_requests_are_temperature_0_and_go_one_at_a_time_in_task_order(overlap):
     tasks = load_tasks("humaneval", limit=3)
     sampler = OpenAISampler(overlap, "m", concurrency=3)
     # a client sending greedy requests concurrently would have a second one in flight while the first is held
-    _Overlap.hold, _Overlap.expect, _Overlap.peak, _Overlap.prompts = 0.3, 3, 0, []
+    _Overlap.hold, _Overlap.expect, _Overlap.peak, _Overlap.bodies = 0.3, 3, 0, []
     assert [t.id for t, _ in sampler.sample(tasks, "greedy", 1)] == [t.id for t in tasks]
-    assert _Overlap.peak == 1 and _Overlap.prompts == [build_prompt(t).text for t in tasks]
+    assert _Overlap.peak == 1 and [b["prompt"] for b in _Overlap.bodies] == [build_prompt(t).text for t in tasks]
+    assert all(b["temperature"] == 0 and b["seed"] == 0 and b.get("n", 1) == 1 for b in _Overlap.bodies)
     # sampling keeps up to `concurrency` requests in flight: a held request waits for the next one
-    _Overlap.hold, _Overlap.expect, _Overlap.peak, _Overlap.prompts = 30.0, 6, 0, []
+    _Overlap.hold, _Overlap.expect, _Overlap.peak, _Overlap.bodies = 30.0, 6, 0, []
     assert len(list(sampler.sample(tasks[:2], "sample", 3))) == 2
-    assert 2 <= _Overlap.peak <= 3 and len(_Overlap.prompts) == 6
+    assert 2 <= _Overlap.peak <= 3 and len(_Overlap.bodies) == 6
