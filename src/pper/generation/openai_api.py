@@ -15,8 +15,8 @@ earlier request (llama.cpp's prompt cache, vLLM's prefix caching) and batch conc
 evaluated whole, in pieces or beside other requests is the same sums added in another order: the logits
 differ in the last bits and a near-tie flips a greedy token, so the completion can depend on what the server
 did before. Greedy is reproducible where the server makes each request's arithmetic independent of the
-others, e.g. llama.cpp evaluating prompts one token at a time (`python -m llama_cpp.server --n_batch 1`;
-`llama-server -b 1 -ub 1`), which the tests check; for other servers see their documentation on
+others, e.g. llama.cpp evaluating prompts one token at a time (`python -m llama_cpp.server --n_batch 1`, as
+the tests run it; `llama-server -b 1 -ub 1`, not tested here); for other servers see their documentation on
 deterministic inference (llama-server's per-request `cache_prompt`, vLLM's batch-invariant mode). Sampling
 keeps `concurrency` requests in flight.
 """
