@@ -217,6 +217,12 @@ def round_(x: float) -> float:
     return round(x, 3)
 
 
+def sampler_name(model: str, run: str, round: int) -> str:
+    """The name under which run `run` stores programs sampled with the weights of the end of `round`: the
+    loaded model's own name for round 0, `MODEL@RUN/round-N` after training."""
+    return model if round == 0 else f"{model}@{run}/round-{round}"
+
+
 class Models:
     """The model through the rounds: loaded once, then trained in place; `at(r)` restores round r's
     checkpoint when the run resumes past it."""
@@ -260,7 +266,7 @@ class Models:
 
     def sampler_name(self, round: int) -> str:
         """The name programs sampled with round `round`'s weights are stored under."""
-        return self.name if round == 0 else f"{self.name}@{self.config.name}/round-{round}"
+        return sampler_name(self.name, self.config.name, round)
 
 
 def train(models: Models, buffer: ReplayBuffer, round: int, events: Events, show_progress: bool = True) -> None:

@@ -230,11 +230,12 @@ class ReferencesSFTKind(ReplayKind):
 
 def pipeline_sampler_names(config: PperConfig) -> list[str]:
     """The sampler name `pper run` records round r's sampling under, for r = 1..rounds: the base model's
-    name in round 1, then the model trained in the round before (as `pipeline.Models.sampler_name`)."""
+    name in round 1, then the model trained in the round before (`pipeline.sampler_name`)."""
     from ..generation import resolve_model
+    from ..pipeline import sampler_name
 
     name = resolve_model(config.generation.model)[0]
-    return [name if r == 1 else f"{name}@{config.name}/round-{r - 1}" for r in range(1, config.rounds + 1)]
+    return [sampler_name(name, config.name, r - 1) for r in range(1, config.rounds + 1)]
 
 
 # -- shared buffers ----------------------------------------------------------------------------
