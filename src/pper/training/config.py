@@ -21,10 +21,11 @@ class LoraSettings(BaseModel):
 class TrainingConfig(BaseModel):
     """Each round trains `steps` optimiser steps; each step replays `batch_size` programs (the paper's n)
     drawn by the replay section's priority, with the loss on the program tokens only. Gradients accumulate
-    over forward passes of `micro_batch_size` programs packed into one unpadded row (1 is fastest on a
-    CPU, where a packed row's attention spans the whole row; raise it on a GPU). method: "lora" (PEFT
-    adapters) or "full". precision: "auto" uses bfloat16 autocast where the device runs it natively
-    (CUDA with bf16, or a CPU with AVX-512 BF16 or AMX), else float32; the weights stay float32.
+    over forward passes of `micro_batch_size` programs packed into one unpadded row, attention computed
+    within each program (`pper.training.attention`), so that the matrix products are large; lower it only
+    to bound memory. method: "lora" (PEFT adapters) or "full". precision: "auto" uses bfloat16 autocast
+    where the device runs it natively (CUDA with bf16, or a CPU with AVX-512 BF16 or AMX), else float32;
+    the weights stay float32. The optimiser is AdamW (torch's fused implementation where the device has one).
     schedule: a transformers scheduler name (restarted each round).
     checkpoint_every: steps between in-round checkpoints a killed run resumes from (0: round ends only).
     """
@@ -34,7 +35,7 @@ class TrainingConfig(BaseModel):
     method: Literal["lora", "full"] = "lora"
     steps: int = Field(16, ge=0)
     batch_size: int = Field(8, ge=1)
-    micro_batch_size: int = Field(1, ge=1)
+    micro_batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
     schedule: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)

@@ -9,6 +9,7 @@ continues exactly where the saved one stopped.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 from ..buffer import ReplayBuffer
 from ..buffer.replay import Replay
 from ..errors import PperError
+from .attention import SegmentAttention, segments
 from .config import TrainingConfig
 from .examples import Example, build_example, pack
 
@@ -98,8 +100,14 @@ class PPERTrainer:
         self.device = next(model.parameters()).device
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(
-            list(self.params.values()), lr=config.learning_rate, weight_decay=config.weight_decay
+            list(self.params.values()),
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+            fused=self.device.type in ("cpu", "cuda"),
         )
+        self.segments = SegmentAttention(model) if config.micro_batch_size > 1 else None
+        if self.segments is not None and not self.segments.works(model):
+            self.segments = None  # the model's attention ignores it: packed rows keep transformers' block mask
         self.dtype = autocast_dtype(config.precision, self.device.type)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
         self.round, self.step = 0, 0
@@ -202,12 +210,21 @@ class PPERTrainer:
         ids, positions, predict = pack(examples)
         input_ids = torch.tensor([ids], device=self.device)
         keep = torch.tensor(predict, device=self.device)
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+        extra: dict[str, Any] = {}
+        attention = contextlib.nullcontext()
+        if self.segments is not None and len(examples) > 1:
+            extra["pper_segments"] = segments([len(ex.ids) for ex in examples])
+            attention = self.segments.active()
+        with (
+            attention,
+            torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None),
+        ):
             out = self.model(
                 input_ids=input_ids,
                 position_ids=torch.tensor([positions], device=self.device),
                 logits_to_keep=keep,
                 use_cache=False,
+                **extra,
             )
         if weights is None:
             return F.cross_entropy(out.logits[0].float(), input_ids[0, keep + 1], reduction="sum")
