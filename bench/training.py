@@ -1,29 +1,49 @@
-"""Training throughput: pper's PPER step against a plain transformers `Trainer`, same replayed programs.
+"""Training throughput, like for like: pper's PPER step against `transformers.Trainer` and TRL's `SFTTrainer`.
 
-The replayed programs: a buffer of HumanEval programs (each task's canonical solution and a wrong
-variant, tested in pper's sandbox, P(t) from a forward pass of the default model), or the buffer of a
-run (--run DIR). `--steps` minibatches of `--batch-size` programs are drawn once by rank-based PPER and
-fed, in the same order, to every part:
+LoRA against LoRA and full fine-tuning against full, on the same minibatches of the same token ids. The
+replayed programs: a buffer of HumanEval programs made here (each task's canonical solution and two wrong
+variants of it, tested in pper's sandbox, P(t) under the default model), or the buffer of a run (--run DIR).
+`--steps` minibatches of `--batch-size` programs are drawn once by rank-based PPER, turned into training
+examples once (`build_example`: the sampling prompt, the program, end of text; loss on the program tokens
+only; cut at `--max-length`), and fed in the same order to every part:
 
-* "plain Trainer" (the baseline): `transformers.Trainer` with default settings (full fine-tuning, AdamW,
-  float32), the minibatch padded by `DataCollatorForSeq2Seq` with the prompt labels at -100; only its
-  sampler is made sequential so that it sees the same minibatches.
-* pper: `PPERTrainer.train_step` (one unpadded program per forward pass, logits only at program
-  positions), full and LoRA r=16, with the `auto` precision (bfloat16 autocast only where the hardware
-  computes bfloat16; float32 on a CPU without AVX-512 BF16 / AMX).
+* pper: `PPERTrainer.train_step` with its default configuration: the minibatch packed into one unpadded row
+  (`training.micro_batch_size`, or `--micro-batch-size`), attention computed within each example
+  (`pper.training.attention`), logits only at target positions.
+* "Trainer": plain `transformers.Trainer` on the token ids with the prompt labels at -100, batches padded by
+  `DataCollatorForSeq2Seq` (dynamic padding), sequential sampler.
+* "TRL SFTTrainer": a pre-tokenized prompt-completion dataset (`input_ids`, `completion_mask`) with
+  `completion_only_loss=True` and `padding_free=True`: each minibatch is one unpadded row with position ids
+  restarting per example (supported on CPU: transformers builds the block-diagonal mask from the position
+  ids; packing across examples would change which programs share a step, so it is off), TRL's fused chunked
+  LM head for the loss, gradient checkpointing off (TRL's default is on), sequential sampler.
 
-Each part runs in its own process (its peak RSS is its own); the first step is a warm-up and is not
-timed. Tokens are the prompt and program tokens of the minibatch (padding not counted). The losses of
-the first step must agree across parts, which checks that pper's loss is the usual one.
+Trainer and TRL run the whole minibatch in one forward pass (`--hf-batch 8`), their fastest layout here: on the
+2-core development machine under load (4 steps of 8, LoRA, float32), TRL trained 29.0 tokens/s with 8 programs
+per pass and 5.9 with 1 per pass and 8 accumulation steps; Trainer 18.5 and 9.2.
 
-    python bench/training.py [--steps 6] [--batch-size 8] [--tasks 48] [--run RUN_DIR] [--micro-batch-size 1]
-        [--parts trainer,pper-full-auto,pper-lora-auto,pper-full-bfloat16,...]
+Shared by all parts: the model (SmolLM2-135M-Instruct), the LoRA settings (pper's defaults: r 16, alpha 32,
+all linear layers), AdamW at `--learning-rate` with weight decay 0, linear decay without warm-up, gradient
+clipping at 1.0, `--precision` (float32, or bfloat16 autocast for all), `--batch-size` programs per optimiser
+step (Trainer and TRL: `--hf-batch` per forward pass with gradient accumulation up to the step), no
+evaluation, no checkpoints, no logging or progress bars.
+
+Each part runs in its own process (its peak RSS is its own), parts one after another. The first step is a
+warm-up: tokens/s = the tokens of steps 2..n over the wall time from the end of step 1 to the end of step n
+(data loading and everything a library does between steps included). Tokens are the prompt and program
+tokens of the minibatch (padding not counted). Correctness checks (the bench exits 1 when one fails): every
+part trains on the same tokens and the same target tokens at every step; the first-step losses agree
+(LoRA starts as the base model) and, for full fine-tuning, the losses of every step agree, within tolerance.
+
+    python bench/training.py [--steps 6] [--batch-size 8] [--tasks 32] [--run RUN_DIR] [--precision float32]
+        [--parts pper-lora,trainer-lora,trl-lora,pper-full,trainer-full,trl-full] [--hf-batch 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -31,45 +51,50 @@ import tempfile
 import time
 from pathlib import Path
 
-PARTS = ("trainer", "pper-full-auto", "pper-lora-auto")  # also: pper-{full,lora}-{float32,bfloat16}
+PARTS = ("pper-lora", "trainer-lora", "trl-lora", "pper-full", "trainer-full", "trl-full")
+LABELS = {"pper": "pper", "trainer": "Trainer", "trl": "TRL SFTTrainer"}
+FIRST_LOSS_RTOL = {"float32": 1e-3, "bfloat16": 2e-2}
+FULL_LOSS_RTOL = {"float32": 1e-2, "bfloat16": 5e-2}
 
 
-def build_buffer(path: Path, n_tasks: int) -> None:
-    """HumanEval canonical solutions and wrong variants, tested, with their logP under the default model."""
-    import torch
+# -- the replayed programs ----------------------------------------------------------------------------------------
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from humaneval_samples import samples
-    from pper.buffer import Execution, NewProgram, ReplayBuffer
-    from pper.execution import Executor, program_of
+
+def wrong_variants(task) -> list[str]:
+    """Two wrong programs for a HumanEval task: the canonical body with its first `1` turned into `2` (or its
+    first `return` negated), and a body that returns None."""
+    body = task.solutions[0][len(task.prompt) :]
+    mutated = (
+        re.sub(r"\b1\b", "2", body, count=1) if re.search(r"\b1\b", body) else body.replace("return ", "return not ", 1)
+    )
+    return [task.prompt + mutated, task.prompt + "    return None\n"]
+
+
+def build_buffer(path: Path, n_tasks: int, max_length: int) -> None:
+    """HumanEval canonical solutions and their wrong variants, tested, with P(t) under the default model."""
+    from pper.buffer import NewProgram, ReplayBuffer
+    from pper.execution import Executor
     from pper.generation import load_model
+    from pper.pipeline import execute_untested
     from pper.tasks import load_tasks
-    from pper.training.examples import build_example
+    from pper.training import program_logprobs
 
     tasks = load_tasks("humaneval", limit=n_tasks)
-    by_id = {t.id: t for t in tasks}
+    programs = [(t, text) for t in tasks for text in [t.solutions[0], *wrong_variants(t)]]
     model, tokenizer, name = load_model("default")
-    rows = samples(tasks)
-    programs = []
-    for row in rows:
-        task = by_id[row["task_id"]]
-        program = program_of(task, row["completion"])
-        ex = build_example(task, program, tokenizer, 1024)
-        ids = torch.tensor([ex.ids])
-        with torch.inference_mode():
-            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
-        token_logp = logp[torch.arange(ex.target_start - 1, len(ex.ids) - 1), ids[0, ex.target_start :]]
-        programs.append(NewProgram(task.id, program, float(token_logp.sum()), ex.target_tokens, name))
+    logprob, count = program_logprobs(model, tokenizer, programs, max_length)
+    del model
     with ReplayBuffer(path) as buffer, Executor() as executor:
         buffer.add_tasks(tasks)
-        ids = buffer.add_programs(programs)
-        results = executor.map((by_id[p.task_id], p.text) for p in programs)
-        buffer.add_executions(
-            Execution(i, r.verdicts, r.passed, r.error, r.time) for i, r in zip(ids, results, strict=True)
+        buffer.add_programs(
+            NewProgram(t.id, text, float(lp), int(n), name)
+            for (t, text), lp, n in zip(programs, logprob, count, strict=True)
         )
+        execute_untested(buffer, executor, show_progress=False)
 
 
 def draw(buffer_path: Path, steps: int, batch_size: int) -> list[list[tuple[str, str]]]:
+    """`steps` minibatches of (task id, program) drawn by the default replay (rank-based P2Value)."""
     from pper.buffer import ReplayBuffer
     from pper.buffer.replay import Replay, ReplayConfig
 
@@ -79,141 +104,312 @@ def draw(buffer_path: Path, steps: int, batch_size: int) -> list[list[tuple[str,
         return [[texts[d.program_id] for d in replay.sample(batch_size)] for _ in range(steps)]
 
 
-def run_part(part: str, batches_file: Path, buffer_path: Path, micro_batch: int = 1) -> dict:
+# -- one part, in its own process ---------------------------------------------------------------------------------
+
+
+def run_part(part: str, args: argparse.Namespace) -> dict:
     from pper.buffer import ReplayBuffer
     from pper.generation import load_model
-    from pper.training import TrainingConfig
     from pper.training.examples import build_example
 
-    batches = json.loads(batches_file.read_text())
+    batches = json.loads(args.batches.read_text())
     model, tokenizer, _ = load_model("default")
-    with ReplayBuffer(buffer_path) as buffer:
+    with ReplayBuffer(args.buffer) as buffer:
         tasks = {t.id: t for t in buffer.tasks()}
-    examples = [[build_example(tasks[t], text, tokenizer, 1024) for t, text in b] for b in batches]
-    tokens = [sum(len(e.ids) for e in b) for b in examples]
-    if part == "trainer":
-        label = "plain Trainer (full, float32)"
-        seconds, losses = _plain_trainer(model, tokenizer, examples)
-    else:
-        from pper.training.trainer import PPERTrainer
-
-        _, method, precision = part.split("-")
-        config = TrainingConfig(method=method, precision=precision, learning_rate=5e-5, micro_batch_size=micro_batch)
-        trainer = PPERTrainer(model, tokenizer, config)
-        trainer.steps = len(examples)
-        from transformers import get_scheduler
-
-        trainer.scheduler = get_scheduler("linear", trainer.optimizer, 0, len(examples))
-        seconds, losses = [], []
-        dtype = str(trainer.dtype or "torch.float32").split(".")[-1]
-        label = f"pper {method}, {precision} ({dtype}), {micro_batch}/pass"
-        for b in examples:
-            s = trainer.train_step(b)
-            seconds.append(s.seconds)
-            losses.append(s.loss)
+    examples = [[build_example(tasks[t], text, tokenizer, args.max_length) for t, text in b] for b in batches]
+    library, method = part.split("-")
+    run = {"pper": _pper, "trainer": _trainer, "trl": _trl}[library]
+    ends, losses, tokens, targets, detail = run(model, tokenizer, examples, method, args)
+    seconds = ends[-1] - ends[0]
     return {
-        "label": label,
-        "tokens_per_second": sum(tokens[1:]) / sum(seconds[1:]),
-        "seconds_per_step": sum(seconds[1:]) / len(seconds[1:]),
+        "part": part,
+        "label": f"{LABELS[library]} ({method}{', ' + detail if detail else ''})",
+        "tokens_per_second": sum(tokens[1:]) / seconds,
+        "seconds_per_step": seconds / (len(ends) - 1),
         "losses": losses,
+        "tokens": tokens,
+        "target_tokens": targets,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
-def _plain_trainer(model, tokenizer, examples) -> tuple[list[float], list[float]]:
-    import torch
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+def _lora_config():
+    from peft import LoraConfig
 
+    from pper.training import TrainingConfig
+
+    lora = TrainingConfig().lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _pper(model, tokenizer, examples, method, args):
+    from transformers import get_scheduler
+
+    from pper.training import TrainingConfig
+    from pper.training.trainer import PPERTrainer
+
+    micro = {"micro_batch_size": args.micro_batch_size} if args.micro_batch_size else {}
+    config = TrainingConfig(
+        method=method,
+        precision=args.precision,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        **micro,
+    )
+    trainer = PPERTrainer(model, tokenizer, config)
+    trainer.steps = len(examples)
+    trainer.scheduler = get_scheduler("linear", trainer.optimizer, 0, len(examples))
+    ends, losses, tokens, targets = [], [], [], []
+    for batch in examples:
+        s = trainer.train_step(batch)
+        ends.append(time.perf_counter())
+        losses.append(s.loss)
+        tokens.append(s.tokens)
+        targets.append(sum(len(e.ids) - e.first_predicted for e in batch))
+    per_pass = min(config.micro_batch_size, config.batch_size)
+    attention = "attention per example" if trainer.segments else "block-diagonal mask"
+    return ends, losses, tokens, targets, f"{per_pass}/forward pass, unpadded, {attention}, fused adamw"
+
+
+class _Recorder:
+    """Per optimiser step of a `transformers.Trainer`: the end time, the loss (the micro-batches' losses,
+    each already a share of the step's mean), the tokens fed (padding not counted) and the target positions."""
+
+    def __init__(self):
+        self.ends, self.losses, self.tokens, self.targets = [], [], [], []
+        self._loss, self._tokens, self._targets = 0.0, 0, 0
+
+    def micro_batch(self, inputs, loss) -> None:
+        labels = inputs["labels"]
+        self._targets += int((labels[:, 1:] != -100).sum())
+        mask = inputs.get("attention_mask")
+        self._tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+        self._loss += float(loss)
+
+    def step_end(self) -> None:
+        self.ends.append(time.perf_counter())
+        self.losses.append(self._loss)
+        self.tokens.append(self._tokens)
+        self.targets.append(self._targets)
+        self._loss, self._tokens, self._targets = 0.0, 0, 0
+
+
+def _recording(trainer_cls, recorder: _Recorder):
+    from transformers import TrainerCallback
+
+    class Recording(trainer_cls):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            counted = {k: inputs[k] for k in ("labels", "attention_mask", "input_ids") if k in inputs}
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            recorder.micro_batch(counted, loss)
+            return loss
+
+    class StepEnd(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            recorder.step_end()
+
+    return Recording, StepEnd()
+
+
+def _hf_args(args, out: str, n_steps: int) -> dict:
+    """TrainingArguments shared by the Trainer and TRL parts."""
+    accumulation = max(1, args.batch_size // args.hf_batch)
+    return dict(
+        output_dir=out,
+        per_device_train_batch_size=args.batch_size // accumulation,
+        gradient_accumulation_steps=accumulation,
+        max_steps=n_steps,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        bf16=args.precision == "bfloat16",
+        gradient_checkpointing=False,
+        train_sampling_strategy="sequential",
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+
+
+def _trainer(model, tokenizer, examples, method, args):
+    from peft import get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    if method == "lora":
+        model = get_peft_model(model, _lora_config())
     rows = [
         {"input_ids": list(e.ids), "labels": [-100] * e.target_start + list(e.ids[e.target_start :])}
         for b in examples
         for e in b
     ]
-
-    class Sequential(Trainer):
-        def _get_train_sampler(self, *args, **kwargs):
-            return torch.utils.data.SequentialSampler(self.train_dataset)
-
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.seconds, self.losses, self.start = [], [], 0.0
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.seconds.append(time.perf_counter() - self.start)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                self.losses.append(logs["loss"])
-
-    clock = Clock()
+    recorder = _Recorder()
+    cls, callback = _recording(Trainer, recorder)
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
-            out,
-            per_device_train_batch_size=len(examples[0]),
-            max_steps=len(examples),
-            report_to="none",
-            save_strategy="no",
-            logging_steps=1,
-            disable_tqdm=True,
-            use_cpu=True,
-        )
-        trainer = Sequential(
+        trainer = cls(
             model=model,
-            args=args,
+            args=TrainingArguments(**_hf_args(args, out, len(examples))),
             train_dataset=rows,
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-            callbacks=[clock],
+            callbacks=[callback],
         )
         trainer.train()
-    return clock.seconds, clock.losses
+    r = recorder
+    return r.ends, r.losses, r.tokens, r.targets, f"{_layout(args)}, dynamic padding, {_optim(trainer)}"
+
+
+def _trl(model, tokenizer, examples, method, args):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    rows = [
+        {"input_ids": list(e.ids), "completion_mask": [0] * e.target_start + [1] * e.target_tokens}
+        for b in examples
+        for e in b
+    ]
+    recorder = _Recorder()
+    cls, callback = _recording(SFTTrainer, recorder)
+    with tempfile.TemporaryDirectory() as out:
+        config = SFTConfig(
+            **_hf_args(args, out, len(examples)),
+            completion_only_loss=True,
+            padding_free=True,
+            max_length=None,  # the examples are already cut to --max-length
+        )
+        trainer = cls(
+            model=model,
+            args=config,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            peft_config=_lora_config() if method == "lora" else None,
+            callbacks=[callback],
+        )
+        trainer.train()
+    r = recorder
+    return r.ends, r.losses, r.tokens, r.targets, f"{_layout(args)}, padding-free, {_optim(trainer)}"
+
+
+def _optim(trainer) -> str:
+    return str(getattr(trainer.args.optim, "value", trainer.args.optim))
+
+
+def _layout(args) -> str:
+    accumulation = max(1, args.batch_size // args.hf_batch)
+    return f"{args.batch_size // accumulation}/forward pass x {accumulation}"
+
+
+# -- the bench ----------------------------------------------------------------------------------------------------
+
+
+def check(results: dict[str, dict], precision: str) -> list[str]:
+    """The failed correctness checks (empty when all pass)."""
+    failures = []
+    for method in ("lora", "full"):
+        parts = [r for p, r in results.items() if p.endswith("-" + method)]
+        if len(parts) < 2:
+            continue
+        ref = parts[0]
+        for r in parts[1:]:
+            for key in ("tokens", "target_tokens"):
+                if r[key] != ref[key]:
+                    failures.append(f"{r['label']} trains on other {key} than {ref['label']}: {r[key]} != {ref[key]}")
+            first = abs(r["losses"][0] - ref["losses"][0]) / abs(ref["losses"][0])
+            if not first <= FIRST_LOSS_RTOL[precision]:
+                failures.append(
+                    f"{r['label']}: first-step loss {r['losses'][0]:.5f} != {ref['label']}'s {ref['losses'][0]:.5f} "
+                    f"(relative difference {first:.1e} > {FIRST_LOSS_RTOL[precision]:.0e})"
+                )
+            if method == "full":
+                worst = max(abs(a - b) / abs(b) for a, b in zip(r["losses"], ref["losses"], strict=True))
+                if not worst <= FULL_LOSS_RTOL[precision]:
+                    failures.append(
+                        f"{r['label']}: losses {r['losses']} differ from {ref['label']}'s {ref['losses']} by up to "
+                        f"{worst:.1e} (relative, > {FULL_LOSS_RTOL[precision]:.0e}): not the same training"
+                    )
+    return failures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--tasks", type=int, default=48)
+    parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--run", type=Path, help="Replay the buffer of this run directory instead.")
     parser.add_argument("--parts", default=",".join(PARTS))
-    parser.add_argument("--micro-batch-size", type=int, default=1, help="pper's programs per forward pass.")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--micro-batch-size", type=int, help="pper's programs per forward pass (default: pper's).")
+    parser.add_argument("--hf-batch", type=int, default=8, help="Trainer's and TRL's programs per forward pass.")
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--batches", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--buffer", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
-        print(json.dumps(run_part(args.part, args.batches, args.buffer, args.micro_batch_size)))
+        print(json.dumps(run_part(args.part, args)))
         return
+    parts = args.parts.split(",")
+    if unknown := set(parts) - set(PARTS):
+        sys.exit(f"unknown parts {sorted(unknown)}; choose among {','.join(PARTS)}")
     with tempfile.TemporaryDirectory() as tmp:
         if args.run:
             buffer_path = args.run / "buffer.sqlite"
         else:
             buffer_path = Path(tmp) / "buffer.sqlite"
-            build_buffer(buffer_path, args.tasks)
+            build_buffer(buffer_path, args.tasks, args.max_length)
         batches = Path(tmp) / "batches.json"
         batches.write_text(json.dumps(draw(buffer_path, args.steps, args.batch_size)))
+        source = f"the buffer of {args.run}" if args.run else f"{args.tasks} HumanEval tasks x 3 programs"
         print(
-            f"SmolLM2-135M-Instruct, {args.steps} steps (1 warm-up) of {args.batch_size} programs drawn by rank PPER "
-            f"from {'the buffer of ' + str(args.run) if args.run else f'{args.tasks} HumanEval tasks x 2 programs'}"
+            f"SmolLM2-135M-Instruct, {args.precision}, {args.steps} steps (1 warm-up) of {args.batch_size} programs "
+            f"drawn by rank PPER from {source}, max length {args.max_length}"
         )
-        results = {}
-        for part in args.parts.split(","):
-            cmd = [sys.executable, __file__, "--part", part, "--batches", str(batches), "--buffer", str(buffer_path),
-                   "--micro-batch-size", str(args.micro_batch_size)]  # fmt: skip
+        results: dict[str, dict] = {}
+        for part in parts:
+            cmd = [sys.executable, __file__, "--part", part, "--batches", str(batches), "--buffer", str(buffer_path)]
+            cmd += [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k in _FORWARDED and v is not None]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 sys.exit(f"{part} failed:\n{done.stderr[-3000:]}")
             r = results[part] = json.loads(done.stdout.splitlines()[-1])
-            ratio = r["tokens_per_second"] / results["trainer"]["tokens_per_second"] if "trainer" in results else None
             print(
-                f"{r['label']:34s}: {r['tokens_per_second']:7.1f} tokens/s, {r['seconds_per_step']:6.2f} s/step, "
-                f"peak RSS {r['peak_rss_mb']:6.0f} MB"
-                + (f", {ratio:.2f}x the plain Trainer" if ratio else "")
-                + f"; first-step loss {r['losses'][0]:.4f}, losses {' '.join(f'{x:.3f}' for x in r['losses'])}"
+                f"{r['label']:62s} {r['tokens_per_second']:7.1f} tokens/s, {r['seconds_per_step']:6.2f} s/step, "
+                f"peak RSS {r['peak_rss_mb']:5.0f} MB; losses {' '.join(f'{x:.4f}' for x in r['losses'])}",
+                flush=True,
             )
+    failures = check(results, args.precision)
+    print(
+        "checks (same tokens and target tokens per step; first-step losses agree; full fine-tuning losses agree): "
+        + ("FAILED" if failures else "passed")
+    )
+    for f in failures:
+        print("  FAILED: " + f)
+    for method in ("full", "lora"):
+        for library in ("trainer", "trl"):
+            mine, theirs = results.get(f"pper-{method}"), results.get(f"{library}-{method}")
+            if mine and theirs:
+                ratio = mine["tokens_per_second"] / theirs["tokens_per_second"]
+                print(f"tokens/s vs {LABELS[library]} ({method}): {ratio:.2f}x")
+    if failures:
+        sys.exit(1)
 
+
+_FORWARDED = ("precision", "learning_rate", "max_length", "micro_batch_size", "hf_batch", "batch_size")
 
 if __name__ == "__main__":
     main()
