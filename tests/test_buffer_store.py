@@ -135,20 +135,45 @@ def test_a_file_that_is_not_a_buffer_is_a_clear_error(tmp_path):
         ReplayBuffer(path)
 
 
+def _written(path: Path) -> tuple[int, int]:
+    """(programs, executions) committed in the buffer file, as one reader's snapshot."""
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT (SELECT COUNT(*) FROM programs), (SELECT COUNT(*) FROM executions)").fetchone()
+    finally:
+        db.close()
+
+
+def _kill_point(moment: int, now: tuple[int, int], start: tuple[int, int], batch: int) -> bool:
+    """Whether a writer whose buffer held `start` (programs, executions) and now holds `now` is at the moment to
+    kill it: 0: a new batch's programs are committed and its executions not yet (it is between or in its two
+    transactions); 1: a whole new batch is written (it is into the next one); 2: as 0, two batches later."""
+    programs, executions = now[0] - start[0], now[1] - start[1]
+    between = programs > executions
+    return (programs > 0 and between, executions >= batch, programs > 2 * batch and between)[moment]
+
+
 def test_killing_a_writer_mid_transaction_leaves_the_buffer_consistent(tmp_path):
-    """SIGKILL a real writer process at several moments; every batch is then whole or absent."""
+    """SIGKILL a real writer process at several moments, states of the file polled for (`_kill_point`), not
+    delays; every batch is then whole or absent."""
     from buffer_writer import BATCH
 
     path = tmp_path / "buffer.sqlite"
     kills = 0
-    for delay in (0.35, 0.8, 1.3):
+    for moment in range(3):
         proc = subprocess.Popen(
             [sys.executable, str(WRITER), str(path)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent
         )
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        start, deadline = _written(path), time.monotonic() + 300
+        try:
+            while not _kill_point(moment, _written(path), start, BATCH):
+                assert proc.poll() is None, "the writer ended"
+                assert time.monotonic() < deadline, "the writer did not get there in 300 s"
+                time.sleep(0.001)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
         kills += 1
         db = sqlite3.connect(path)
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
