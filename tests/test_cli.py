@@ -13,7 +13,7 @@ from pper.execution.results import ProgramResult, TestResult
 
 def pper(*args, cwd=None, ok=True):
     done = subprocess.run(
-        [sys.executable, "-m", "pper", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "pper", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=900
     )
     if ok:
         assert done.returncode == 0, done.stderr
