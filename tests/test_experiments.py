@@ -15,7 +15,7 @@ import yaml
 from pper.errors import PperError
 from pper.experiments import load_protocol, units, validate_protocol
 from pper.experiments.report import differences_table, publish, seed_differences_table, seeds_table, summarize
-from pper.pipeline import eval_paths
+from pper.pipeline import CONFIG_FILE, eval_paths
 
 ROOT = Path(__file__).parents[1]
 PROTOCOLS = sorted((ROOT / "configs" / "experiments").glob("*.yaml"))
@@ -249,10 +249,17 @@ def test_a_terminated_run_still_logs_the_interrupted_units_time(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "pper", "experiment", "run", str(path)], stderr=subprocess.PIPE, text=True
     )
+    (unit,) = units(load_protocol(path))
     try:
-        assert proc.stderr.readline().strip() == "== base seed 0"  # the unit has started
-        time.sleep(1)
+        assert proc.stderr.readline().strip() == "== base seed 0"
+        deadline = time.monotonic() + 300
+        while not (unit.run_dir / CONFIG_FILE).exists():  # written once the unit's clock runs
+            assert proc.poll() is None and time.monotonic() < deadline, "the unit did not start"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGSTOP)  # held still: it cannot finish the unit before it sees the SIGTERM
+        assert not unit.done(), "the unit finished before it could be interrupted"
         proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
         assert proc.wait(timeout=120) == 143
     finally:
         proc.kill()
