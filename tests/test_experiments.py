@@ -209,7 +209,7 @@ def test_experiment_run_end_to_end_on_a_tiny_protocol(tmp_path):
     doc = tmp_path / "results.md"
     doc.write_text("# Results\n")
     cmd = [sys.executable, "-m", "pper", "experiment", "run", str(path), "--publish", str(doc)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)  # against a hang, not a speed limit
     assert done.returncode == 0, done.stderr[-3000:]
     root = tmp_path / "runs" / "tiny"
     summary = json.loads((root / "results.json").read_text())
