@@ -171,8 +171,8 @@ def test_a_killed_pper_sample_resumes(tmp_path):
         "24",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline:  # kill it once at least one task is stored
+    deadline = time.time() + 900  # a hang guard: on a loaded 2-core machine the first task took over 240 s
+    while time.time() < deadline and proc.poll() is None:  # kill it once at least one task is stored
         time.sleep(0.2)
         if (run / "buffer.sqlite").exists():
             try:
