@@ -18,14 +18,15 @@ only; cut at `--max-length`), and fed in the same order to every part:
   ids; packing across examples would change which programs share a step, so it is off), TRL's fused chunked
   LM head for the loss, gradient checkpointing off (TRL's default is on), sequential sampler.
 
-Trainer and TRL run the whole minibatch in one forward pass (`--hf-batch 8`), their fastest layout here: on the
-2-core development machine under load (4 steps of 8, LoRA, float32), TRL trained 29.0 tokens/s with 8 programs
-per pass and 5.9 with 1 per pass and 8 accumulation steps; Trainer 18.5 and 9.2.
+Trainer and TRL run in each layout of `--hf-batch` (default: the whole minibatch in one forward pass, and one
+program per pass with 8 accumulation steps) and their fastest run counts: which one wins depends on the load
+(on the 2-core development machine, LoRA, float32: idle, Trainer 141 tokens/s with 1 per pass against 102-128
+with 8, TRL 107 against 117-129; under a load of 6-10, Trainer 9.2 against 18.5, TRL 5.9 against 29.0).
 
 Shared by all parts: the model (SmolLM2-135M-Instruct), the LoRA settings (pper's defaults: r 16, alpha 32,
 all linear layers), AdamW at `--learning-rate` with weight decay 0, linear decay without warm-up, gradient
 clipping at 1.0, `--precision` (float32, or bfloat16 autocast for all), `--batch-size` programs per optimiser
-step (Trainer and TRL: `--hf-batch` per forward pass with gradient accumulation up to the step), no
+step (Trainer and TRL: `--hf-batch` per forward pass, with gradient accumulation up to the step), no
 evaluation, no checkpoints, no logging or progress bars.
 
 Each part runs in its own process (its peak RSS is its own), parts one after another, `--repeat` times in
@@ -39,7 +40,7 @@ part trains on the same tokens and the same target tokens at every step; the fir
 
     python bench/training.py [--steps 4] [--repeat 2] [--batch-size 8] [--tasks 32] [--run RUN_DIR]
         [--precision float32] [--parts pper-lora,trainer-lora,trl-lora,pper-full,trainer-full,trl-full]
-        [--hf-batch 8] [--micro-batch-size N]
+        [--hf-batch 8,1] [--micro-batch-size N]
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ def _recording(trainer_cls, recorder: _Recorder):
 
 def _hf_args(args, out: str, n_steps: int) -> dict:
     """TrainingArguments shared by the Trainer and TRL parts."""
-    accumulation = max(1, args.batch_size // args.hf_batch)
+    accumulation = max(1, args.batch_size // args.hf_batch[0])
     return dict(
         output_dir=out,
         per_device_train_batch_size=args.batch_size // accumulation,
@@ -312,7 +313,7 @@ def _optim(trainer) -> str:
 
 
 def _layout(args) -> str:
-    accumulation = max(1, args.batch_size // args.hf_batch)
+    accumulation = max(1, args.batch_size // args.hf_batch[0])
     return f"{args.batch_size // accumulation}/forward pass x {accumulation}"
 
 
@@ -323,7 +324,7 @@ def check(results: dict[str, dict], precision: str) -> list[str]:
     """The failed correctness checks (empty when all pass)."""
     failures = []
     for method in ("lora", "full"):
-        parts = [r for p, r in results.items() if p.endswith("-" + method)]
+        parts = [r for r in results.values() if r["part"].endswith("-" + method)]
         if len(parts) < 2:
             continue
         ref = parts[0]
@@ -359,7 +360,12 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--micro-batch-size", type=int, help="pper's programs per forward pass (default: pper's).")
-    parser.add_argument("--hf-batch", type=int, default=8, help="Trainer's and TRL's programs per forward pass.")
+    parser.add_argument(
+        "--hf-batch",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[8, 1],
+        help="Trainer's and TRL's programs per forward pass: each layout listed is run, the fastest counts.",
+    )
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--batches", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--buffer", type=Path, help=argparse.SUPPRESS)
@@ -383,22 +389,14 @@ def main() -> None:
             f"SmolLM2-135M-Instruct, {args.precision}, {args.steps} steps (1 warm-up) of {args.batch_size} programs "
             f"drawn by rank PPER from {source}, max length {args.max_length}"
         )
+        # (part, programs per forward pass of Trainer and TRL): each of --hf-batch for those, pper's own for pper
+        units = [(part, hb) for part in parts for hb in (args.hf_batch if not part.startswith("pper") else [None])]
         runs: dict[str, list[dict]] = {part: [] for part in parts}
+        common = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k in _FORWARDED and v is not None]
+        common += ["--batches", str(batches), "--buffer", str(buffer_path)]
         for repeat in range(args.repeat):  # the order alternates, so that a drift of the load hits every part alike
-            for part in parts if repeat % 2 == 0 else parts[::-1]:
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--part",
-                    part,
-                    "--batches",
-                    str(batches),
-                    "--buffer",
-                    str(buffer_path),
-                ]
-                cmd += [
-                    f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k in _FORWARDED and v is not None
-                ]
+            for part, hb in units if repeat % 2 == 0 else units[::-1]:
+                cmd = [sys.executable, __file__, "--part", part, *common] + ([f"--hf-batch={hb}"] if hb else [])
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
                     sys.exit(f"{part} failed:\n{done.stderr[-3000:]}")
@@ -406,10 +404,19 @@ def main() -> None:
                 runs[part].append(r)
                 print(f"run {repeat + 1}: {_line(r)}", flush=True)
     results = {part: max(rs, key=lambda r: r["tokens_per_second"]) for part, rs in runs.items()}
-    print(f"best of {args.repeat} runs per part (the fastest; peak RSS the largest of its runs):")
+    print(f"best run per part over {args.repeat} repeats and every layout (peak RSS: the largest of its runs):")
     for part, r in results.items():
         print(_line({**r, "peak_rss_mb": max(x["peak_rss_mb"] for x in runs[part])}))
-    failures = [f for i in range(args.repeat) for f in check({p: rs[i] for p, rs in runs.items()}, args.precision)]
+    n_runs = {part: len(rs) // args.repeat for part, rs in runs.items()}  # runs of a part per repeat
+    failures = [
+        f
+        for i in range(args.repeat)
+        for j in range(max(n_runs.values()))
+        for f in check(
+            {p: rs[i * n_runs[p] + min(j, n_runs[p] - 1)] for p, rs in runs.items()},
+            args.precision,
+        )
+    ]
     print(
         "checks (same tokens and target tokens per step; first-step losses agree; full fine-tuning losses agree): "
         + ("FAILED" if failures else "passed")
@@ -433,7 +440,7 @@ def _line(r: dict) -> str:
     )
 
 
-_FORWARDED = ("precision", "learning_rate", "max_length", "micro_batch_size", "hf_batch", "batch_size")
+_FORWARDED = ("precision", "learning_rate", "max_length", "micro_batch_size", "batch_size")
 
 if __name__ == "__main__":
     main()
