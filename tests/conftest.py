@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -9,6 +10,10 @@ from pathlib import Path
 import pytest
 
 from pper.execution.pool import SANDBOX_UID
+
+# The HumanEval programs of the agreement test live with the benches that also use them (benches never
+# import tests/, so the one copy is on their side).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 # Tests never reach a hub: Hugging Face loaders run on local folders only, with a throwaway cache.
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from humaneval_samples import samples
+from humaneval_programs import samples
 from pper.evaluation import Scored, pass_at_k, summarize
 from pper.jsonl import append_jsonl, read_jsonl
 from pper.tasks import load_tasks

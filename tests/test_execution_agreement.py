@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from humaneval_samples import samples as humaneval_samples
+from humaneval_programs import samples as humaneval_samples
 from pper.execution import Executor, Limits
 from pper.tasks import load_tasks
 

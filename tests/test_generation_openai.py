@@ -117,6 +117,16 @@ def test_beam_search_is_refused(llama_server):
         list(sampler.sample(load_tasks("humaneval", limit=1), "beam", 3))
 
 
+def _reply_json(handler, status: int, body) -> None:
+    """Answer an http.server request with `body` as JSON."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class _Scripted(BaseHTTPRequestHandler):
     """A loopback server answering /v1/completions from a script of (status, body) pairs."""
 
@@ -127,12 +137,7 @@ class _Scripted(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["Content-Length"]))
         status, body = _Scripted.script[min(_Scripted.seen, len(_Scripted.script) - 1)]
         _Scripted.seen += 1
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        _reply_json(self, status, body)
 
     def log_message(self, *args):
         pass
@@ -205,12 +210,7 @@ class _Overlap(BaseHTTPRequestHandler):
             cls.cond.notify_all()
             cls.cond.wait_for(lambda: cls.in_flight > 1 or len(cls.bodies) >= cls.expect, timeout=cls.hold)
             cls.in_flight -= 1  # before answering: a client that waits for the answer never overlaps
-        data = json.dumps(_completion({"tokens": [" 1"], "token_logprobs": [-0.5], "top_logprobs": None})).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        _reply_json(self, 200, _completion({"tokens": [" 1"], "token_logprobs": [-0.5], "top_logprobs": None}))
 
     def log_message(self, *args):
         pass
