@@ -40,15 +40,20 @@ Times = tuple[float | None, ...]  # a reference's seconds per test; None where i
 _KNOWN: dict[tuple[str, str], dict[str, dict]] = {}  # (cache folder, CPU) -> task_key -> entry, this process
 
 
-def cpu_key() -> str:
-    """This machine's CPU, as far as speed goes: architecture, model name(s) and the number of cores."""
+def cpu_name() -> str:
+    """The CPU's model name(s) from /proc/cpuinfo, else what `platform` knows."""
     models: set[str] = set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             models = {line.split(":", 1)[1].strip() for line in f if line.startswith("model name")}
     except OSError:
         pass
-    return f"{platform.machine()} {' + '.join(sorted(models)) or platform.processor()} x{os.cpu_count()}"
+    return " + ".join(sorted(models)) or platform.processor() or platform.machine()
+
+
+def cpu_key() -> str:
+    """This machine's CPU, as far as speed goes: architecture, model name(s) and the number of cores."""
+    return f"{platform.machine()} {cpu_name()} x{os.cpu_count()}"
 
 
 def task_key(task: Task) -> str:

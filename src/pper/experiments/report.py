@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 from collections import defaultdict
 from collections.abc import Sequence
@@ -200,17 +199,9 @@ def replay_stats(protocol: Protocol, done: dict[str, list[Unit]]) -> dict[str, d
 def machine() -> str:
     import torch
 
+    from ..execution.calibration import cpu_name
+
     return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # -- markdown ----------------------------------------------------------------------------------
