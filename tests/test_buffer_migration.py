@@ -56,15 +56,23 @@ def test_the_fixture_is_a_schema_1_buffer(v1):
 
 
 def test_a_schema_1_buffer_is_migrated_and_keeps_every_row(v1):
-    before = {t: _rows(v1, f"SELECT * FROM {t} ORDER BY 1, 2") for t in ("tasks", "programs", "samplings")}
+    columns = {
+        "tasks": "*",
+        "samplings": "*",
+        "programs": "id, task_id, hash, text, logprob, num_tokens, model, round, created",
+    }
+    before = {t: _rows(v1, f"SELECT {c} FROM {t} ORDER BY 1, 2") for t, c in columns.items()}
     executions = _rows(v1, "SELECT program_id, passed, total, pass_rate, verdicts, error, duration FROM executions")
     with ReplayBuffer(v1) as b:
-        assert b.schema_version == store.SCHEMA_VERSION == 2
+        assert b.schema_version == store.SCHEMA_VERSION == 3
         programs = {p.id: p for p in b.programs()}
+        assert all(p.prefix == "" for p in programs.values())  # schema 3: no program was given a prefix before
+        assert all(p.result.executed_lines is None for p in programs.values() if p.result)  # nor has coverage
+        assert b.executed_program_ids() == set()
         assert len(programs) == 7 and [p.id for p in b.untested()] == [7]
         assert len(b.tasks()) == 5 and b.sampled_tasks("smollm2", 0) == {"mbpp/1", "mbpp/2"}
     for table, rows in before.items():
-        assert _rows(v1, f"SELECT * FROM {table} ORDER BY 1, 2") == rows, table
+        assert _rows(v1, f"SELECT {columns[table]} FROM {table} ORDER BY 1, 2") == rows, table
     assert len(executions) == 6
     for program_id, passed, total, pass_rate, verdicts, error, duration in executions:
         p = programs[program_id]
@@ -98,7 +106,7 @@ def test_a_migrated_buffer_works_for_replay_and_new_writes(v1):
         assert b.add_executions([(pid, result)]) == 1
         assert b.program(pid).result == result
     with ReplayBuffer(v1) as b:  # reopening a migrated buffer changes nothing
-        assert b.schema_version == 2 and len(b.programs()) == 8
+        assert b.schema_version == store.SCHEMA_VERSION and len(b.programs()) == 8
 
 
 def test_a_migration_that_fails_midway_leaves_the_file_as_it_was(v1, monkeypatch):
@@ -109,15 +117,15 @@ def test_a_migration_that_fails_midway_leaves_the_file_as_it_was(v1, monkeypatch
         real(db)  # the tables are rebuilt, the rows copied ...
         raise RuntimeError("killed before the step committed")
 
-    monkeypatch.setattr(store, "MIGRATIONS", (killed_midway,))
+    monkeypatch.setattr(store, "MIGRATIONS", (killed_midway, *store.MIGRATIONS[1:]))
     original = _schema(v1), _rows(v1, "SELECT * FROM executions ORDER BY 1")
     with pytest.raises(RuntimeError, match="killed before"):
         ReplayBuffer(v1)
     assert _version(v1) == 1 and (_schema(v1), _rows(v1, "SELECT * FROM executions ORDER BY 1")) == original
     assert _rows(v1, "PRAGMA integrity_check") == [("ok",)]
-    monkeypatch.setattr(store, "MIGRATIONS", (real,))
+    monkeypatch.undo()
     with ReplayBuffer(v1) as b:  # the next open migrates it
-        assert b.schema_version == 2 and len(b.replay_table()) == 6
+        assert b.schema_version == store.SCHEMA_VERSION and len(b.replay_table()) == 6
 
 
 def test_every_schema_version_after_the_first_has_a_migration_step():

@@ -222,20 +222,23 @@ def listener():
     server.close()
 
 
-@pytest.fixture(scope="module")
-def outcomes(listener, processes):
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "coverage"])
+def outcomes(request, listener, processes):
+    """Every case's result, with line coverage off and on: coverage must change no verdict."""
+    coverage = request.param
     HOME_SENTINEL.write_text("keep me")
     os.environ["PPER_TEST_SECRET"] = SECRET
     programs = {name: program.replace("LISTENER_PORT", str(listener)) for name, program, _ in CASES}
     try:
-        with Executor(limits=LIMITS, workers=2) as executor:
+        with Executor(limits=LIMITS, workers=2, coverage=coverage) as executor:
             names = [name for name in programs if name not in GENEROUS]
             results = dict(zip(names, executor.map((TASK, programs[name]) for name in names), strict=True))
             after = [executor.run(TASK, OK)]  # the pool still works
             # before the servers go (their namespaces go with them, and whatever a program left there)
             leftovers = processes.left(processes.sandboxed)
         for name, seconds in GENEROUS.items():
-            with Executor(limits=replace(LIMITS, wall_time=seconds, cpu_time=seconds), workers=1) as executor:
+            limits = replace(LIMITS, wall_time=seconds, cpu_time=seconds)
+            with Executor(limits=limits, workers=1, coverage=coverage) as executor:
                 results[name] = executor.run(TASK, programs[name])
                 after.append(executor.run(TASK, OK))
                 leftovers += processes.left(processes.sandboxed)

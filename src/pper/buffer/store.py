@@ -33,7 +33,7 @@ from ..execution.results import PASSED, ProgramResult, TestResult
 from ..tasks import Task
 from ..tasks.rows import RowError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUFFER_FILE = "buffer.sqlite"
 
 _SCHEMA = """
@@ -53,6 +53,7 @@ CREATE TABLE programs (
     model TEXT NOT NULL,
     round INTEGER NOT NULL,
     created REAL NOT NULL,
+    prefix TEXT NOT NULL DEFAULT '', -- the start of the program the model was given (a curriculum stage)
     UNIQUE (task_id, hash)
 );
 CREATE TABLE executions (
@@ -64,7 +65,8 @@ CREATE TABLE executions (
     errors TEXT NOT NULL,            -- JSON list, one error text (or null) per test
     times TEXT NOT NULL,             -- JSON list, one wall time in seconds per test
     duration REAL NOT NULL,          -- the program's whole run, in seconds
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    coverage TEXT                    -- JSON {"lines", "tests", "complete"} (lines that ran), or NULL
 );
 CREATE INDEX programs_by_task ON programs(task_id);
 CREATE TABLE samplings (
@@ -75,18 +77,31 @@ CREATE TABLE samplings (
     created REAL NOT NULL,
     PRIMARY KEY (task_id, model, round)
 );
+CREATE TABLE stages (
+    task_id TEXT NOT NULL REFERENCES tasks(id),
+    round INTEGER NOT NULL,          -- the round sampled at this stage
+    stage INTEGER NOT NULL,          -- the curriculum stage (pper.curriculum)
+    PRIMARY KEY (task_id, round)
+);
 """
 
 
-def program_hash(text: str) -> str:
-    """Hash of a program with line endings and trailing whitespace normalised."""
+def program_hash(text: str, prefix: str = "") -> str:
+    """Hash of a program with line endings and trailing whitespace normalised; a program written after a
+    `prefix` it was given hashes apart from the same text written whole (and from other prefixes)."""
     lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
-    return hashlib.sha256("\n".join(lines).strip("\n").encode()).hexdigest()
+    digest = hashlib.sha256("\n".join(lines).strip("\n").encode())
+    if prefix:
+        digest.update(b"\0prefix\0" + prefix.encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
 class NewProgram:
-    """A candidate program t for task X with its sequence log-probability under the producing model."""
+    """A candidate program t for task X with its sequence log-probability under the producing model.
+
+    `prefix`: where the model was given the program's start (a curriculum stage), that start; `text` is the
+    whole program (prefix and completion) and `logprob`/`num_tokens` cover the completion only."""
 
     task_id: str
     text: str
@@ -94,6 +109,7 @@ class NewProgram:
     num_tokens: int
     model: str
     round: int = 0
+    prefix: str = ""
 
 
 class Execution(NamedTuple):
@@ -115,6 +131,7 @@ class Program:
     model: str
     round: int
     result: ProgramResult | None
+    prefix: str = ""
 
     @property
     def tested(self) -> bool:
@@ -319,13 +336,15 @@ class ReplayBuffer:
         now = time.time()
         ids = []
         for p in programs:
-            digest = program_hash(p.text)
+            if not p.text.startswith(p.prefix):
+                raise ValueError(f"program for {p.task_id}: the text must start with its prefix")
+            digest = program_hash(p.text, p.prefix)
             try:
                 self._db.execute(
                     "INSERT OR IGNORE INTO programs"
-                    " (task_id, hash, text, logprob, num_tokens, model, round, created)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (p.task_id, digest, p.text, min(p.logprob, 0.0), p.num_tokens, p.model, p.round, now),
+                    " (task_id, hash, text, logprob, num_tokens, model, round, created, prefix)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (p.task_id, digest, p.text, min(p.logprob, 0.0), p.num_tokens, p.model, p.round, now, p.prefix),
                 )
             except sqlite3.IntegrityError:
                 raise KeyError(f"program for unknown task {p.task_id!r}: add the task first") from None
@@ -395,6 +414,7 @@ class ReplayBuffer:
                     json.dumps([t.time for t in tests]),
                     result.time,
                     now,
+                    _coverage_json(result),
                 )
             )
         with self._write():
@@ -402,13 +422,21 @@ class ReplayBuffer:
             try:
                 self._db.executemany(
                     "INSERT OR IGNORE INTO executions"
-                    " (program_id, passed, total, pass_rate, verdicts, errors, times, duration, created)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " (program_id, passed, total, pass_rate, verdicts, errors, times, duration, created, coverage)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
             except sqlite3.IntegrityError:
                 raise KeyError("execution for a program that is not in the buffer") from None
             return self._count("executions") - before
+
+    def executed_program_ids(self) -> set[int]:
+        """Programs whose execution recorded at least one line that ran (coverage collected and non-empty)."""
+        rows = self._db.execute(
+            "SELECT program_id FROM executions"
+            " WHERE coverage IS NOT NULL AND json_array_length(json_extract(coverage, '$.lines')) > 0"
+        )
+        return {r[0] for r in rows}
 
     # -- replay and statistics -----------------------------------------------------------------
 
@@ -467,18 +495,32 @@ class ReplayBuffer:
 
 _PROGRAMS = (
     "SELECT p.id, p.task_id, p.text, p.logprob, p.num_tokens, p.model, p.round,"
-    " e.verdicts, e.errors, e.times, e.duration"
+    " e.verdicts, e.errors, e.times, e.duration, e.coverage, p.prefix"
     " FROM programs p LEFT JOIN executions e ON e.program_id = p.id"
 )
 
 
 def _program(r: tuple) -> Program:
-    verdicts, errors, times, duration = r[7:]
+    verdicts, errors, times, duration, coverage, prefix = r[7:]
     result = None
     if verdicts is not None:
-        tests = zip(json.loads(verdicts), json.loads(errors), json.loads(times), strict=True)
-        result = ProgramResult(tuple(TestResult(v, e, t) for v, e, t in tests), duration)
-    return Program(*r[:7], result)
+        lines: list = [None] * len(json.loads(verdicts))
+        executed, complete = None, True
+        if coverage is not None:
+            cov = json.loads(coverage)
+            executed, complete, lines = tuple(cov["lines"]), cov["complete"], [tuple(t) for t in cov["tests"]]
+            lines += [()] * (len(json.loads(verdicts)) - len(lines))
+        tests = zip(json.loads(verdicts), json.loads(errors), json.loads(times), lines, strict=True)
+        result = ProgramResult(tuple(TestResult(v, e, t, c) for v, e, t, c in tests), duration, executed, complete)
+    return Program(*r[:7], result, prefix)
+
+
+def _coverage_json(result: ProgramResult) -> str | None:
+    """The executions row's `coverage` value: NULL where coverage was not collected."""
+    if result.executed_lines is None:
+        return None
+    tests = [list(t.executed_lines or ()) for t in result.tests]
+    return json.dumps({"lines": list(result.executed_lines), "tests": tests, "complete": result.coverage_complete})
 
 
 def _execute_script(db: sqlite3.Connection, script: str) -> None:
@@ -529,7 +571,25 @@ def _v1_to_v2(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE executions_v2 RENAME TO executions")
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1_to_v2,)
+def _v2_to_v3(db: sqlite3.Connection) -> None:
+    """Line coverage of executions (`executions.coverage`, NULL: not collected), the prefix a program was given
+    (`programs.prefix`, empty for every earlier program), and curriculum stages per task and round (`stages`)."""
+    _execute_script(
+        db,
+        """
+        ALTER TABLE programs ADD COLUMN prefix TEXT NOT NULL DEFAULT '';
+        ALTER TABLE executions ADD COLUMN coverage TEXT;
+        CREATE TABLE stages (
+            task_id TEXT NOT NULL REFERENCES tasks(id),
+            round INTEGER NOT NULL,
+            stage INTEGER NOT NULL,
+            PRIMARY KEY (task_id, round)
+        )
+        """,
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1_to_v2, _v2_to_v3)
 
 
 def _remove_database(path: Path, keep_main: bool = False) -> None:

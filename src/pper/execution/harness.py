@@ -3,8 +3,10 @@
 It loads the program, runs the tests it is given and reports events as JSON lines on file descriptor 3:
 {"e": "load", "status": ...}, then {"e": "end", "t": k, "status": ...} per test (a test starts when the
 one before it ends), then {"e": "done"}. Statuses: ok, fail (an assert failed), error, memory, unencodable,
-syntax_error. The process that reads them enforces every limit and judges the results; what is
-reported here is treated as untrusted.
+syntax_error. With coverage on, each event also carries "lines": the program's lines that reported a line
+event while loading or during that test, and "partial": true where `coverage.MAX_EVENTS` cut the tracing
+short. The process that reads them enforces every limit and judges the results; what is reported here is
+treated as untrusted.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import sys
 from typing import Any
 
+from .coverage import PROGRAM_FILE, LineTracer
 from .values import TooLarge, Unencodable, decode, dumps, encode
 
 # Name lookups in this module use a snapshot of the builtins taken at import, before any program runs:
@@ -31,19 +34,23 @@ PROGRAM_NAME = "__pper_program__"  # not "__main__": a main guard in a function 
 _write, _dumps, _exit, _getpid = os.write, json.dumps, os._exit, os.getpid
 _TEST_BUILTINS = dict(builtins.__dict__)  # what tests see; not the harness's own snapshot above
 _owner = [0]  # the pid of the process running the harness
+_FAST_KEYS = frozenset(("e", "status", "t", "values", "lines"))
 
 
 def _report(message: dict[str, Any]) -> None:
     if _getpid() != _owner[0]:  # a copy made by the program's fork(): it must not speak for the harness
         _exit(0)
-    if message.get("status") == "ok" and len(message) <= 4:  # the common events, without the json module
+    if message.get("status") == "ok" and _FAST_KEYS.issuperset(message):  # the common events, without json
         values = message.get("values")
         t = message.get("t")
+        lines = message.get("lines")
         text = '{"e": "' + message["e"] + '", "status": "ok"'
         if t is not None:
             text += f', "t": {int(t)}'
         if values is not None:
             text += ', "values": ' + _dumps(values)
+        if lines is not None:
+            text += ', "lines": [' + ", ".join(map(str, lines)) + "]"
         text += "}\n"
     else:
         text = _dumps(message) + "\n"
@@ -81,7 +88,7 @@ def compile_program(program: str) -> tuple[Any, dict[str, Any] | None]:
     if len(program) > MAX_PROGRAM:
         return None, {"status": "error", "error": f"the program is longer than {MAX_PROGRAM} characters"}
     try:
-        return compile(program, "<program>", "exec"), None
+        return compile(program, PROGRAM_FILE, "exec"), None
     except SyntaxError as e:
         return None, {"status": "syntax_error", "error": f"SyntaxError: {e.msg} (line {e.lineno})"}
     except (ValueError, RecursionError, MemoryError, OverflowError) as e:  # null bytes, nesting, size
@@ -97,26 +104,49 @@ def _guard(fn: Any) -> Any:
     return guarded
 
 
-def run_functions(code: Any, suite: dict[str, Any], compiled: dict[str, Any], first: int) -> None:
-    """Run tests `first`.. of an assert or call suite against the program's `code`, reporting on fd 3."""
+class _NoTracer:
+    """What runs in place of a `LineTracer` when coverage is off."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> dict[str, Any]:
+        return {}
+
+
+class _Tracer(LineTracer):
+    def stop(self) -> dict[str, Any]:  # type: ignore[override]
+        lines, complete = super().stop()
+        return {"lines": lines} if complete else {"lines": lines, "partial": True}
+
+
+def run_functions(
+    code: Any, suite: dict[str, Any], compiled: dict[str, Any], first: int, coverage: bool = False
+) -> None:
+    """Run tests `first`.. of an assert or call suite against the program's `code`, reporting on fd 3; with
+    `coverage`, each event carries the program's lines that ran."""
     _claim()
+    tracer = _Tracer() if coverage else _NoTracer()
     namespace: dict[str, Any] = {"__name__": PROGRAM_NAME, "__builtins__": builtins}
+    tracer.start()
     try:
         exec(code, namespace)
         if suite["kind"] == "assert" and suite["setup"]:
             exec(compiled["setup"], namespace)
     except BaseException as e:
-        _report({"e": "load", **_failure(e)})
+        lines = tracer.stop()
+        _report({"e": "load", **_failure(e), **lines})
         return
-    _report({"e": "load", "status": "ok"})
+    _report({"e": "load", "status": "ok", **tracer.stop()})
     for k in range(first, len(compiled["tests"])):
+        tracer.start()
         try:
             result = _run_one(suite, compiled["tests"][k], namespace, k)
         except AssertionError as e:
             result = {"status": "fail", "error": _describe(e)}
         except BaseException as e:
             result = _failure(e)
-        _report({"e": "end", "t": k, **result})
+        _report({"e": "end", "t": k, **result, **tracer.stop()})
     _report({"e": "done"})
 
 
@@ -143,13 +173,16 @@ def _run_one(suite: dict[str, Any], test: Any, namespace: dict[str, Any], k: int
     return {"status": "ok", "values": dumps([eval(c, scope) for c in calls])}
 
 
-def run_stdio(code: Any) -> None:
-    """Run the program's `code` as a script on stdin (fd 0), printing to stdout (fd 1); report how it ended."""
+def run_stdio(code: Any, coverage: bool = False) -> None:
+    """Run the program's `code` as a script on stdin (fd 0), printing to stdout (fd 1); report how it ended
+    (with `coverage`, and which of its lines ran)."""
     _claim()
+    tracer = _Tracer() if coverage else _NoTracer()
     _report({"e": "load", "status": "ok"})
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace")
     result: dict[str, Any] = {"status": "ok"}
+    tracer.start()
     try:
         exec(code, {"__name__": "__main__", "__builtins__": builtins})
     except SystemExit as e:
@@ -157,9 +190,10 @@ def run_stdio(code: Any) -> None:
             result = {"status": "error", "error": f"SystemExit: {e.code}"}
     except BaseException as e:
         result = _failure(e)
+    lines = tracer.stop()
     try:
         sys.stdout.flush()
     except BaseException:
         pass
-    _report({"e": "end", "t": 0, **result})
+    _report({"e": "end", "t": 0, **result, **lines})
     _report({"e": "done"})

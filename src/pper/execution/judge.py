@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import builtins
 import math
+from dataclasses import replace
 from typing import Any
 
+from .coverage import clean_lines, executed_lines
 from .plan import SAFE_FUNCTIONS, OutsideCheck, Plan
 from .results import (
     MEMORY_LIMIT,
@@ -45,8 +47,9 @@ MESSAGES = {
 }
 
 
-def judge(plan: Plan, response: dict[str, Any]) -> ProgramResult:
-    """The per-test verdicts of one sandbox response."""
+def judge(plan: Plan, response: dict[str, Any], program: str | None = None) -> ProgramResult:
+    """The per-test verdicts of one sandbox response; with the `program`'s text, and where the sandbox
+    collected coverage, the lines of it that ran (`coverage.executed_lines`), per test and overall."""
     load = response["load"]
     if load["status"] != "ok":
         verdict = _STATUS_VERDICTS.get(load["status"], RUNTIME_ERROR)
@@ -56,7 +59,25 @@ def judge(plan: Plan, response: dict[str, Any]) -> ProgramResult:
         tests = tuple(TestResult(verdict, error) for _ in plan.checks)
     else:
         tests = tuple(_test(plan, check, obs) for check, obs in zip(plan.checks, response["tests"], strict=True))
-    return ProgramResult(tests=tests, time=response.get("time", 0.0))
+    result = ProgramResult(tests=tests, time=response.get("time", 0.0))
+    if program is None or not response.get("coverage"):
+        return result
+    return _with_coverage(result, response, program)
+
+
+def _with_coverage(result: ProgramResult, response: dict[str, Any], program: str) -> ProgramResult:
+    """`result` with the lines of `program` that ran, from the lines the sandbox reported (untrusted)."""
+    num_lines = program.count("\n") + 1
+    load = clean_lines(response["load"].get("lines"), num_lines)
+    observed = response["tests"] if response["load"]["status"] == "ok" else []
+    per_test = [clean_lines(obs.get("lines"), num_lines) for obs in observed]
+    tests = tuple(
+        replace(t, executed_lines=executed_lines(program, per_test[i])) if i < len(per_test) else t
+        for i, t in enumerate(result.tests)
+    )
+    reported = set(load).union(*per_test)
+    complete = not any(obs.get("partial") for obs in observed)
+    return replace(result, tests=tests, executed_lines=executed_lines(program, reported), coverage_complete=complete)
 
 
 def _test(plan: Plan, check: Any, obs: dict[str, Any]) -> TestResult:

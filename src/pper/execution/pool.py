@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..tasks import Task
-from . import calibration
+from . import calibration, coverage
 from .config import ExecutionConfig
 from .judge import judge
 from .limits import Limits
@@ -130,9 +130,12 @@ class Sandbox:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def send(self, program: str, plan: Plan, limits: Limits, times: tuple[float, ...] | None = None) -> int:
+    def send(
+        self, program: str, plan: Plan, limits: Limits, times: tuple[float, ...] | None = None, coverage: bool = False
+    ) -> int:
         """Queue one program on the server; returns the request id its answer will carry. `times`: the
-        wall-time limit of each test (default: `limits.wall_time` for every test)."""
+        wall-time limit of each test (default: `limits.wall_time` for every test). `coverage`: also report
+        the program's lines that ran."""
         if not self.alive:
             self.start()
         self._next_id += 1
@@ -142,6 +145,8 @@ class Sandbox:
         request = {"id": self._next_id, "program": program, "suite": suite, "limits": limits.to_dict()}
         if times is not None:
             request["times"] = list(times)
+        if coverage:
+            request["coverage"] = True
         try:
             self.proc.stdin.write((json.dumps(request) + "\n").encode())
             self.proc.stdin.flush()
@@ -203,13 +208,15 @@ class _Pending:
     program: str
     limits: Limits
     times: tuple[float, ...] | None  # per-test wall-time limits; None: limits.wall_time for each
+    coverage: bool = False
     tries: int = 0
     request: int = 0
 
     def budget(self) -> float:
         """Seconds the server may take to answer for this program before it counts as hung."""
         walls = self.times or (self.limits.wall_time,) * self.plan.num_tests
-        return self.limits.load_time + sum(walls) + len(walls) + 30.0
+        allowance = coverage.ALLOWANCE if self.coverage else 0.0
+        return self.limits.load_time + sum(walls) + len(walls) * (1.0 + allowance) + 30.0
 
 
 class Executor:
@@ -217,6 +224,9 @@ class Executor:
 
     `map(jobs)` yields results in the order of the jobs. A worker that dies is replaced and the programs
     it held are run once more; a program that kills two workers gets `runtime_error` on every test.
+
+    With `coverage`, every result also says which lines of the program ran (`ProgramResult.executed_lines`;
+    see `pper.execution.coverage`); it is off by default, as it costs time.
 
     With `calibrate` (the default), a task with a reference solution gets per-test time limits calibrated
     from it (see `calibration`): measured the first time the task is submitted, or for many tasks at once
@@ -229,8 +239,10 @@ class Executor:
         workers: int | None = None,
         isolation: Isolation = "auto",
         calibrate: bool = True,
+        coverage: bool = False,
     ):
         self.limits = limits or Limits()
+        self.coverage = coverage
         self.workers = workers or os.cpu_count() or 1
         self.calibrating = calibrate
         self._plans: dict[str, Plan] = {}
@@ -246,9 +258,15 @@ class Executor:
             thread.start()
 
     @classmethod
-    def from_config(cls, config: ExecutionConfig) -> Executor:
-        """The executor an `ExecutionConfig` describes."""
-        return cls(limits=config.limits, workers=config.workers, isolation=config.isolation, calibrate=config.calibrate)
+    def from_config(cls, config: ExecutionConfig, coverage: bool = False) -> Executor:
+        """The executor an `ExecutionConfig` describes (`coverage`: collected when the run uses it)."""
+        return cls(
+            limits=config.limits,
+            workers=config.workers,
+            isolation=config.isolation,
+            calibrate=config.calibrate,
+            coverage=coverage,
+        )
 
     def __enter__(self) -> Executor:
         return self
@@ -288,35 +306,38 @@ class Executor:
             return (self.limits.wall_time,) * self.plan(task).num_tests
         return calibration.time_limits(times, self.limits)
 
-    def submit(self, task: Task, program: str) -> Future:
+    def submit(self, task: Task, program: str, coverage: bool | None = None) -> Future:
         """Queue one program; the future's result is its `ProgramResult`. A task seen for the first time
         is calibrated first (its reference runs before the program is queued)."""
         if self.calibrating and task.solutions and task.id not in self._times:
             self.calibrate([task])
         times = self.time_limits(task) if task.id in self._times else None
-        return self._submit(task, program, self.limits, times)
+        return self._submit(task, program, self.limits, times, self.coverage if coverage is None else coverage)
 
-    def _submit(self, task: Task, program: str, limits: Limits, times: tuple[float, ...] | None) -> Future:
+    def _submit(
+        self, task: Task, program: str, limits: Limits, times: tuple[float, ...] | None, coverage: bool
+    ) -> Future:
         future: Future = Future()
-        self._jobs.put(_Pending(future, self.plan(task), program, limits, times))
+        self._jobs.put(_Pending(future, self.plan(task), program, limits, times, coverage))
         return future
 
     def _measure(self, tasks: list[Task]) -> list[ProgramResult]:
         """Run each task's reference under `calibration.measuring_limits` (the calibration's `measure`)."""
         limits = calibration.measuring_limits(self.limits)
-        futures = [self._submit(t, t.solutions[0], limits, None) for t in tasks]
+        futures = [self._submit(t, t.solutions[0], limits, None, coverage=False) for t in tasks]
         return [f.result() for f in futures]
 
-    def run(self, task: Task, program: str) -> ProgramResult:
-        """Run one program against its task's tests."""
-        return self.submit(task, program).result()
+    def run(self, task: Task, program: str, coverage: bool | None = None) -> ProgramResult:
+        """Run one program against its task's tests (`coverage`: as in `map`)."""
+        return self.submit(task, program, coverage).result()
 
-    def map(self, jobs: Iterable[Job | tuple[Task, str]]) -> Iterator[ProgramResult]:
-        """Results in job order; jobs are read ahead only as far as the workers can use them."""
+    def map(self, jobs: Iterable[Job | tuple[Task, str]], coverage: bool | None = None) -> Iterator[ProgramResult]:
+        """Results in job order; jobs are read ahead only as far as the workers can use them. `coverage`:
+        collect line coverage (None: as the executor was made)."""
         window: deque[Future] = deque()
         for job in jobs:
             task, program = (job.task, job.program) if isinstance(job, Job) else job
-            window.append(self.submit(task, program))
+            window.append(self.submit(task, program, coverage))
             if len(window) >= 4 * self.workers:
                 yield window.popleft().result()
         while window:
@@ -359,7 +380,7 @@ class Executor:
                     continue
                 in_flight.popleft()
                 try:
-                    job.future.set_result(judge(job.plan, response))
+                    job.future.set_result(judge(job.plan, response, job.program))
                 except Exception as e:  # a malformed answer: never lose the program
                     job.future.set_result(_failed(job.plan, f"unusable sandbox answer: {e}"))
         finally:
@@ -372,7 +393,7 @@ class Executor:
         """Send a job (starting the server if needed); on failure, resolve it. True if it is in flight."""
         job.tries += 1
         try:
-            job.request = sandbox.send(job.program, job.plan, job.limits, job.times)
+            job.request = sandbox.send(job.program, job.plan, job.limits, job.times, job.coverage)
             return True
         except SandboxError as e:
             sandbox.stop()

@@ -17,21 +17,30 @@ VERDICTS = (PASSED, WRONG_ANSWER, RUNTIME_ERROR, TIMEOUT, MEMORY_LIMIT, OUTPUT_L
 
 @dataclass(frozen=True)
 class TestResult:
-    """The verdict of one test, the error text where it did not pass, and its wall time in seconds."""
+    """The verdict of one test, the error text where it did not pass, its wall time in seconds, and, where
+    coverage was collected, the program's lines that ran during it (`pper.execution.coverage`)."""
 
     verdict: str
     error: str | None = None
     time: float = 0.0
+    executed_lines: tuple[int, ...] | None = None
 
     __test__ = False  # not a pytest class
 
 
 @dataclass(frozen=True)
 class ProgramResult:
-    """A program's results on its task's test suite."""
+    """A program's results on its task's test suite.
+
+    executed_lines: where coverage was collected, the sorted 1-based lines of the program that ran while it
+    loaded or in any test (None: not collected). coverage_complete: False where tracing was cut short in
+    some test (`coverage.MAX_EVENTS`), so a line that ran may be missing.
+    """
 
     tests: tuple[TestResult, ...]
     time: float = 0.0
+    executed_lines: tuple[int, ...] | None = None
+    coverage_complete: bool = True
 
     @property
     def total(self) -> int:
@@ -69,4 +78,5 @@ class ProgramResult:
             "errors": [t.error for t in self.tests],
             "error": self.error,
             "time": round(self.time, 6),
+            **({} if self.executed_lines is None else {"executed_lines": list(self.executed_lines)}),
         }

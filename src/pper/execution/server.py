@@ -27,6 +27,7 @@ from types import SimpleNamespace as Limits  # the fields of limits.Limits, with
 from typing import Any
 
 from . import harness
+from .coverage import ALLOWANCE
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
 MNT_DETACH = 2
@@ -89,16 +90,21 @@ class Server:
         walls = request.get("times") or [limits.wall_time] * n
         if len(walls) != n or not all(isinstance(w, (int, float)) and w > 0 for w in walls):
             raise ValueError(f"the request's times must be {n} positive numbers, one per test")
+        coverage = bool(request.get("coverage"))
+        if coverage:  # the tracer's bounded cost, so that coverage changes no verdict
+            walls = [w + ALLOWANCE for w in walls]
         start = time.monotonic()
         code, failure = harness.compile_program(request["program"])
         if failure is not None:
-            return {"id": request["id"], "load": failure, "tests": [], "time": time.monotonic() - start}
-        workdir = self._workdir()
-        if suite["kind"] == "stdio":
-            load, tests = self._stdio(code, suite, limits, walls, workdir)
+            load, tests = failure, []
+        elif suite["kind"] == "stdio":
+            load, tests = self._stdio(code, suite, limits, walls, self._workdir(), coverage)
         else:
-            load, tests = self._functions(code, suite, compiled, limits, walls, workdir)
-        return {"id": request["id"], "load": load, "tests": tests, "time": time.monotonic() - start}
+            load, tests = self._functions(code, suite, compiled, limits, walls, self._workdir(), coverage)
+        answer = {"id": request["id"], "load": load, "tests": tests, "time": time.monotonic() - start}
+        if coverage:
+            answer["coverage"] = True
+        return answer
 
     def _workdir(self) -> str:
         """An empty working directory, with empty scratch space.
@@ -136,13 +142,13 @@ class Server:
                 self.suites.pop(next(iter(self.suites)))
         return self.suites[spec["key"]]
 
-    def _functions(self, code, suite, compiled, limits, walls, workdir):
+    def _functions(self, code, suite, compiled, limits, walls, workdir, coverage):
         n = len(compiled["tests"])
         tests: list[dict[str, Any] | None] = [None] * n
         first, load = 0, None
         while first < n:
             run = self._run_child(
-                lambda f=first: harness.run_functions(code, suite, compiled, f),
+                lambda f=first: harness.run_functions(code, suite, compiled, f, coverage),
                 limits,
                 walls[first:],
                 workdir,
@@ -152,20 +158,27 @@ class Server:
             if run["load"]["status"] != "ok":
                 load = run["load"]
                 break
+            if "lines" in run["load"]:  # lines that ran at load: reported with the load of the first child
+                load = load or {"status": "ok"}
+                load["lines"] = sorted(set(load.get("lines", ())) | set(run["load"]["lines"]))
             tests[first : first + len(run["tests"])] = run["tests"]
             first += len(run["tests"])
             if run["stopped"] is not None and first < n:  # the test that ended the child; go on with the next
                 tests[first] = run["stopped"]
                 first += 1
-        return load or {"status": "ok"}, tests if load is None else []
+        if load is None or load["status"] == "ok":
+            return load or {"status": "ok"}, tests
+        return load, []
 
-    def _stdio(self, code, suite, limits, walls, workdir):
+    def _stdio(self, code, suite, limits, walls, workdir, coverage):
         tests = []
         for text, wall in zip(suite["inputs"], walls, strict=True):
             path = os.path.join(workdir, ".stdin")
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
-            run = self._run_child(lambda: harness.run_stdio(code), limits, [wall], workdir, path, 0, capture=True)
+            run = self._run_child(
+                lambda: harness.run_stdio(code, coverage), limits, [wall], workdir, path, 0, capture=True
+            )
             os.unlink(path)
             if run["load"]["status"] != "ok":
                 return run["load"], []
@@ -286,11 +299,13 @@ class Server:
                         kind = event.get("e")
                         now = time.monotonic()
                         if kind == "load" and load is None:
-                            load = {k: v for k, v in event.items() if k in ("status", "error")}
+                            load = {k: v for k, v in event.items() if k in ("status", "error", "lines")}
                             current, started = 0, now
                             deadline = now + (walls[0] if load["status"] == "ok" else 1.0)
                         elif kind == "end" and current is not None and event.get("t") == first + current:
-                            result = {k: event[k] for k in ("status", "error", "values") if k in event}
+                            result = {
+                                k: event[k] for k in ("status", "error", "values", "lines", "partial") if k in event
+                            }
                             result["time"] = round(now - started, 6)
                             tests.append(result)
                             current, started = current + 1, now
