@@ -141,8 +141,14 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def execute_untested(buffer: ReplayBuffer, executor, show_progress: bool = True) -> int:
-    """Run every untested program of the buffer against its task's tests and store the executions.
+def uses_coverage(config: PperConfig) -> bool:
+    """Whether anything in the run reads line coverage (FGO), so that the test phase collects it."""
+    return config.training.loss_mask == "executed"
+
+
+def execute_untested(buffer: ReplayBuffer, executor, show_progress: bool = True, coverage: bool = False) -> int:
+    """Run every untested program of the buffer against its task's tests and store the executions (with
+    `coverage`, also the lines of each program that ran).
 
     Commits in batches, so a killed run keeps what it tested and resumes with the rest. Returns how many
     programs were tested.
@@ -151,7 +157,7 @@ def execute_untested(buffer: ReplayBuffer, executor, show_progress: bool = True)
 
     untested = buffer.untested()
     tasks = {t.id: t for t in buffer.tasks()}
-    results = executor.map((tasks[p.task_id], p.text) for p in untested)
+    results = executor.map(((tasks[p.task_id], p.text) for p in untested), coverage=coverage)
     if show_progress:
         results = progress(results, len(untested), "testing", "programs")
     batch: list[Execution] = []
@@ -344,7 +350,7 @@ def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> 
                 with events.phase("sampling", r):
                     sample_into_buffer(buffer, sampler, prepared.train, g.mode, g.k, r, show_progress)
                 with events.phase("testing", r):
-                    execute_untested(buffer, executor, show_progress)
+                    execute_untested(buffer, executor, show_progress, coverage=uses_coverage(config))
                 with events.phase("training", r):
                     train(models, buffer, r, events, show_progress)
             if validation and not eval_paths(run_dir, r, validation=True)[1].exists():

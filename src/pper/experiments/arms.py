@@ -278,7 +278,7 @@ def fill_by_sampling(config: PperConfig, recipe: BufferRecipe) -> None:
     g = config.generation
     with ReplayBuffer.in_run(prepared.dir) as store, _executor(config) as executor:
         sample_into_buffer(store, transformers_sampler(g, config.seed), prepared.train, g.mode, g.k, round=1)
-        execute_untested(store, executor)
+        execute_untested(store, executor, coverage=True)  # shared by arms: FGO arms read it
 
 
 def fill_with_references(config: PperConfig, recipe: BufferRecipe) -> None:
@@ -296,7 +296,7 @@ def fill_with_references(config: PperConfig, recipe: BufferRecipe) -> None:
             )
         if not store.programs():
             raise PperError(f"no training task of {config.tasks.source} has a reference solution")
-        execute_untested(store, executor)
+        execute_untested(store, executor, coverage=True)  # shared by arms: FGO arms read it
 
 
 FILLERS: dict[str, Callable[[PperConfig, BufferRecipe], None]] = {

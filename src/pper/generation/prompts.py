@@ -96,6 +96,14 @@ def training_target(prompt: Prompt, program: str) -> str:
     return "```python\n" + program.strip("\n") + "\n```"
 
 
+def target_program_offset(prompt: Prompt, program: str) -> int:
+    """Where `training_target(prompt, program)` sits in `program`: target character i is program character
+    i + offset, for the target's characters inside `program_span(prompt, target)` (the program's own code)."""
+    if prompt.task.prompt_style == "completion":
+        return len(prompt.text) if program.startswith(prompt.text) else -1
+    return len(program) - len(program.lstrip("\n")) - len("```python\n")
+
+
 def code_from_answer(answer: str) -> str:
     """The code in a chat answer: its first fenced block, else the longest stretch of lines that parses,
     with prose before and after dropped (`code_span` says where)."""

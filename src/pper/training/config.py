@@ -28,6 +28,9 @@ class TrainingConfig(BaseModel):
     the weights stay float32. The optimiser is AdamW (torch's fused implementation where the device has one).
     schedule: a transformers scheduler name (restarted each round).
     checkpoint_every: steps between in-round checkpoints a killed run resumes from (0: round ends only).
+    loss_mask: "program" (the loss on every program token) or "executed" (StepCoder's FGO: tokens of lines
+    that no test ran get no loss; programs none of whose lines ran are skipped; the sandbox then collects
+    line coverage; see `pper.training.examples`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -44,4 +47,5 @@ class TrainingConfig(BaseModel):
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_length: int = Field(1024, ge=8)
     checkpoint_every: int = Field(1, ge=0)
+    loss_mask: Literal["program", "executed"] = "program"
     lora: LoraSettings = LoraSettings()

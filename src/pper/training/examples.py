@@ -2,27 +2,50 @@
 
 The prompt is built exactly as at sampling time (`build_prompt` with the model's tokenizer) and the
 target is the text the model must write after it to produce the program, ended by the end-of-text token.
+
+FGO (StepCoder's fine-grained optimization, `training.loss_mask: executed`): given the lines of the program
+that ran in its tests (`ProgramResult.executed_lines`), a target token of the program's code gets weight 0
+when the line it ends in never ran, else 1; tokens outside the code (the ``` fences of a chat answer, the
+end-of-text token) keep weight 1. The loss of a minibatch is then sum_j w_j * CE_j / sum_j w_j over its target
+tokens j, which is the plain loss when every line ran.
 """
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..generation.prompts import build_prompt, training_target
+from ..generation.prompts import build_prompt, program_span, target_program_offset, training_target
 from ..tasks import Task
 
 
 @dataclass(frozen=True)
 class Example:
-    """Token ids of prompt + target; positions from `target_start` on are trained."""
+    """Token ids of prompt + target; positions from `target_start` on are trained, token i with the loss
+    weight `weights[i - target_start]` (None: 1 each; see the module docstring)."""
 
     ids: tuple[int, ...]
     target_start: int
+    weights: tuple[float, ...] | None = None
 
     @property
     def target_tokens(self) -> int:
         return len(self.ids) - self.target_start
+
+    @property
+    def trained_tokens(self) -> float:
+        """The summed loss weight of the predicted target tokens (their count without weights)."""
+        if self.weights is None:
+            return len(self.ids) - self.first_predicted
+        return float(sum(self.weights[self.first_predicted - self.target_start :]))
+
+    def token_weights(self) -> list[float]:
+        """The loss weight of each predicted target token, from `first_predicted` on."""
+        if self.weights is None:
+            return [1.0] * (len(self.ids) - self.first_predicted)
+        return list(self.weights[self.first_predicted - self.target_start :])
 
     @property
     def first_predicted(self) -> int:
@@ -30,17 +53,66 @@ class Example:
         return max(self.target_start, 1)
 
 
-def build_example(task: Task, program: str, tokenizer: Any, max_length: int) -> Example:
+def build_example(
+    task: Task, program: str, tokenizer: Any, max_length: int, executed_lines: Sequence[int] | None = None
+) -> Example:
     """The example for (task, program), cut to `max_length` tokens: the target's end is cut first, and a
-    prompt too long to leave room for half of `max_length` is cut from its start."""
+    prompt too long to leave room for half of `max_length` is cut from its start. With `executed_lines`
+    (FGO), the tokens of code lines not among them get loss weight 0."""
     prompt = build_prompt(task, tokenizer)
     prompt_ids = list(tokenizer(prompt.text).input_ids)
-    target_ids = list(tokenizer(training_target(prompt, program), add_special_tokens=False).input_ids)
+    target = training_target(prompt, program)
+    target_ids = list(tokenizer(target, add_special_tokens=False).input_ids)
+    weights = None
+    if executed_lines is not None:
+        ends = token_ends(tokenizer, target, target_ids)
+        weights = executed_weights(
+            target, ends, program_span(prompt, target), target_program_offset(prompt, program), program, executed_lines
+        )
+        weights.append(1.0)  # the end-of-text token
     target_ids.append(tokenizer.eos_token_id)
     room = max(max_length // 2, max_length - len(target_ids))
     prompt_ids = prompt_ids[-room:]
     ids = (prompt_ids + target_ids)[:max_length]
-    return Example(tuple(ids), len(prompt_ids))
+    if weights is not None:
+        weights = weights[: len(ids) - len(prompt_ids)]
+    return Example(tuple(ids), len(prompt_ids), None if weights is None else tuple(weights))
+
+
+def token_ends(tokenizer: Any, text: str, ids: Sequence[int]) -> list[int]:
+    """Where each token of `ids` (the tokenization of `text`) ends in `text`: from the tokenizer's offset
+    mapping where it has one (fast tokenizers), else by decoding prefixes."""
+    try:
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
+    except (NotImplementedError, TypeError, ValueError):
+        offsets = None
+    if offsets is not None and len(offsets) == len(ids):
+        return [end for _, end in offsets]
+    return [len(tokenizer.decode(list(ids[: j + 1]))) for j in range(len(ids))]
+
+
+def executed_weights(
+    target: str,
+    ends: Sequence[int],
+    span: tuple[int, int],
+    offset: int,
+    program: str,
+    executed_lines: Sequence[int],
+) -> list[float]:
+    """The FGO loss weight of each target token: 0 for a token that ends inside the program's code (`span`
+    of `target`) on a program line not in `executed_lines`, else 1. Target character i is program character
+    i + `offset`; a token counts for the line its last character is on."""
+    line_starts = [0] + [i + 1 for i, c in enumerate(program) if c == "\n"]
+    ran = set(executed_lines)
+    weights = []
+    for end in ends:
+        last = end - 1
+        if span[0] <= last < span[1] and 0 <= last + offset < len(program):
+            line = bisect.bisect_right(line_starts, last + offset)  # 1-based
+            weights.append(1.0 if line in ran else 0.0)
+        else:
+            weights.append(1.0)
+    return weights
 
 
 def pack(examples: list[Example]) -> tuple[list[int], list[int], list[int]]:

@@ -27,6 +27,7 @@ from .config import TrainingConfig
 from .examples import Example, build_example, pack
 
 WEIGHTS_FILE = "weights.safetensors"
+MAX_REDRAWS = 1000  # minibatches drawn in a row before FGO gives up on finding a program that ran
 STATE_FILE = "trainer.pt"
 INFO_FILE = "checkpoint.json"
 
@@ -41,6 +42,7 @@ class StepStats:
     learning_rate: float
     grad_norm: float
     seconds: float
+    skipped: int = 0  # drawn programs left out of the step (FGO: no line of theirs ran)
 
 
 def autocast_dtype(precision: str, device_type: str) -> Any:
@@ -113,7 +115,9 @@ class PPERTrainer:
         self.round, self.step = 0, 0
         self.scheduler: Any = None
         self.replay: Replay | None = None
-        self._examples: dict[int, Example] = {}
+        self._examples: dict[int, Example | None] = {}
+        self._executed: set[int] = set()
+        self.skipped = 0
 
     # -- one round ---------------------------------------------------------------------------------
 
@@ -133,6 +137,14 @@ class PPERTrainer:
         """Train the rest of the round's steps, yielding each step's figures; `checkpoint` is called every
         `checkpoint_every` steps (after the step has been yielded)."""
         every = self.config.checkpoint_every
+        if self.config.loss_mask == "executed" and self.step < self.steps:
+            self._executed = buffer.executed_program_ids()
+            assert self.replay is not None, "begin_round first"
+            if not self._executed.intersection(self.replay.table.program_id.tolist()):
+                raise PperError(
+                    "training.loss_mask is 'executed' but no program in the replay has a line that ran in its tests "
+                    "(no coverage was collected, or every program failed to load): nothing to train on"
+                )
         while self.step < self.steps:
             yield self.train_step(*self.draw_weighted(buffer))
             if checkpoint and every and self.step % every == 0 and self.step < self.steps:
@@ -147,19 +159,41 @@ class PPERTrainer:
         `replay.importance_beta` is 0)."""
         assert self.replay is not None, "begin_round first"
         examples, weights = [], []
-        for draw in self.replay.sample(self.config.batch_size):
-            ex = self._examples.get(draw.program_id)
-            if ex is None:
-                program = buffer.program(draw.program_id)
-                ex = build_example(buffer.task(program.task_id), program.text, self.tokenizer, self.config.max_length)
-                self._examples[draw.program_id] = ex
-            examples.append(ex)
-            weights.append(draw.weight)
+        self.skipped = 0
+        for _ in range(MAX_REDRAWS):  # with FGO, a minibatch of programs none of which ran is drawn again
+            if examples:
+                break
+            for draw in self.replay.sample(self.config.batch_size):
+                ex = self._example(buffer, draw.program_id)
+                if ex is None:
+                    self.skipped += 1
+                    continue
+                examples.append(ex)
+                weights.append(draw.weight)
+        if not examples:
+            raise PperError(f"training.loss_mask 'executed': {MAX_REDRAWS} minibatches drawn, no program in them ran")
         return examples, weights
+
+    def _example(self, buffer: ReplayBuffer, program_id: int) -> Example | None:
+        """The training example of a stored program; None where FGO leaves it out (no line of it ran)."""
+        if program_id in self._examples:
+            return self._examples[program_id]
+        program = buffer.program(program_id)
+        executed = None
+        if self.config.loss_mask == "executed":
+            executed = program.result.executed_lines if program.result else None
+            if not executed:
+                self._examples[program_id] = None
+                return None
+        task = buffer.task(program.task_id)
+        ex = build_example(task, program.text, self.tokenizer, self.config.max_length, executed)
+        self._examples[program_id] = ex
+        return ex
 
     def train_step(self, examples: list[Example], weights: list[float] | None = None) -> StepStats:
         """One optimiser step on `examples`: loss = sum_i w_i * L_i / T, with L_i the summed cross-entropy of
-        example i's target tokens, T the target tokens of all examples and w_i its importance-sampling weight
+        example i's target tokens (each scaled by its FGO weight, `Example.weights`), T their summed FGO weight
+        (the target tokens of all examples, without FGO) and w_i the example's importance-sampling weight
         (`weights`, default 1 each): with every weight 1, the mean cross-entropy over all target tokens."""
         import torch
 
@@ -170,11 +204,12 @@ class PPERTrainer:
         if weights is not None and all(w == 1.0 for w in weights):
             weights = None  # the unweighted loss, bit for bit
         target_tokens = sum(ex.target_tokens for ex in examples)
+        trained = sum(ex.trained_tokens for ex in examples) if any(ex.weights for ex in examples) else target_tokens
         size = self.config.micro_batch_size
         total = 0.0
         for i in range(0, len(examples), size):
             chunk_weights = weights[i : i + size] if weights is not None else None
-            loss = self.loss_sum(examples[i : i + size], chunk_weights) / target_tokens
+            loss = self.loss_sum(examples[i : i + size], chunk_weights) / max(trained, 1.0)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
         if self.scaler:
@@ -199,11 +234,13 @@ class PPERTrainer:
             lr,
             float(norm),
             time.perf_counter() - start,
+            self.skipped,
         )
 
     def loss_sum(self, examples: list[Example], weights: list[float] | None = None) -> Any:
-        """Summed cross-entropy of the target tokens of `examples`, packed in one unpadded row; with
-        `weights`, each example's sum scaled by its weight (sum_i w_i * L_i)."""
+        """Summed cross-entropy of the target tokens of `examples`, packed in one unpadded row, each token's
+        scaled by its FGO weight (`Example.weights`); with `weights`, each example's sum scaled by its weight
+        (sum_i w_i * L_i)."""
         import torch
         import torch.nn.functional as F
 
@@ -226,10 +263,12 @@ class PPERTrainer:
                 use_cache=False,
                 **extra,
             )
-        if weights is None:
+        masked = any(ex.weights is not None for ex in examples)
+        if weights is None and not masked:
             return F.cross_entropy(out.logits[0].float(), input_ids[0, keep + 1], reduction="sum")
         per_token = F.cross_entropy(out.logits[0].float(), input_ids[0, keep + 1], reduction="none")
-        scale = [w for ex, w in zip(examples, weights, strict=True) for _ in range(ex.first_predicted, len(ex.ids))]
+        weights = weights if weights is not None else [1.0] * len(examples)
+        scale = [w * t for ex, w in zip(examples, weights, strict=True) for t in ex.token_weights()]
         return (per_token * torch.tensor(scale, device=self.device, dtype=per_token.dtype)).sum()
 
     # -- models for inference and users ------------------------------------------------------------
