@@ -93,9 +93,7 @@ def _direct_logprob(model, example, lo: int, hi: int) -> float:
     return float(sum(logp[j - 1, example.ids[j]] for j in range(lo, hi)))
 
 
-def test_rescore_scores_exactly_the_program_tokens_of_the_training_example_under_the_current_model(
-    humaneval, tmp_path
-):
+def test_rescore_scores_exactly_the_program_tokens_of_the_training_example_under_the_current_model(humaneval, tmp_path):
     model, tokenizer, _ = load_model("default")
     model.eval()
     he = humaneval[0]
