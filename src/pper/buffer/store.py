@@ -100,8 +100,9 @@ def program_hash(text: str, prefix: str = "") -> str:
 class NewProgram:
     """A candidate program t for task X with its sequence log-probability under the producing model.
 
-    `prefix`: where the model was given the program's start (a curriculum stage), that start; `text` is the
-    whole program (prefix and completion) and `logprob`/`num_tokens` cover the completion only."""
+    `prefix`: where the model was given the program's start (a curriculum stage), that start (after the task's
+    own code prompt, for a completion task); `text` is the whole program, prefix and completion included, and
+    `logprob`/`num_tokens` cover the completion only."""
 
     task_id: str
     text: str
@@ -336,8 +337,8 @@ class ReplayBuffer:
         now = time.time()
         ids = []
         for p in programs:
-            if not p.text.startswith(p.prefix):
-                raise ValueError(f"program for {p.task_id}: the text must start with its prefix")
+            if p.prefix not in p.text:
+                raise ValueError(f"program for {p.task_id}: the text must contain the prefix it was given")
             digest = program_hash(p.text, p.prefix)
             try:
                 self._db.execute(
@@ -438,6 +439,48 @@ class ReplayBuffer:
         )
         return {r[0] for r in rows}
 
+    # -- curriculum stages -----------------------------------------------------------------------
+
+    def set_stages(self, round: int, stages: dict[str, int]) -> None:
+        """Record each task's curriculum stage in `round` (one transaction); a recorded stage is kept."""
+        with self._write():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO stages (task_id, round, stage) VALUES (?, ?, ?)",
+                [(task_id, round, stage) for task_id, stage in stages.items()],
+            )
+
+    def stages(self, round: int) -> dict[str, int]:
+        """Task id -> its curriculum stage in `round`, for the tasks recorded there."""
+        return dict(self._db.execute("SELECT task_id, stage FROM stages WHERE round = ?", (round,)).fetchall())
+
+    def stage_counts(self) -> dict[int, dict[int, int]]:
+        """Round -> stage -> how many tasks sat at that stage in that round."""
+        out: dict[int, dict[int, int]] = {}
+        for r, stage, n in self._db.execute(
+            "SELECT round, stage, COUNT(*) FROM stages GROUP BY round, stage ORDER BY round, stage"
+        ):
+            out.setdefault(r, {})[stage] = n
+        return out
+
+    def density(self) -> dict[int, dict[str, Any]]:
+        """The buffer's density per round of the tested programs sampled in it: tasks with at least one program
+        passing every test, tasks with any program, and the share of programs passing at least one test."""
+        out: dict[int, dict[str, Any]] = {}
+        rows = self._db.execute(
+            "SELECT p.round, COUNT(DISTINCT p.task_id),"
+            " COUNT(DISTINCT CASE WHEN e.passed = e.total THEN p.task_id END),"
+            " COUNT(*), SUM(e.passed > 0)"
+            " FROM programs p JOIN executions e ON e.program_id = p.id GROUP BY p.round ORDER BY p.round"
+        )
+        for r, tasks, solved, programs, any_passed in rows:
+            out[r] = {
+                "tasks": tasks,
+                "tasks_with_passing_program": solved,
+                "programs": programs,
+                "share_passing_a_test": any_passed / programs if programs else None,
+            }
+        return out
+
     # -- replay and statistics -----------------------------------------------------------------
 
     def replay_table(self, min_pass_rate: float | None = None) -> ReplayTable:
@@ -487,6 +530,8 @@ class ReplayBuffer:
             "pass_rate_distribution": bins,
             "programs_by_round": {str(r): n for r, n in q("SELECT round, COUNT(*) FROM programs GROUP BY round")},
             "programs_by_model": {m: n for m, n in q("SELECT model, COUNT(*) FROM programs GROUP BY model")},
+            "density_by_round": {str(r): d for r, d in self.density().items()},
+            "stages_by_round": {str(r): {str(s): n for s, n in c.items()} for r, c in self.stage_counts().items()},
         }
 
     def _count(self, table: str) -> int:

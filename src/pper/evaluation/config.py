@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 class EvaluationConfig(BaseModel):
     """How held-out tasks are evaluated after each round. mode greedy gives one sample per task
     (pass@1 = strict accuracy); mode sample draws `n` per task for pass@k with each k in `ks` (k <= n).
-    before: also evaluate the model before any training, as round 0."""
+    before: also evaluate the model before any training, as round 0. rounds: "all" evaluates the held-out
+    tasks after every round, "last" only after the last (the validation tasks, which choose the kept round,
+    are evaluated every round all the same)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -18,3 +20,4 @@ class EvaluationConfig(BaseModel):
     n: int = Field(1, ge=1)
     ks: list[int] = [1]
     before: bool = True
+    rounds: Literal["all", "last"] = "all"

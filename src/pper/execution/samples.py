@@ -89,13 +89,15 @@ def test_samples(
     workers: int | None = None,
     isolation: Isolation = "auto",
     show_progress: bool = False,
+    coverage: bool = False,
 ) -> dict[str, Any]:
     """What `pper test` does: run every sample of `path`, write `<path>_results.jsonl` (or `out`) and
-    return a summary (samples, passed, strict accuracy, mean pass rate, seconds, programs per second)."""
+    return a summary (samples, passed, strict accuracy, mean pass rate, seconds, programs per second). With
+    `coverage`, each result also lists the program's `executed_lines`."""
     samples = read_samples(path, tasks)
     out = Path(out or f"{path}_results.jsonl")
     start = time.perf_counter()
-    with Executor(limits=limits, workers=workers, isolation=isolation) as executor:
+    with Executor(limits=limits, workers=workers, isolation=isolation, coverage=coverage) as executor:
         executor.calibrate({s.task.id: s.task for s in samples}.values())  # all at once, in parallel
         results = executor.map((s.task, s.program) for s in samples)
         if show_progress:

@@ -182,7 +182,7 @@ class ReplayKind(ArmKind):
     name = "replay"
 
     def overrides(self, protocol: Protocol, name: str, spec: ArmSpec) -> dict[str, Any]:
-        out: dict[str, Any] = {"evaluation": {"before": False}}
+        out: dict[str, Any] = {"evaluation": {"before": False, "rounds": "last"}}  # arms report their last round
         buffer = self.buffer(spec)
         if buffer is not None:
             # the run's sampler is the buffer's: its first round finds every task sampled and samples nothing
@@ -205,7 +205,10 @@ class ReferencesSFTKind(ReplayKind):
             raise ValueError(f"arm {name!r} ({self.name}) needs a buffer of source references, not {buffer!r}")
 
     def overrides(self, protocol: Protocol, name: str, spec: ArmSpec) -> dict[str, Any]:
-        return {"evaluation": {"before": False}, "replay": {"priority": "uniform", "min_pass_rate": None}}
+        return {
+            "evaluation": {"before": False, "rounds": "last"},
+            "replay": {"priority": "uniform", "min_pass_rate": None},
+        }
 
     def verify(self, name: str, config: PperConfig) -> None:
         r = config.replay

@@ -11,7 +11,7 @@ scores are kept).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..tasks import Task
@@ -104,21 +104,24 @@ class TransformersSampler:
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
         self.generated_tokens = 0  # tokens decoded by `generate`, for throughput figures
 
-    def sample(self, tasks: Sequence[Task], mode: Mode, k: int) -> Iterator[tuple[Task, list[Candidate]]]:
+    def sample(
+        self, tasks: Sequence[Task], mode: Mode, k: int, prefixes: Mapping[str, str] | None = None
+    ) -> Iterator[tuple[Task, list[Candidate]]]:
         import torch
 
         if mode == "greedy":
             k = 1
         torch.manual_seed(self.seed)
-        for batch in self.batches(tasks):
+        for batch in self.batches(tasks, prefixes):
             candidates = self._batch(batch, mode, k)
             for i, prompt in enumerate(batch):
                 yield prompt.task, candidates[i]
 
-    def batches(self, tasks: Sequence[Task]) -> list[list[Prompt]]:
+    def batches(self, tasks: Sequence[Task], prefixes: Mapping[str, str] | None = None) -> list[list[Prompt]]:
         """The batches `sample` runs: the tasks' prompts grouped by stop strings, longest prompt first,
         at most `batch_size` to a batch."""
-        prompts = [build_prompt(t, self.tokenizer) for t in tasks]
+        prefixes = prefixes or {}
+        prompts = [build_prompt(t, self.tokenizer, prefixes.get(t.id, "")) for t in tasks]
         lengths = {id(p): len(self.tokenizer(p.text).input_ids) for p in prompts}
         ordered = sorted(prompts, key=lambda p: (p.stops, -lengths[id(p)]))
         batches: list[list[Prompt]] = []
@@ -156,6 +159,7 @@ class TransformersSampler:
                         num_tokens=hi - lo,
                         model=self.name,
                         tokens=tuple(kept),
+                        prefix=prompt.prefix,
                     )
                 )
         return results

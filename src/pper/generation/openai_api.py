@@ -24,7 +24,7 @@ keeps `concurrency` requests in flight.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -63,26 +63,37 @@ class OpenAISampler:
         self.concurrency, self.max_new_tokens = concurrency, max_new_tokens
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
 
-    def sample(self, tasks: Sequence[Task], mode: Mode, k: int) -> Iterator[tuple[Task, list[Candidate]]]:
+    def sample(
+        self, tasks: Sequence[Task], mode: Mode, k: int, prefixes: Mapping[str, str] | None = None
+    ) -> Iterator[tuple[Task, list[Candidate]]]:
         if mode == "beam":
             raise PperError(
                 "an OpenAI-compatible API offers no beam search: use --mode sample or greedy with a teacher"
             )
+        prefixes = prefixes or {}
+        for t in tasks:
+            if prefixes.get(t.id) and t.prompt_style != "completion":
+                raise PperError(
+                    f"{t.id}: a teacher behind the chat API cannot continue a prefilled answer, so it cannot sample "
+                    "curriculum stages of instruction tasks; sample them with the local model"
+                )
         greedy = mode == "greedy"
         n = 1 if greedy else k
         temperature = 0.0 if greedy else self.temperature
         # greedy: one request at a time, in task order (the module's docstring says why)
         with ThreadPoolExecutor(max_workers=1 if greedy else self.concurrency) as pool:
-            futures = [[pool.submit(self._one, t, temperature, i) for i in range(n)] for t in tasks]
+            futures = [
+                [pool.submit(self._one, t, temperature, i, prefixes.get(t.id, "")) for i in range(n)] for t in tasks
+            ]
             for task, pending in zip(tasks, futures, strict=True):
                 candidates = [f.result() for f in pending]
                 unique = {c.completion: c for c in candidates if c is not None and c.num_tokens}
                 yield task, list(unique.values())
 
-    def _one(self, task: Task, temperature: float, i: int) -> Candidate | None:
+    def _one(self, task: Task, temperature: float, i: int, prefix: str = "") -> Candidate | None:
         import openai
 
-        prompt = build_prompt(task)
+        prompt = build_prompt(task, prefix=prefix)
         seed = None if self.seed is None else self.seed + i
         common = {
             "model": self.model,
@@ -126,7 +137,8 @@ class OpenAISampler:
             kept_text, kept_logp, count = kept_text + token, kept_logp + logp, count + 1
         if not count:
             return None
-        return Candidate(task.id, extract_program(prompt, kept_text), kept_text, kept_logp, count, self.name)
+        program = extract_program(prompt, kept_text)
+        return Candidate(task.id, program, kept_text, kept_logp, count, self.name, prefix=prompt.prefix)
 
     def _no_logprobs(self, endpoint: str) -> Any:
         raise PperError(

@@ -13,6 +13,12 @@
 A program's P(t) and token count are taken over its own tokens (`program_tokens`): the whole completion for
 completion tasks, the code without the prose and fences around it for instruction tasks; sampling and
 training use that one definition.
+
+A prompt may give the model the start of its program (`prefix`, a curriculum stage: `pper.curriculum`): a
+completion task's prompt is then its code prompt followed by the prefix, to continue; an instruction task's
+chat prompt ends with the assistant's turn already begun, prefilled with the opening ```python fence and the
+prefix (`Prompt.given`). The program is still the whole program (prompt or fence, prefix, completion), and P(t)
+and the training loss cover only what the model wrote after the prefix.
 """
 
 from __future__ import annotations
@@ -28,22 +34,28 @@ from ..tasks import AssertTests, CallTests, StdioTests, Task
 
 COMPLETION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```", "\nassert ")
 SHOWN_TESTS = 3
+FENCE_OPEN = "```python\n"
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python|python3)?[ \t]*\n(.*?)(?:\n```|\Z)", re.S)
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """The text given to the model for one task, and the strings that end a completion."""
+    """The text given to the model for one task, and the strings that end a completion. `prefix`: the start
+    of the program the model was given; `given`: the text of the model's own answer that `text` ends with
+    (the prefix, after ```python for an instruction task; empty without a prefix)."""
 
     task: Task
     text: str
     stops: tuple[str, ...]
+    prefix: str = ""
+    given: str = ""
 
 
-def build_prompt(task: Task, tokenizer: Any = None) -> Prompt:
-    """The prompt for `task`; the tokenizer's chat template wraps instruction prompts when it has one."""
+def build_prompt(task: Task, tokenizer: Any = None, prefix: str = "") -> Prompt:
+    """The prompt for `task`; the tokenizer's chat template wraps instruction prompts when it has one. With a
+    `prefix`, the model is given the start of its program (see the module docstring)."""
     if task.prompt_style == "completion":
-        return Prompt(task, task.prompt.rstrip(), COMPLETION_STOPS)
+        return Prompt(task, task.prompt.rstrip() + prefix, COMPLETION_STOPS, prefix, prefix)
     message = instruction(task)
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(
@@ -51,7 +63,8 @@ def build_prompt(task: Task, tokenizer: Any = None) -> Prompt:
         )
     else:
         text = message + "\n"
-    return Prompt(task, text, ())
+    given = FENCE_OPEN + prefix if prefix else ""
+    return Prompt(task, text + given, (), prefix, given)
 
 
 def instruction(task: Task) -> str:
@@ -82,18 +95,19 @@ def extract_program(prompt: Prompt, completion: str) -> str:
     """The runnable program for a completion (already cut at its stop sequence)."""
     if prompt.task.prompt_style == "completion":
         return prompt.text + completion.rstrip() + "\n"
-    return code_from_answer(completion)
+    return code_from_answer(prompt.given + completion)
 
 
 def training_target(prompt: Prompt, program: str) -> str:
     """What the model should write after `prompt` to produce `program` (the inverse of `extract_program`):
     the program past the prompt for completion tasks, the program in a ```python block for instruction
-    tasks. The caller appends the end-of-text token."""
+    tasks, past the part of it the prompt gave (`Prompt.given`). The caller appends the end-of-text token."""
     if prompt.task.prompt_style == "completion":
         if program.startswith(prompt.text):
             return program[len(prompt.text) :]
         return "\n" + program  # not a continuation of this prompt: the whole program, after the docstring
-    return "```python\n" + program.strip("\n") + "\n```"
+    answer = FENCE_OPEN + program.strip("\n") + "\n```"
+    return answer[len(prompt.given) :] if answer.startswith(prompt.given) else answer
 
 
 def target_program_offset(prompt: Prompt, program: str) -> int:
@@ -101,7 +115,8 @@ def target_program_offset(prompt: Prompt, program: str) -> int:
     i + offset, for the target's characters inside `program_span(prompt, target)` (the program's own code)."""
     if prompt.task.prompt_style == "completion":
         return len(prompt.text) if program.startswith(prompt.text) else -1
-    return len(program) - len(program.lstrip("\n")) - len("```python\n")
+    given = len(prompt.given) if (FENCE_OPEN + program.strip("\n")).startswith(prompt.given) else 0
+    return len(program) - len(program.lstrip("\n")) - len(FENCE_OPEN) + given
 
 
 def code_from_answer(answer: str) -> str:
@@ -141,10 +156,13 @@ def program_span(prompt: Prompt, text: str) -> tuple[int, int]:
     """Where the program's own code lies in `text`, what the model writes after `prompt` (a sampled
     completion, or a `training_target`): the whole text for completion tasks (the program is the prompt
     plus it); for instruction tasks the code the program is extracted from (`code_span`), so the prose
-    and the ``` fences around it are not part of it."""
+    and the ``` fences around it are not part of it (found in the whole answer, `Prompt.given` included)."""
     if prompt.task.prompt_style == "completion":
         return 0, len(text)
-    return code_span(text)
+    if not prompt.given:
+        return code_span(text)
+    start, end = code_span(prompt.given + text)
+    return max(start - len(prompt.given), 0), max(end - len(prompt.given), 0)
 
 
 def program_token_range(prompt: Prompt, text: str, ends: Sequence[int]) -> tuple[int, int]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -17,7 +17,8 @@ class Candidate:
     """One program for a task: the model's completion (`tokens`, decoded as `completion`), the runnable
     program made from it, and `logprob`, the sum of the token log-probabilities given the prompt over the
     program's own `num_tokens` tokens among `tokens` (`prompts.program_tokens`: the code, without the
-    prose and fences of a chat answer)."""
+    prose and fences of a chat answer). `prefix`: the start of the program the model was given (a curriculum
+    stage), part of `program` but not of `completion` or `logprob`."""
 
     task_id: str
     program: str
@@ -26,6 +27,7 @@ class Candidate:
     num_tokens: int
     model: str
     tokens: tuple[int, ...] = ()
+    prefix: str = ""
 
 
 class Sampler(Protocol):
@@ -33,7 +35,10 @@ class Sampler(Protocol):
 
     name: str
 
-    def sample(self, tasks: Sequence[Task], mode: Mode, k: int) -> Iterator[tuple[Task, list[Candidate]]]:
+    def sample(
+        self, tasks: Sequence[Task], mode: Mode, k: int, prefixes: Mapping[str, str] | None = None
+    ) -> Iterator[tuple[Task, list[Candidate]]]:
         """For each task (in any order, each exactly once), its candidates: the top-k beams (`beam`),
-        k samples (`sample`) or the greedy completion (`greedy`, k = 1)."""
+        k samples (`sample`) or the greedy completion (`greedy`, k = 1). `prefixes`: task id -> the start of
+        the program the model is given for that task (`prompts.build_prompt`)."""
         ...

@@ -54,12 +54,18 @@ class Example:
 
 
 def build_example(
-    task: Task, program: str, tokenizer: Any, max_length: int, executed_lines: Sequence[int] | None = None
+    task: Task,
+    program: str,
+    tokenizer: Any,
+    max_length: int,
+    executed_lines: Sequence[int] | None = None,
+    prefix: str = "",
 ) -> Example:
     """The example for (task, program), cut to `max_length` tokens: the target's end is cut first, and a
     prompt too long to leave room for half of `max_length` is cut from its start. With `executed_lines`
-    (FGO), the tokens of code lines not among them get loss weight 0."""
-    prompt = build_prompt(task, tokenizer)
+    (FGO), the tokens of code lines not among them get loss weight 0. With the `prefix` the model was given
+    (a curriculum stage), the prompt ends with it and the target is what the model wrote after it."""
+    prompt = build_prompt(task, tokenizer, prefix)
     prompt_ids = list(tokenizer(prompt.text).input_ids)
     target = training_target(prompt, program)
     target_ids = list(tokenizer(target, add_special_tokens=False).input_ids)

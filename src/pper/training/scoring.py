@@ -26,10 +26,12 @@ if TYPE_CHECKING:
 TOKENS_PER_PASS = 2048  # examples packed into one no-grad forward pass, up to this many tokens (at least one)
 
 
-def program_positions(task: Task, example: Example, tokenizer: Any) -> tuple[int, int]:
+def program_positions(task: Task, example: Example, tokenizer: Any, prefix: str = "") -> tuple[int, int]:
     """The positions [lo, hi) of `example.ids` that hold the program's own tokens (`program_tokens` over
-    the example's target); position 0 is never one (nothing predicts it)."""
-    lo, hi = program_tokens(tokenizer, build_prompt(task, tokenizer), example.ids[example.target_start :])
+    the example's target; with a `prefix` the model was given, what it wrote after it); position 0 is never
+    one (nothing predicts it)."""
+    prompt = build_prompt(task, tokenizer, prefix)
+    lo, hi = program_tokens(tokenizer, prompt, example.ids[example.target_start :])
     lo, hi = example.target_start + lo, example.target_start + hi
     return max(lo, 1), max(hi, 1)
 
@@ -37,13 +39,14 @@ def program_positions(task: Task, example: Example, tokenizer: Any) -> tuple[int
 def program_logprobs(
     model: Any,
     tokenizer: Any,
-    programs: Sequence[tuple[Task, str]],
+    programs: Sequence[tuple[Task, str] | tuple[Task, str, str]],
     max_length: int,
     dtype: Any = None,
     tokens_per_pass: int = TOKENS_PER_PASS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(log-probability, token count) of each (task, program) under `model`: log P(t) = sum over the program's
-    own positions j of log p(ids[j] | ids[:j]) in its training example, and the number of those positions.
+    """(log-probability, token count) of each (task, program) or (task, program, prefix) under `model`: log P(t)
+    = sum over the program's own positions j of log p(ids[j] | ids[:j]) in its training example (given its
+    prefix, if any), and the number of those positions.
 
     No-grad forward passes over examples packed into unpadded rows of up to `tokens_per_pass` tokens (shortest
     first), logits only at the positions that predict program tokens; `dtype` is an autocast dtype (None:
@@ -51,8 +54,9 @@ def program_logprobs(
     """
     import torch
 
-    examples = [build_example(task, text, tokenizer, max_length) for task, text in programs]
-    spans = [program_positions(task, ex, tokenizer) for (task, _), ex in zip(programs, examples, strict=True)]
+    items = [(p[0], p[1], p[2] if len(p) > 2 else "") for p in programs]
+    examples = [build_example(task, text, tokenizer, max_length, prefix=prefix) for task, text, prefix in items]
+    spans = [program_positions(t, ex, tokenizer, prefix) for (t, _, prefix), ex in zip(items, examples, strict=True)]
     logprob, count = np.zeros(len(examples)), np.array([hi - lo for lo, hi in spans], dtype=np.int64)
     device = next(model.parameters()).device
     training = model.training
@@ -107,8 +111,8 @@ def rescore(
     (`program_logprobs`); the order of the rows and the other columns are kept. A program none of whose
     tokens fits in its example (cut at `max_length` before its code) keeps its stored figures."""
     tasks = {t.id: t for t in buffer.tasks()}
-    texts = {p.id: p.text for p in buffer.programs()}
-    programs = [(tasks[str(tid)], texts[int(pid)]) for pid, tid in zip(table.program_id, table.task_id, strict=True)]
+    texts = {p.id: (p.text, p.prefix) for p in buffer.programs()}
+    programs = [(tasks[str(tid)], *texts[int(pid)]) for pid, tid in zip(table.program_id, table.task_id, strict=True)]
     logprob, count = program_logprobs(model, tokenizer, programs, max_length, dtype)
     scored = count > 0
     return dataclasses.replace(

@@ -186,7 +186,7 @@ class PPERTrainer:
                 self._examples[program_id] = None
                 return None
         task = buffer.task(program.task_id)
-        ex = build_example(task, program.text, self.tokenizer, self.config.max_length, executed)
+        ex = build_example(task, program.text, self.tokenizer, self.config.max_length, executed, program.prefix)
         self._examples[program_id] = ex
         return ex
 
