@@ -205,3 +205,22 @@ def test_a_curriculum_run_with_fgo_resumes_on_its_stages_after_kill_9(tmp_path):
     assert any(r["prefix"] for r in rows) and all(r["executed_lines"] is not None for r in rows)
     report = (run / "report.md").read_text()
     assert "Buffer density per round" in report and "stage 1" in report
+
+
+def test_the_curriculum_section_is_validated_with_clear_errors(tmp_path):
+    from pper.config import load_config
+    from pper.errors import PperError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"curriculum": {"enabled": True, "unit": "words"}}))
+    with pytest.raises(PperError, match="curriculum.unit"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({"curriculum": {"stages": 0}}))
+    with pytest.raises(PperError, match="curriculum.stages"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({"training": {"loss_mask": "lines"}}))
+    with pytest.raises(PperError, match="training.loss_mask"):
+        load_config(path)
+    shown = yaml.safe_load(load_config().to_yaml())
+    assert shown["curriculum"] == {"enabled": False, "stages": 4, "unit": "statements", "advance_at": 0.5}
+    assert shown["training"]["loss_mask"] == "program"
