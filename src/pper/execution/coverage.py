@@ -19,7 +19,8 @@ of the statements that ran:
 * comment and blank lines never run.
 
 Line numbers are 1-based lines of the program text. The harness is untrusted: `clean_lines` keeps only line
-numbers the program has.
+numbers the program has. Not recorded: lines run in threads the program starts, and anything after a program
+calls `sys.settrace` itself (its own loss, under FGO, is all it can change).
 """
 
 from __future__ import annotations
