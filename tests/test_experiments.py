@@ -233,7 +233,9 @@ def test_experiment_run_end_to_end_on_a_tiny_protocol(tmp_path):
         ("base seed 0", "done"),
         ("references-sft seed 0", "done"),
     ]
-    assert all(r["seconds"] > 0 for r in rows)
+    # the ledger logs a finished unit only past 1 s (a unit found done costs nothing worth logging): filling a
+    # buffer of 2 references may take less on an idle machine
+    assert all(r["seconds"] > 0 for r in rows if not r["unit"].startswith("buffer"))
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "==" not in again.stderr  # nothing left to run
 
