@@ -35,6 +35,7 @@ _write, _dumps, _exit, _getpid = os.write, json.dumps, os._exit, os.getpid
 _TEST_BUILTINS = dict(builtins.__dict__)  # what tests see; not the harness's own snapshot above
 _owner = [0]  # the pid of the process running the harness
 _FAST_KEYS = frozenset(("e", "status", "t", "values", "lines"))
+_active: list[Any] = [None]  # the LineTracer of the test running now, if coverage is on
 
 
 def _report(message: dict[str, Any]) -> None:
@@ -99,9 +100,22 @@ def _guard(fn: Any) -> Any:
     """Wrap the function under test so tests run inside the sandbox see plain copies of its results."""
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        return decode(encode(fn(*args, **kwargs)))
+        value = fn(*args, **kwargs)
+        return _untraced(lambda: decode(encode(value)))
 
     return guarded
+
+
+def _untraced(work: Any) -> Any:
+    """`work()` with line coverage paused: the harness's own work costs no tracing."""
+    tracer = _active[0]
+    if tracer is None:
+        return work()
+    tracer.pause()
+    try:
+        return work()
+    finally:
+        tracer.resume()
 
 
 class _NoTracer:
@@ -115,8 +129,13 @@ class _NoTracer:
 
 
 class _Tracer(LineTracer):
+    def start(self) -> None:
+        _active[0] = self
+        super().start()
+
     def stop(self) -> dict[str, Any]:  # type: ignore[override]
         lines, complete = super().stop()
+        _active[0] = None
         return {"lines": lines} if complete else {"lines": lines, "partial": True}
 
 
@@ -157,7 +176,9 @@ def _run_one(suite: dict[str, Any], test: Any, namespace: dict[str, Any], k: int
             fn = getattr(namespace["Solution"](), suite["fn"])
         if fn is None:
             raise NameError(f"the program defines no function {suite['fn']!r}")
-        return {"status": "ok", "values": dumps([fn(*copy.deepcopy(suite["args"][k]))])}
+        args = _untraced(lambda: copy.deepcopy(suite["args"][k]))
+        value = fn(*args)
+        return {"status": "ok", "values": _untraced(lambda: dumps([value]))}
     scope = dict(namespace)
     scope["__builtins__"] = _TEST_BUILTINS  # a program cannot patch the builtins the tests use
     for name in (suite["entry"], "candidate"):
@@ -170,7 +191,8 @@ def _run_one(suite: dict[str, Any], test: Any, namespace: dict[str, Any], k: int
     prelude, calls = payload
     if prelude is not None:
         exec(prelude, scope)
-    return {"status": "ok", "values": dumps([eval(c, scope) for c in calls])}
+    values = [eval(c, scope) for c in calls]
+    return {"status": "ok", "values": _untraced(lambda: dumps(values))}
 
 
 def run_stdio(code: Any, coverage: bool = False) -> None:

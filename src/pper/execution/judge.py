@@ -15,7 +15,7 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from .coverage import clean_lines, executed_lines
+from .coverage import ProgramLines, clean_lines
 from .plan import SAFE_FUNCTIONS, OutsideCheck, Plan
 from .results import (
     MEMORY_LIMIT,
@@ -71,13 +71,17 @@ def _with_coverage(result: ProgramResult, response: dict[str, Any], program: str
     load = clean_lines(response["load"].get("lines"), num_lines)
     observed = response["tests"] if response["load"]["status"] == "ok" else []
     per_test = [clean_lines(obs.get("lines"), num_lines) for obs in observed]
+    lines = ProgramLines(program)  # parsed once for all the tests
+    done: dict[tuple[int, ...], tuple[int, ...]] = {}  # tests that ran the same lines (the usual case)
+    for reported_in_test in per_test:
+        if reported_in_test not in done:
+            done[reported_in_test] = lines.executed(reported_in_test)
     tests = tuple(
-        replace(t, executed_lines=executed_lines(program, per_test[i])) if i < len(per_test) else t
-        for i, t in enumerate(result.tests)
+        replace(t, executed_lines=done[per_test[i]]) if i < len(per_test) else t for i, t in enumerate(result.tests)
     )
     reported = set(load).union(*per_test)
     complete = not any(obs.get("partial") for obs in observed)
-    return replace(result, tests=tests, executed_lines=executed_lines(program, reported), coverage_complete=complete)
+    return replace(result, tests=tests, executed_lines=lines.executed(reported), coverage_complete=complete)
 
 
 def _test(plan: Plan, check: Any, obs: dict[str, Any]) -> TestResult:
