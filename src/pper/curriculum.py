@@ -63,12 +63,12 @@ def cut_points(code: str, unit: str, skip: str = "") -> list[int]:
     the program it belongs to (a completion task's prompt), so that statements are found in the whole
     program; units that start in `skip` are not cut points."""
     whole = skip + code
+    texts = whole.split("\n")
     starts = [0]
-    for i, c in enumerate(whole):
-        if c == "\n":
-            starts.append(i + 1)
+    for text in texts[:-1]:
+        starts.append(starts[-1] + len(text) + 1)
     if unit == "lines":
-        lines = {n for n, start in enumerate(starts) if whole[start:].split("\n", 1)[0].strip()}
+        lines = {n for n, text in enumerate(texts) if text.strip()}
     else:
         try:
             tree = ast.parse(whole)

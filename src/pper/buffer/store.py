@@ -549,13 +549,14 @@ def _program(r: tuple) -> Program:
     verdicts, errors, times, duration, coverage, prefix = r[7:]
     result = None
     if verdicts is not None:
-        lines: list = [None] * len(json.loads(verdicts))
+        verdict_list = json.loads(verdicts)
+        lines: list = [None] * len(verdict_list)
         executed, complete = None, True
         if coverage is not None:
             cov = json.loads(coverage)
             executed, complete, lines = tuple(cov["lines"]), cov["complete"], [tuple(t) for t in cov["tests"]]
-            lines += [()] * (len(json.loads(verdicts)) - len(lines))
-        tests = zip(json.loads(verdicts), json.loads(errors), json.loads(times), lines, strict=True)
+            lines += [()] * (len(verdict_list) - len(lines))
+        tests = zip(verdict_list, json.loads(errors), json.loads(times), lines, strict=True)
         result = ProgramResult(tuple(TestResult(v, e, t, c) for v, e, t, c in tests), duration, executed, complete)
     return Program(*r[:7], result, prefix)
 

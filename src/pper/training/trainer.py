@@ -116,7 +116,6 @@ class PPERTrainer:
         self.scheduler: Any = None
         self.replay: Replay | None = None
         self._examples: dict[int, Example | None] = {}
-        self._executed: set[int] = set()
         self.skipped = 0
 
     # -- one round ---------------------------------------------------------------------------------
@@ -138,9 +137,8 @@ class PPERTrainer:
         `checkpoint_every` steps (after the step has been yielded)."""
         every = self.config.checkpoint_every
         if self.config.loss_mask == "executed" and self.step < self.steps:
-            self._executed = buffer.executed_program_ids()
             assert self.replay is not None, "begin_round first"
-            if not self._executed.intersection(self.replay.table.program_id.tolist()):
+            if not buffer.executed_program_ids().intersection(self.replay.table.program_id.tolist()):
                 raise PperError(
                     "training.loss_mask is 'executed' but no program in the replay has a line that ran in its tests "
                     "(no coverage was collected, or every program failed to load): nothing to train on"
