@@ -4,6 +4,10 @@ Rows have `problem_id`, `question`, `solutions` and `input_output` (both JSON te
 (introductory / interview / competition), `url` and `starter_code`. `input_output` holds `inputs` and
 `outputs`; with a `fn_name` the problem is call-based, otherwise standard input/output. Rows without any
 test are skipped (the loader warns with their ids).
+
+APPS has no separate public tests: for standard-input problems, the public tests are the cases whose input and
+output both appear in the statement (its examples); call-based problems get none (their examples are written
+as prose, `nums = [2,7,11,15], target = 9`, which does not map onto the arguments reliably).
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ def parse_apps(row: dict[str, Any], split: str | None = None) -> Task | None:
                 for n, (i, o) in enumerate(zip(inputs, outputs, strict=True))
             )
         )
+    public = None
+    if isinstance(tests, StdioTests):
+        public = StdioTests(cases=tuple(c for c in tests.cases if _shown(c, question))) or None
     solutions = json_field(row, "solutions") or []
     if not isinstance(solutions, list) or not all(isinstance(s, str) for s in solutions):
         raise RowError("solutions", "must decode to a list of strings")
@@ -57,6 +64,7 @@ def parse_apps(row: dict[str, Any], split: str | None = None) -> Task | None:
         prompt_style="instruction",
         entry_point=fn_name,
         tests=tests,
+        public_tests=public,
         solutions=tuple(solutions),
         difficulty=optional(row, "difficulty", str),
         split=split,
@@ -72,3 +80,10 @@ def _text(value: Any, field: str) -> str:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return "\n".join(value) + "\n"
     raise RowError(field, f"must be a string or a list of strings, got {type(value).__name__}")
+
+
+def _shown(case: StdioCase, statement: str) -> bool:
+    """Whether the statement shows this case: its input and its output both appear in it, whitespace aside."""
+    text = " ".join(statement.split())
+    given, expected = " ".join(case.input.split()), " ".join(case.output.split())
+    return bool(given) and bool(expected) and given in text and expected in text

@@ -3,7 +3,8 @@
 Rows have `name`, `description`, `public_tests`, `private_tests` and `generated_tests` (each
 `{"input": [...], "output": [...]}`), `difficulty` and `source` (integer enums), `solutions`
 (`{"language": [...], "solution": [...]}`), `time_limit` and `memory_limit_bytes`. Every test group is
-kept, each case tagged with its group; the Python 3 solutions become reference solutions.
+kept, each case tagged with its group, and all of them judge; the public group (the statement's examples) is also
+the task's public tests. The Python 3 solutions become reference solutions.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def parse_codecontests(row: dict[str, Any], split: str | None = None) -> Task | 
         prompt_style="instruction",
         entry_point=None,
         tests=StdioTests(cases=tuple(cases)),
+        public_tests=StdioTests(cases=tuple(c for c in cases if c.group == "public")) or None,
         solutions=tuple(s for lang, s in zip(languages, texts, strict=True) if lang == PYTHON3),
         difficulty=_enum(row, "difficulty", DIFFICULTIES),
         split=split,

@@ -6,11 +6,18 @@ gets a pass rate and not just pass/fail: statements of `check` that assert nothi
 helper values) are repeated in front of each later test, and module-level code of `test` (METADATA,
 helper functions) goes into the setup with `candidate = <entry_point>`. `assert True` lines (HumanEval's
 debugging markers) test nothing and are dropped. The original `test` is kept in `metadata["check"]`.
+
+Public tests (what the model may see, RLEF's feedback): the examples of the entry point's docstring, parsed to
+`assert <call> == <expected>` where they parse: doctest examples (`>>> f(1)` and the expected output below it)
+and example lines such as `f(1) == 2`, `f(1) = 2`, `f(1) ➞ 2` or `f(1) -> 2` (the call on the left must call the
+entry point with literal arguments, the expected value must be a Python literal). A prompt whose examples do not
+parse gets no public tests. The private tests are the `check` tests above; no held-out metric uses the public ones.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +48,7 @@ def parse_humaneval(row: dict[str, Any]) -> Task:
         prompt_style="completion",
         entry_point=entry_point,
         tests=split_check(test, entry_point),
+        public_tests=_public(prompt, entry_point),
         solutions=(prompt + solution,),
         difficulty=None,
         split="test",
@@ -79,3 +87,67 @@ def split_check(test: str, entry_point: str) -> AssertTests:
 
 def _asserts_constant_true(stmt: ast.stmt) -> bool:
     return isinstance(stmt, ast.Assert) and isinstance(stmt.test, ast.Constant) and stmt.test.value is True
+
+
+_SEPARATORS = r"(?:==>|==|=>|->|➞|➡|=|returns|should return)"
+_WRAPPERS = {"round", "sorted", "abs", "len", "list", "tuple", "set"}  # what may wrap the call on the left
+_WORDS = {"true": "True", "false": "False", "none": "None"}  # examples written in lower case
+
+
+def docstring_examples(prompt: str, entry_point: str) -> tuple[str, ...]:
+    """The examples of the entry point's docstring in `prompt`, as asserts `assert <call> == <expected>`, in the
+    order they appear, without repeats (see the module docstring for the forms read)."""
+    doc = _docstring(prompt, entry_point)
+    if not doc:
+        return ()
+    arrow = re.compile(rf"(?P<call>(?:\w+\()*{re.escape(entry_point)}\(.*\))\s*{_SEPARATORS}\s*(?P<want>.+?)\s*$")
+    found: list[str] = []
+    lines = [line.strip() for line in doc.splitlines()]
+    for i, line in enumerate(lines):
+        match = arrow.search(line)
+        example = _assert(match["call"], match["want"].rstrip(".,;"), entry_point) if match else ""
+        if not example and line.startswith(">>>"):  # a doctest: the expected output is the next line
+            want = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith(">>>") else ""
+            example = _assert(line[3:], want, entry_point) if want else ""
+        found.append(example)
+    return tuple(dict.fromkeys(a for a in found if a))
+
+
+def _public(prompt: str, entry_point: str) -> AssertTests | None:
+    examples = docstring_examples(prompt, entry_point)
+    return AssertTests(asserts=examples) if examples else None
+
+
+def _docstring(prompt: str, entry_point: str) -> str | None:
+    try:
+        module = ast.parse(prompt)
+    except SyntaxError:
+        return None
+    for node in ast.walk(module):
+        if isinstance(node, ast.FunctionDef) and node.name == entry_point:
+            return ast.get_docstring(node)
+    return None
+
+
+def _assert(call: str, want: str, entry_point: str) -> str:
+    """`assert <call> == <want>`, or "" where the call is not one call of the entry point with literal arguments
+    (possibly inside `round(...)`, `sorted(...)` and the like, whose other arguments are literals too) or `want` is
+    not one Python literal (`true`, `false` and `none` read as Python's)."""
+    want = _WORDS.get(want.strip(), want.strip())
+    try:
+        expr = ast.parse(call.strip(), mode="eval").body
+        ast.literal_eval(want)
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        return ""
+    calls = [n for n in ast.walk(expr) if isinstance(n, ast.Call)]
+    names = [c.func.id if isinstance(c.func, ast.Name) else None for c in calls]
+    if names.count(entry_point) != 1 or not set(names) <= _WRAPPERS | {entry_point}:
+        return ""
+    try:
+        for c in calls:
+            for arg in [*c.args, *(k.value for k in c.keywords)]:
+                if not isinstance(arg, ast.Call):
+                    ast.literal_eval(arg)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return ""
+    return f"assert {ast.unparse(expr)} == {want}"

@@ -3,6 +3,10 @@
 Original / HF "full" rows: `task_id`, `text`, `code`, `test_list`, `test_setup_code`,
 `challenge_test_list`. HF "sanitized" rows: `task_id`, `prompt`, `code`, `test_list`, `test_imports`.
 Splits by task id as in the MBPP paper: 1-10 prompt, 11-510 test, 511-600 validation, 601-974 train.
+
+Public tests: the `test_list` asserts, which the prompt shows the model (`generation.prompts.instruction`).
+Private tests (the ones that judge): `test_list` plus `challenge_test_list` where the row has one (11 rows of the
+original file, all in the test split).
 """
 
 from __future__ import annotations
@@ -38,16 +42,19 @@ def parse_mbpp(row: dict[str, Any]) -> Task:
     if not tests:
         raise RowError("test_list", "is empty")
     code = need(row, "code", str).replace("\r\n", "\n")
+    setup = setup.replace("\r\n", "\n")
+    challenge = _strings(row, "challenge_test_list")
     return Task(
         id=f"mbpp/{task_id}",
         prompt=prompt.strip(),
         prompt_style="instruction",
         entry_point=_called_function(tests[0]),
-        tests=AssertTests(asserts=tuple(tests), setup=setup.replace("\r\n", "\n")),
+        tests=AssertTests(asserts=tuple(tests + challenge), setup=setup),
+        public_tests=AssertTests(asserts=tuple(tests), setup=setup),
         solutions=(code,),
         split=split_of(task_id),
         source="mbpp",
-        metadata={"task_id": task_id, "challenge_test_list": _strings(row, "challenge_test_list")},
+        metadata={"task_id": task_id, "challenge_test_list": challenge},
     )
 
 

@@ -6,12 +6,17 @@ A task is a prompt plus a test suite. Test suites come in three kinds:
 * `CallTests`: call-based input/output pairs (APPS problems with a `fn_name`).
 * `StdioTests`: stdin/stdout pairs (APPS standard-input problems, CodeContests).
 
+A task's `tests` judge its programs (the **private** tests, which may include the public ones); its optional
+`public_tests` are the tests the model may see, in the prompt or in feedback between repair turns (RLEF). Held-out
+metrics are always computed on `tests`; the public tests only decide whether a program gets a repair turn and what
+its feedback says.
+
 `Task.to_dict` / `Task.from_dict` define pper's generic JSONL task format (docs/tasks.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 from .rows import RowError, need, optional
@@ -113,6 +118,7 @@ class Task:
     a problem statement (`"instruction"`: MBPP, APPS, CodeContests). `solutions` are complete
     reference programs. `split` is the source's split (train/test/...), None where it has none.
     `source` names the loader; `metadata` keeps source-specific fields (starter code, limits, tags).
+    `tests` are the private tests that judge a program; `public_tests` (None: none) the ones the model may see.
     """
 
     id: str
@@ -125,10 +131,25 @@ class Task:
     prompt_style: PromptStyle = "instruction"
     source: str = "jsonl"
     metadata: dict[str, Any] = field(default_factory=dict)
+    public_tests: TestSuite | None = None
+
+    PUBLIC_SUFFIX: ClassVar[str] = "#public"
 
     @property
     def num_tests(self) -> int:
         return len(self.tests)
+
+    @property
+    def private_tests(self) -> TestSuite:
+        """The tests that judge a program: `tests`."""
+        return self.tests
+
+    def public_view(self) -> Task | None:
+        """The task judged by its public tests only (its id ends in `#public`), to run a program against what
+        the model may see; None when it has no public tests. Never used for a metric."""
+        if not self.public_tests:
+            return None
+        return replace(self, id=self.id + self.PUBLIC_SUFFIX, tests=self.public_tests, public_tests=None)
 
     @property
     def test_kind(self) -> str:
@@ -147,6 +168,7 @@ class Task:
             "split": self.split,
             "source": self.source,
             "metadata": self.metadata,
+            "public_tests": self.public_tests.to_dict() if self.public_tests is not None else None,
         }
 
     @classmethod
@@ -163,6 +185,7 @@ class Task:
             "split",
             "source",
             "metadata",
+            "public_tests",
         }
         unknown = sorted(set(row) - known)
         if unknown:
@@ -185,7 +208,13 @@ class Task:
             split=optional(row, "split", str),
             source=optional(row, "source", str) or "jsonl",
             metadata=optional(row, "metadata", dict) or {},
+            public_tests=_public_tests(row),
         )
+
+
+def _public_tests(row: dict[str, Any]) -> TestSuite | None:
+    public = optional(row, "public_tests", dict)
+    return None if public is None else tests_from_dict(public, "public_tests")
 
 
 def _difficulty(row: dict[str, Any]) -> str | None:
