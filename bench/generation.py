@@ -231,7 +231,7 @@ def measure_llama_cpp(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    from pper.generation import load_model
+    from pper.generation import build_prompt, load_model
     from pper.generation.config import GenerationConfig
     from pper.tasks import load_tasks
 
@@ -253,7 +253,7 @@ def main() -> None:
     tasks = load_tasks("humaneval", limit=args.tasks)
     warm = recording_sampler(loaded, 1, 4)  # first calls pay one-time costs: pay them before timing
     for run in (run_pper, run_generate):
-        run(warm, warm.batches(tasks[:1])[0], "greedy", 1, Part())
+        run(warm, [build_prompt(tasks[0], loaded[1])], "greedy", 1, Part())
     print(
         f"{args.tasks} HumanEval tasks, SmolLM2-135M-Instruct float32, {torch.get_num_threads()} torch threads, "
         f"beam k={args.k}, max {args.max_new_tokens} new tokens"
@@ -266,7 +266,8 @@ def main() -> None:
         for batch_size in sorted({1, args.batch_size}):
             sampler = recording_sampler(loaded, batch_size, args.max_new_tokens)
             pper, generate = Part(), Part()
-            for i, batch in enumerate(sampler.batches(tasks)):
+            prompts = [build_prompt(t, loaded[1]) for t in tasks]
+            for i, batch in enumerate([prompts[j] for j in b] for b in sampler.batches(prompts)):
                 order = (run_pper, run_generate) if i % 2 == 0 else (run_generate, run_pper)
                 for run in order:
                     run(sampler, batch, mode, k, pper if run is run_pper else generate)

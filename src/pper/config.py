@@ -19,6 +19,7 @@ from .errors import PperError
 from .evaluation.config import EvaluationConfig
 from .execution.config import ExecutionConfig
 from .generation.config import GenerationConfig
+from .repair import FeedbackConfig
 from .training.config import TrainingConfig
 
 
@@ -62,6 +63,7 @@ class PperConfig(BaseModel):
     replay: ReplayConfig = ReplayConfig()
     training: TrainingConfig = TrainingConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 
     @property

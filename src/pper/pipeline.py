@@ -347,6 +347,7 @@ def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> 
     from .curriculum import prefixes_for_round
     from .execution import Executor
     from .generation import teacher_sampler
+    from .repair import repair_into_buffer
     from .report import write_report
     from .training.trainer import read_info
 
@@ -373,6 +374,18 @@ def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> 
                     sample_into_buffer(buffer, sampler, prepared.train, g.mode, g.k, r, show_progress, prefixes)
                 with events.phase("testing", r):
                     execute_untested(buffer, executor, show_progress, coverage=uses_coverage(config))
+                if config.feedback.turns > 1:
+                    with events.phase("repair", r):
+                        repair_into_buffer(
+                            buffer,
+                            sampler,
+                            executor,
+                            prepared.train,
+                            r,
+                            config.feedback,
+                            lambda: execute_untested(buffer, executor, show_progress, coverage=uses_coverage(config)),
+                            show_progress,
+                        )
                 with events.phase("training", r):
                     train(models, buffer, r, events, show_progress)
             if validation and not eval_paths(run_dir, r, validation=True)[1].exists():

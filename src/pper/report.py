@@ -16,7 +16,7 @@ from .buffer.priority import p2value, possibility
 from .files import write_atomic
 from .jsonl import read_jsonl
 
-PHASES = ("sampling", "testing", "training", "validation", "evaluation")
+PHASES = ("sampling", "testing", "repair", "training", "validation", "evaluation")
 
 
 def round_metrics(run_dir: Path, validation: bool = False) -> list[dict[str, Any]]:
@@ -186,6 +186,7 @@ def write_report(run_dir: str | Path, config: Any) -> Path:
         "",
     ]
     lines += _density_lines(stats)
+    lines += _turn_lines(stats, events)
     lines += [f"![{name}](plots/{name}.png)" for name in plots]
     report = run_dir / "report.md"
     write_atomic(report, "\n".join(lines) + "\n")
@@ -209,6 +210,29 @@ def _density_lines(stats: dict[str, Any]) -> list[str]:
         row += f"{share:.3f} |" if share is not None else "- |"
         row += "".join(f" {stages.get(r, {}).get(str(k), 0)} |" for k in all_stages)
         lines.append(row)
+    return [*lines, ""]
+
+
+def _turn_lines(stats: dict[str, Any], events: list[dict[str, Any]]) -> list[str]:
+    """With repair turns (RLEF): the programs written at each turn of each round and how many pass every test, and
+    how many of the programs replayed in training came from repair turns."""
+    turns = stats["turns_by_round"]
+    if not any(int(t) > 1 for counts in turns.values() for t in counts):
+        return []
+    steps = [e for e in events if e.get("event") == "step"]
+    repaired = {}
+    for e in steps:
+        drawn, from_repair = repaired.get(e["round"], (0, 0))
+        repaired[e["round"]] = (drawn + 1, from_repair + e.get("repaired", 0))
+    lines = ["Programs per repair turn (turn 1: first attempts; later turns answer feedback on the public tests):", ""]
+    lines += ["| round | turn | programs | passing every test |", "|---|---|---|---|"]
+    for r, counts in turns.items():
+        for t, c in counts.items():
+            lines.append(f"| {r} | {t} | {c['programs']} | {c['passing']} |")
+    total = sum(c["programs"] for counts in turns.values() for c in counts.values())
+    lines += ["", f"{total} programs generated in all."]
+    for r, (n_steps, from_repair) in sorted(repaired.items()):
+        lines.append(f"Round {r}: {from_repair} programs replayed in its {n_steps} steps came from repair turns.")
     return [*lines, ""]
 
 

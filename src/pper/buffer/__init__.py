@@ -7,7 +7,7 @@ from .export import EXPORT_COLUMNS, export_rows, to_hf_dataset, to_jsonl
 from .priority import importance_weights, p2value, possibility, priorities, ranks
 from .replay import Draw, Replay, ReplayConfig
 from .sampler import PrioritizedSampler
-from .store import BUFFER_FILE, Execution, NewProgram, Program, ReplayBuffer, ReplayTable, program_hash
+from .store import BUFFER_FILE, Execution, NewProgram, Program, Repair, ReplayBuffer, ReplayTable, Turn, program_hash
 
 __all__ = [
     "EXPORT_COLUMNS",
@@ -27,7 +27,9 @@ __all__ = [
     "Execution",
     "NewProgram",
     "Program",
+    "Repair",
     "ReplayBuffer",
     "ReplayTable",
+    "Turn",
     "program_hash",
 ]

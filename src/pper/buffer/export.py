@@ -33,6 +33,9 @@ EXPORT_COLUMNS = (
     "times",
     "duration",
     "executed_lines",
+    "turn",
+    "parent_id",
+    "messages",
     "p2value",
 )
 
@@ -43,10 +46,15 @@ def export_rows(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = "g
     Untested programs have None for the execution columns and for p2value. `error` is the first error text of a
     test that did not pass; `errors` and `times` hold every test's error text (or None) and wall time.
     `prefix` is the start of the program the model was given (empty when none); `executed_lines` the sorted
-    1-based lines of `program` that ran in the tests, None where coverage was not collected.
+    1-based lines of `program` that ran in the tests, None where coverage was not collected. `turn` is the
+    program's turn in its repair trajectory (1: a first attempt); a program of a repair turn also has its
+    `parent_id` and `messages`, the chat up to and including its answer (the program in a ```python block), in
+    the conversational format TRL reads.
     """
     tasks = {t.id: t for t in buffer.tasks()}
+    turns = buffer.turns()
     for p in buffer.programs():
+        turn = turns.get(p.id)
         task = tasks[p.task_id]
         prob = float(possibility(p.logprob, p.num_tokens, mode))
         yield {
@@ -71,6 +79,9 @@ def export_rows(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = "g
             "times": [t.time for t in p.result.tests] if p.result else None,
             "duration": p.duration,
             "executed_lines": _lines(p.result.executed_lines) if p.result else None,
+            "turn": p.turn,
+            "parent_id": turn.parent_id if turn else None,
+            "messages": [*turn.messages, {"role": "assistant", "content": turn.answer}] if turn else None,
             "p2value": float(p2value(prob, p.pass_rate, alpha)) if p.tested else None,
         }
 
@@ -112,6 +123,9 @@ def to_hf_dataset(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = 
             "times": datasets.Sequence(datasets.Value("float64")),
             "duration": datasets.Value("float64"),
             "executed_lines": datasets.Sequence(datasets.Value("int64")),
+            "turn": datasets.Value("int64"),
+            "parent_id": datasets.Value("int64"),
+            "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
             "p2value": datasets.Value("float64"),
         }
     )

@@ -20,7 +20,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,7 @@ from ..execution.results import PASSED, ProgramResult, TestResult
 from ..tasks import Task
 from ..tasks.rows import RowError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUFFER_FILE = "buffer.sqlite"
 
 _SCHEMA = """
@@ -83,16 +83,36 @@ CREATE TABLE stages (
     stage INTEGER NOT NULL,          -- the curriculum stage (pper.curriculum)
     PRIMARY KEY (task_id, round)
 );
+CREATE TABLE public_results (
+    program_id INTEGER PRIMARY KEY REFERENCES programs(id),
+    passed INTEGER NOT NULL,
+    total INTEGER NOT NULL CHECK (total >= 1 AND passed BETWEEN 0 AND total),
+    feedback TEXT                    -- what a repair turn tells the model, NULL when every public test passed
+);
+CREATE TABLE trajectories (
+    program_id INTEGER PRIMARY KEY REFERENCES programs(id),  -- the program a repair turn wrote
+    task_id TEXT NOT NULL REFERENCES tasks(id),
+    root_id INTEGER NOT NULL REFERENCES programs(id),        -- the trajectory's first program (turn 1)
+    turn INTEGER NOT NULL CHECK (turn >= 2),
+    parent_id INTEGER NOT NULL REFERENCES programs(id),      -- the program of the turn before
+    feedback TEXT NOT NULL,                                  -- what the model was told about the parent
+    messages TEXT NOT NULL,                                  -- JSON: the chat the model answered
+    answer TEXT NOT NULL                                     -- the answer it is trained to give: the program, fenced
+);
+CREATE INDEX trajectories_by_parent ON trajectories(parent_id);
 """
 
 
-def program_hash(text: str, prefix: str = "") -> str:
+def program_hash(text: str, prefix: str = "", context: str = "") -> str:
     """Hash of a program with line endings and trailing whitespace normalised; a program written after a
-    `prefix` it was given hashes apart from the same text written whole (and from other prefixes)."""
+    `prefix` it was given hashes apart from the same text written whole (and from other prefixes), and so does
+    one written in a repair turn's conversation (`context`: its messages as JSON) from the same text elsewhere."""
     lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
     digest = hashlib.sha256("\n".join(lines).strip("\n").encode())
     if prefix:
         digest.update(b"\0prefix\0" + prefix.encode())
+    if context:
+        digest.update(b"\0context\0" + context.encode())
     return digest.hexdigest()
 
 
@@ -113,6 +133,31 @@ class NewProgram:
     prefix: str = ""
 
 
+class Repair(NamedTuple):
+    """A program written in a repair turn: what `ReplayBuffer.add_repairs` takes. `parent_id`: the program it
+    repairs; `feedback`: what the model was told about the parent; `messages`: the chat it answered; `answer`: the
+    assistant message it stands for (the program in a ```python block, as training replays it)."""
+
+    program: NewProgram
+    parent_id: int
+    feedback: str
+    messages: tuple[dict[str, str], ...]
+    answer: str
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Where a stored program sits in a repair trajectory: `turn` 1 is a first attempt (no parent)."""
+
+    program_id: int
+    turn: int
+    root_id: int
+    parent_id: int | None = None
+    feedback: str | None = None
+    messages: tuple[dict[str, str], ...] = ()
+    answer: str | None = None
+
+
 class Execution(NamedTuple):
     """A stored program's result on its task's tests: what `ReplayBuffer.add_executions` takes."""
 
@@ -122,7 +167,8 @@ class Execution(NamedTuple):
 
 @dataclass(frozen=True)
 class Program:
-    """A stored program with its result, once it has been tested (`result` is None before)."""
+    """A stored program with its result, once it has been tested (`result` is None before). `turn`: its turn in
+    a repair trajectory (1: a first attempt); `messages`: for a repair, the chat it answered."""
 
     id: int
     task_id: str
@@ -133,6 +179,8 @@ class Program:
     round: int
     result: ProgramResult | None
     prefix: str = ""
+    turn: int = 1
+    messages: tuple[dict[str, str], ...] = ()
 
     @property
     def tested(self) -> bool:
@@ -328,7 +376,7 @@ class ReplayBuffer:
         with self._write():
             return self._insert_programs(list(programs))
 
-    def _insert_programs(self, programs: list[NewProgram]) -> list[int]:
+    def _insert_programs(self, programs: list[NewProgram], contexts: list[str] | None = None) -> list[int]:
         for p in programs:
             if p.num_tokens < 1:
                 raise ValueError(f"program for {p.task_id}: num_tokens must be >= 1, got {p.num_tokens}")
@@ -336,10 +384,10 @@ class ReplayBuffer:
                 raise ValueError(f"program for {p.task_id}: logprob must be finite and <= 0, got {p.logprob}")
         now = time.time()
         ids = []
-        for p in programs:
+        for p, context in zip(programs, contexts or [""] * len(programs), strict=True):
             if p.prefix not in p.text:
                 raise ValueError(f"program for {p.task_id}: the text must contain the prefix it was given")
-            digest = program_hash(p.text, p.prefix)
+            digest = program_hash(p.text, p.prefix, context)
             try:
                 self._db.execute(
                     "INSERT OR IGNORE INTO programs"
@@ -439,6 +487,102 @@ class ReplayBuffer:
         )
         return {r[0] for r in rows}
 
+    # -- repair trajectories (RLEF) ---------------------------------------------------------------
+
+    def add_public_results(self, rows: Iterable[tuple[int, int, int, str | None]]) -> int:
+        """Store (program id, public tests passed, public tests, feedback or None) in one transaction; a program
+        keeps its first. Returns how many were new."""
+        with self._write():
+            before = self._count("public_results")
+            self._db.executemany(
+                "INSERT OR IGNORE INTO public_results (program_id, passed, total, feedback) VALUES (?, ?, ?, ?)",
+                list(rows),
+            )
+            return self._count("public_results") - before
+
+    def without_public_results(self, round: int, max_turn: int) -> list[Program]:
+        """Tested programs of `round` at a turn below `max_turn` that have no public result yet, oldest first."""
+        rows = self._db.execute(
+            _PROGRAMS + " LEFT JOIN public_results r ON r.program_id = p.id"
+            " WHERE e.program_id IS NOT NULL AND r.program_id IS NULL AND p.round = ? AND COALESCE(t.turn, 1) < ?"
+            " ORDER BY p.id",
+            (round, max_turn),
+        )
+        return [_program(r) for r in rows]
+
+    def to_repair(self, round: int, turn: int) -> list[tuple[Program, str]]:
+        """(program, its feedback) for each program of `round` at `turn` that failed a public test and has no
+        repair yet, oldest first: the parents of the next turn."""
+        rows = self._db.execute(
+            "SELECT p.id, r.feedback FROM programs p LEFT JOIN trajectories t ON t.program_id = p.id"
+            " JOIN public_results r ON r.program_id = p.id"
+            " WHERE p.round = ? AND COALESCE(t.turn, 1) = ? AND r.feedback IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM trajectories c WHERE c.parent_id = p.id)"
+            " ORDER BY p.id",
+            (round, turn),
+        ).fetchall()
+        return [(self.program(program_id), feedback) for program_id, feedback in rows]
+
+    def add_repairs(self, repairs: Sequence[Repair]) -> list[int]:
+        """Store the programs of repair turns with their place in the trajectory, in one transaction; returns
+        their ids. A program is keyed by its text and its conversation, so the same text reached in another
+        turn or trajectory is its own candidate."""
+        with self._write():
+            contexts = [json.dumps(r.messages, sort_keys=True) for r in repairs]
+            ids = self._insert_programs([r.program for r in repairs], contexts)
+            for program_id, repair, context in zip(ids, repairs, contexts, strict=True):
+                parent = self._turn(repair.parent_id)
+                self._db.execute(
+                    "INSERT OR IGNORE INTO trajectories (program_id, task_id, root_id, turn, parent_id, feedback,"
+                    " messages, answer) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        program_id,
+                        repair.program.task_id,
+                        parent.root_id,
+                        parent.turn + 1,
+                        repair.parent_id,
+                        repair.feedback,
+                        context,
+                        repair.answer,
+                    ),
+                )
+            return ids
+
+    def _turn(self, program_id: int) -> Turn:
+        row = self._db.execute(
+            "SELECT turn, root_id, parent_id, feedback, messages, answer FROM trajectories WHERE program_id = ?",
+            (program_id,),
+        ).fetchone()
+        if row is None:
+            if self._db.execute("SELECT 1 FROM programs WHERE id = ?", (program_id,)).fetchone() is None:
+                raise KeyError(program_id)
+            return Turn(program_id, 1, program_id)
+        turn, root, parent, feedback, messages, answer = row
+        return Turn(program_id, turn, root, parent, feedback, tuple(json.loads(messages)), answer)
+
+    def turn(self, program_id: int) -> Turn:
+        """The program's place in its repair trajectory (turn 1 for a first attempt)."""
+        return self._turn(program_id)
+
+    def turns(self) -> dict[int, Turn]:
+        """Program id -> its `Turn`, for the programs written in repair turns (turn >= 2)."""
+        rows = self._db.execute(
+            "SELECT program_id, turn, root_id, parent_id, feedback, messages, answer FROM trajectories"
+        )
+        return {r[0]: Turn(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6]) for r in rows}
+
+    def turn_counts(self) -> dict[int, dict[int, dict[str, int]]]:
+        """Round -> turn -> programs and how many of them pass every test."""
+        out: dict[int, dict[int, dict[str, int]]] = {}
+        rows = self._db.execute(
+            "SELECT p.round, COALESCE(t.turn, 1), COUNT(*), SUM(e.passed = e.total)"
+            " FROM programs p JOIN executions e ON e.program_id = p.id"
+            " LEFT JOIN trajectories t ON t.program_id = p.id GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+        for r, turn, n, solved in rows:
+            out.setdefault(r, {})[turn] = {"programs": n, "passing": int(solved or 0)}
+        return out
+
     # -- curriculum stages -----------------------------------------------------------------------
 
     def set_stages(self, round: int, stages: dict[str, int]) -> None:
@@ -532,6 +676,7 @@ class ReplayBuffer:
             "programs_by_model": {m: n for m, n in q("SELECT model, COUNT(*) FROM programs GROUP BY model")},
             "density_by_round": {str(r): d for r, d in self.density().items()},
             "stages_by_round": {str(r): {str(s): n for s, n in c.items()} for r, c in self.stage_counts().items()},
+            "turns_by_round": {str(r): {str(t): n for t, n in c.items()} for r, c in self.turn_counts().items()},
         }
 
     def _count(self, table: str) -> int:
@@ -540,13 +685,13 @@ class ReplayBuffer:
 
 _PROGRAMS = (
     "SELECT p.id, p.task_id, p.text, p.logprob, p.num_tokens, p.model, p.round,"
-    " e.verdicts, e.errors, e.times, e.duration, e.coverage, p.prefix"
-    " FROM programs p LEFT JOIN executions e ON e.program_id = p.id"
+    " e.verdicts, e.errors, e.times, e.duration, e.coverage, p.prefix, COALESCE(t.turn, 1), t.messages"
+    " FROM programs p LEFT JOIN executions e ON e.program_id = p.id LEFT JOIN trajectories t ON t.program_id = p.id"
 )
 
 
 def _program(r: tuple) -> Program:
-    verdicts, errors, times, duration, coverage, prefix = r[7:]
+    verdicts, errors, times, duration, coverage, prefix, turn, messages = r[7:]
     result = None
     if verdicts is not None:
         verdict_list = json.loads(verdicts)
@@ -558,7 +703,7 @@ def _program(r: tuple) -> Program:
             lines += [()] * (len(verdict_list) - len(lines))
         tests = zip(verdict_list, json.loads(errors), json.loads(times), lines, strict=True)
         result = ProgramResult(tuple(TestResult(v, e, t, c) for v, e, t, c in tests), duration, executed, complete)
-    return Program(*r[:7], result, prefix)
+    return Program(*r[:7], result, prefix, turn, tuple(json.loads(messages)) if messages else ())
 
 
 def _coverage_json(result: ProgramResult) -> str | None:
@@ -635,7 +780,33 @@ def _v2_to_v3(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1_to_v2, _v2_to_v3)
+def _v3_to_v4(db: sqlite3.Connection) -> None:
+    """Repair trajectories (RLEF): the public tests' results and feedback of a program (`public_results`), and
+    each repair turn's program with its parent, turn, feedback and conversation (`trajectories`). Every earlier
+    program is a first attempt."""
+    _execute_script(
+        db,
+        """CREATE TABLE public_results (
+    program_id INTEGER PRIMARY KEY REFERENCES programs(id),
+    passed INTEGER NOT NULL,
+    total INTEGER NOT NULL CHECK (total >= 1 AND passed BETWEEN 0 AND total),
+    feedback TEXT                    -- what a repair turn tells the model, NULL when every public test passed
+);
+CREATE TABLE trajectories (
+    program_id INTEGER PRIMARY KEY REFERENCES programs(id),  -- the program a repair turn wrote
+    task_id TEXT NOT NULL REFERENCES tasks(id),
+    root_id INTEGER NOT NULL REFERENCES programs(id),        -- the trajectory's first program (turn 1)
+    turn INTEGER NOT NULL CHECK (turn >= 2),
+    parent_id INTEGER NOT NULL REFERENCES programs(id),      -- the program of the turn before
+    feedback TEXT NOT NULL,                                  -- what the model was told about the parent
+    messages TEXT NOT NULL,                                  -- JSON: the chat the model answered
+    answer TEXT NOT NULL                                     -- the answer it is trained to give: the program, fenced
+);
+CREATE INDEX trajectories_by_parent ON trajectories(parent_id)""",
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1_to_v2, _v2_to_v3, _v3_to_v4)
 
 
 def _remove_database(path: Path, keep_main: bool = False) -> None:

@@ -63,12 +63,20 @@ def _claim() -> None:
 
 
 def _describe(exc: BaseException) -> str:
+    """`Name: message` of an exception, and where it was raised in the program (its last frame there), if it
+    was: `ZeroDivisionError: division by zero (at line 3 of the program)`."""
     try:
         text = str(exc)
     except BaseException:  # a program's exception whose __str__ fails
         text = "<unprintable>"
     name = type(exc).__name__
-    return (f"{name}: {text}" if text else name)[:2000]
+    line, tb = None, exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == PROGRAM_FILE:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    where = f" (at line {line} of the program)" if line is not None else ""
+    return (f"{name}: {text}" if text else name)[: 2000 - len(where)] + where
 
 
 def _failure(exc: BaseException) -> dict[str, Any]:

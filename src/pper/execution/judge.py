@@ -92,7 +92,7 @@ def _test(plan: Plan, check: Any, obs: dict[str, Any]) -> TestResult:
         return TestResult(verdict, obs.get("error") or MESSAGES.get(verdict), time)
     try:
         if plan.kind == "stdio":
-            ok, error = stdout_matches(obs.get("stdout", ""), check), "wrong output"
+            ok, error = stdout_matches(obs.get("stdout", ""), check), f"wrong output: {_short(obs.get('stdout', ''))}"
         elif plan.kind == "call":
             (value,) = loads(obs["values"])
             expected, unwrap = check

@@ -107,29 +107,34 @@ class TransformersSampler:
     def sample(
         self, tasks: Sequence[Task], mode: Mode, k: int, prefixes: Mapping[str, str] | None = None
     ) -> Iterator[tuple[Task, list[Candidate]]]:
+        prefixes = prefixes or {}
+        prompts = [build_prompt(t, self.tokenizer, prefixes.get(t.id, "")) for t in tasks]
+        for i, candidates in self.sample_prompts(prompts, mode, k):
+            yield prompts[i].task, candidates
+
+    def sample_prompts(self, prompts: Sequence[Prompt], mode: Mode, k: int) -> Iterator[tuple[int, list[Candidate]]]:
+        """Candidates for prompts already built (repair turns: `prompts.build_repair_prompt`): (index of the
+        prompt in `prompts`, its candidates), each prompt once, in any order."""
         import torch
 
         if mode == "greedy":
             k = 1
         torch.manual_seed(self.seed)
-        for batch in self.batches(tasks, prefixes):
-            candidates = self._batch(batch, mode, k)
-            for i, prompt in enumerate(batch):
-                yield prompt.task, candidates[i]
+        for batch in self.batches(prompts):
+            candidates = self._batch([prompts[i] for i in batch], mode, k)
+            yield from zip(batch, candidates, strict=True)
 
-    def batches(self, tasks: Sequence[Task], prefixes: Mapping[str, str] | None = None) -> list[list[Prompt]]:
-        """The batches `sample` runs: the tasks' prompts grouped by stop strings, longest prompt first,
-        at most `batch_size` to a batch."""
-        prefixes = prefixes or {}
-        prompts = [build_prompt(t, self.tokenizer, prefixes.get(t.id, "")) for t in tasks]
-        lengths = {id(p): len(self.tokenizer(p.text).input_ids) for p in prompts}
-        ordered = sorted(prompts, key=lambda p: (p.stops, -lengths[id(p)]))
-        batches: list[list[Prompt]] = []
-        for p in ordered:
-            if batches and len(batches[-1]) < self.batch_size and batches[-1][0].stops == p.stops:
-                batches[-1].append(p)
+    def batches(self, prompts: Sequence[Prompt]) -> list[list[int]]:
+        """The batches `sample_prompts` runs, as indices into `prompts`: grouped by stop strings, longest prompt
+        first, at most `batch_size` to a batch."""
+        lengths = [len(self.tokenizer(p.text).input_ids) for p in prompts]
+        ordered = sorted(range(len(prompts)), key=lambda i: (prompts[i].stops, -lengths[i]))
+        batches: list[list[int]] = []
+        for i in ordered:
+            if batches and len(batches[-1]) < self.batch_size and prompts[batches[-1][0]].stops == prompts[i].stops:
+                batches[-1].append(i)
             else:
-                batches.append([p])
+                batches.append([i])
         return batches
 
     @property

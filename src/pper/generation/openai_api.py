@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import PperError
 from ..tasks import Task
-from .prompts import build_prompt, extract_program, instruction, stop_index
+from .prompts import Prompt, build_prompt, extract_program, instruction, stop_index
 from .sampler import Candidate, Mode
 
 MAX_API_STOPS = 4  # the OpenAI API takes at most four stop sequences; the rest are applied here
@@ -66,10 +66,6 @@ class OpenAISampler:
     def sample(
         self, tasks: Sequence[Task], mode: Mode, k: int, prefixes: Mapping[str, str] | None = None
     ) -> Iterator[tuple[Task, list[Candidate]]]:
-        if mode == "beam":
-            raise PperError(
-                "an OpenAI-compatible API offers no beam search: use --mode sample or greedy with a teacher"
-            )
         prefixes = prefixes or {}
         for t in tasks:
             if prefixes.get(t.id) and t.prompt_style != "completion":
@@ -77,23 +73,32 @@ class OpenAISampler:
                     f"{t.id}: a teacher behind the chat API cannot continue a prefilled answer, so it cannot sample "
                     "curriculum stages of instruction tasks; sample them with the local model"
                 )
+        prompts = [build_prompt(t, prefix=prefixes.get(t.id, "")) for t in tasks]
+        for i, candidates in self.sample_prompts(prompts, mode, k):
+            yield tasks[i], candidates
+
+    def sample_prompts(self, prompts: Sequence[Prompt], mode: Mode, k: int) -> Iterator[tuple[int, list[Candidate]]]:
+        """Candidates for prompts already built, in order: (index of the prompt, its candidates). A repair turn's
+        prompt (`Prompt.messages`) goes to the chat endpoint as its messages."""
+        if mode == "beam":
+            raise PperError(
+                "an OpenAI-compatible API offers no beam search: use --mode sample or greedy with a teacher"
+            )
         greedy = mode == "greedy"
         n = 1 if greedy else k
         temperature = 0.0 if greedy else self.temperature
         # greedy: one request at a time, in task order (the module's docstring says why)
         with ThreadPoolExecutor(max_workers=1 if greedy else self.concurrency) as pool:
-            futures = [
-                [pool.submit(self._one, t, temperature, i, prefixes.get(t.id, "")) for i in range(n)] for t in tasks
-            ]
-            for task, pending in zip(tasks, futures, strict=True):
+            futures = [[pool.submit(self._one, p, temperature, i) for i in range(n)] for p in prompts]
+            for index, pending in enumerate(futures):
                 candidates = [f.result() for f in pending]
                 unique = {c.completion: c for c in candidates if c is not None and c.num_tokens}
-                yield task, list(unique.values())
+                yield index, list(unique.values())
 
-    def _one(self, task: Task, temperature: float, i: int, prefix: str = "") -> Candidate | None:
+    def _one(self, prompt: Prompt, temperature: float, i: int) -> Candidate | None:
         import openai
 
-        prompt = build_prompt(task, prefix=prefix)
+        task = prompt.task
         seed = None if self.seed is None else self.seed + i
         common = {
             "model": self.model,
@@ -103,7 +108,7 @@ class OpenAISampler:
             "seed": seed,
         }
         try:
-            if task.prompt_style == "completion":
+            if prompt.continues:
                 response = self.client.completions.create(
                     prompt=prompt.text, stop=list(prompt.stops[:MAX_API_STOPS]) or None, logprobs=1, **common
                 )
@@ -113,7 +118,7 @@ class OpenAISampler:
                 tokens, logprobs = choice.logprobs.tokens, choice.logprobs.token_logprobs
             else:
                 response = self.client.chat.completions.create(
-                    messages=[{"role": "user", "content": instruction(task)}],
+                    messages=list(prompt.messages) or [{"role": "user", "content": instruction(task)}],
                     logprobs=True,
                     top_logprobs=1,
                     **common,

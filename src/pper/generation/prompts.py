@@ -19,6 +19,19 @@ completion task's prompt is then its code prompt followed by the prefix, to cont
 chat prompt ends with the assistant's turn already begun, prefilled with the opening ```python fence and the
 prefix (`Prompt.given`). The program is still the whole program (prompt or fence, prefix, completion), and P(t)
 and the training loss cover only what the model wrote after the prefix.
+
+A repair turn (RLEF, `feedback.turns`) is a chat for every task style (`build_repair_prompt`), in the model's chat
+template:
+
+    user:      the task: `instruction(task)` for an instruction task; for a completion task, `COMPLETE_TASK`
+               with its code prompt
+    assistant: the previous program, in a ```python block
+    user:      `REPAIR_REQUEST` with the feedback (`feedback_text`) on the public tests
+    ... (one assistant and one user message more per earlier repair turn) ...
+    assistant: the corrected program, extracted from the reply as for an instruction task
+
+Completion stop strings do not apply there; P(t) and the loss cover the code of the reply (`program_tokens`), and
+the conversation up to the reply is the prompt (`Prompt.messages`).
 """
 
 from __future__ import annotations
@@ -30,11 +43,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..tasks import AssertTests, CallTests, StdioTests, Task
+from ..tasks import AssertTests, CallTests, StdioTests, Task, TestSuite
 
+COMPLETE_TASK = (
+    "Complete this Python function. Answer with the whole function in a ```python block.\n\n```python\n{prompt}\n```"
+)
+REPAIR_REQUEST = "{feedback}\n\nFix the program. Answer with the whole corrected program in a ```python block."
 COMPLETION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```", "\nassert ")
 SHOWN_TESTS = 3
 FENCE_OPEN = "```python\n"
+_RAISED_AT = re.compile(r"\(at line (\d+) of the program\)$")  # pper.execution.harness's error texts
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python|python3)?[ \t]*\n(.*?)(?:\n```|\Z)", re.S)
 
 
@@ -49,6 +67,13 @@ class Prompt:
     stops: tuple[str, ...]
     prefix: str = ""
     given: str = ""
+    messages: tuple[dict[str, str], ...] = ()
+
+    @property
+    def continues(self) -> bool:
+        """Whether the model continues the task's code (a completion task's own prompt), rather than answering
+        in a chat (an instruction task, or any repair turn), where the program is extracted from the answer."""
+        return self.task.prompt_style == "completion" and not self.messages
 
 
 def build_prompt(task: Task, tokenizer: Any = None, prefix: str = "") -> Prompt:
@@ -85,6 +110,80 @@ def instruction(task: Task) -> str:
     return "\n\n".join(parts)
 
 
+def task_message(task: Task) -> str:
+    """The first user message of a repair conversation: the task, as a chat asks for it."""
+    if task.prompt_style == "completion":
+        return COMPLETE_TASK.format(prompt=task.prompt.rstrip())
+    return instruction(task)
+
+
+def repair_messages(task: Task, turns: Sequence[tuple[str, str]]) -> tuple[dict[str, str], ...]:
+    """The conversation of a repair turn, up to the model's reply: the task, then for each earlier turn
+    (program, feedback) the program as the assistant's answer and the feedback as the user's request."""
+    messages = [{"role": "user", "content": task_message(task)}]
+    for program, feedback in turns:
+        messages.append({"role": "assistant", "content": FENCE_OPEN + program.strip("\n") + "\n```"})
+        messages.append({"role": "user", "content": REPAIR_REQUEST.format(feedback=feedback)})
+    return tuple(messages)
+
+
+def build_repair_prompt(task: Task, turns: Sequence[tuple[str, str]], tokenizer: Any = None) -> Prompt:
+    """The prompt of a repair turn after `turns` (program, feedback) (see the module docstring); no stop
+    strings."""
+    return chat_prompt(task, repair_messages(task, turns), tokenizer)
+
+
+def chat_prompt(task: Task, messages: Sequence[dict[str, str]], tokenizer: Any = None) -> Prompt:
+    """The prompt that asks the model to answer the chat `messages` (a repair turn's), in the tokenizer's chat
+    template where it has one."""
+    messages = tuple(messages)
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    else:
+        text = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant: "
+    return Prompt(task, text, (), messages=messages)
+
+
+def prompt_for(task: Task, tokenizer: Any = None, prefix: str = "", messages: Sequence[dict[str, str]] = ()) -> Prompt:
+    """The prompt a stored program was written after: its repair turn's chat where it has `messages`, else the
+    task's own prompt with the `prefix` it was given."""
+    return chat_prompt(task, messages, tokenizer) if messages else build_prompt(task, tokenizer, prefix)
+
+
+def describe_test(tests: TestSuite, i: int) -> str:
+    """Test `i` of a suite as the model is shown it in feedback."""
+    if isinstance(tests, AssertTests):
+        return tests.asserts[i]
+    if isinstance(tests, CallTests):
+        case = tests.cases[i]
+        args = ", ".join(repr(a) for a in case.args)
+        return f"{tests.fn_name}({args}) should return {case.expected!r}"
+    case = tests.cases[i]
+    return f"input:\n{case.input.rstrip()}\nexpected output:\n{case.output.rstrip()}"
+
+
+def feedback_text(
+    task: Task, verdicts: Sequence[str], errors: Sequence[str | None], program: str = "", max_chars: int = 1000
+) -> str | None:
+    """The feedback of a repair turn on a `program`'s results on the task's **public** tests (`verdicts`, `errors`
+    per public test): the first failing test, as the model is shown it, and what went wrong: the value the
+    program returned, or the exception and the line of the program that raised it. At most `max_chars`
+    characters. None when every public test passed, or the task has none. Nothing of the private tests is read."""
+    tests = task.public_tests
+    if not tests:
+        return None
+    failing = next((i for i, v in enumerate(verdicts) if v != "passed"), None)
+    if failing is None:
+        return None
+    error = errors[failing] or verdicts[failing].replace("_", " ")
+    text = f"The program failed this test:\n{describe_test(tests, failing)}\n\nError: {error}"
+    where = _RAISED_AT.search(error)
+    lines = program.splitlines()
+    if where and 1 <= int(where[1]) <= len(lines):
+        text += f"\nLine {where[1]}: {lines[int(where[1]) - 1].strip()}"
+    return text if len(text) <= max_chars else text[: max(max_chars - 3, 0)] + "..."
+
+
 def stop_index(text: str, stops: tuple[str, ...]) -> int | None:
     """Where the first stop sequence begins in `text`, if any."""
     found = [i for i in (text.find(s) for s in stops) if i >= 0]
@@ -93,7 +192,7 @@ def stop_index(text: str, stops: tuple[str, ...]) -> int | None:
 
 def extract_program(prompt: Prompt, completion: str) -> str:
     """The runnable program for a completion (already cut at its stop sequence)."""
-    if prompt.task.prompt_style == "completion":
+    if prompt.continues:
         return prompt.text + completion.rstrip() + "\n"
     return code_from_answer(prompt.given + completion)
 
@@ -102,7 +201,7 @@ def training_target(prompt: Prompt, program: str) -> str:
     """What the model should write after `prompt` to produce `program` (the inverse of `extract_program`):
     the program past the prompt for completion tasks, the program in a ```python block for instruction
     tasks, past the part of it the prompt gave (`Prompt.given`). The caller appends the end-of-text token."""
-    if prompt.task.prompt_style == "completion":
+    if prompt.continues:
         if program.startswith(prompt.text):
             return program[len(prompt.text) :]
         return "\n" + program  # not a continuation of this prompt: the whole program, after the docstring
@@ -113,7 +212,7 @@ def training_target(prompt: Prompt, program: str) -> str:
 def target_program_offset(prompt: Prompt, program: str) -> int:
     """Where `training_target(prompt, program)` sits in `program`: target character i is program character
     i + offset, for the target's characters inside `program_span(prompt, target)` (the program's own code)."""
-    if prompt.task.prompt_style == "completion":
+    if prompt.continues:
         return len(prompt.text) if program.startswith(prompt.text) else -1
     given = len(prompt.given) if (FENCE_OPEN + program.strip("\n")).startswith(prompt.given) else 0
     return len(program) - len(program.lstrip("\n")) - len(FENCE_OPEN) + given
@@ -157,7 +256,7 @@ def program_span(prompt: Prompt, text: str) -> tuple[int, int]:
     completion, or a `training_target`): the whole text for completion tasks (the program is the prompt
     plus it); for instruction tasks the code the program is extracted from (`code_span`), so the prose
     and the ``` fences around it are not part of it (found in the whole answer, `Prompt.given` included)."""
-    if prompt.task.prompt_style == "completion":
+    if prompt.continues:
         return 0, len(text)
     if not prompt.given:
         return code_span(text)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ..tasks import Task
+from .prompts import Prompt
 
 Mode = Literal["beam", "sample", "greedy"]
 MODES = ("beam", "sample", "greedy")
@@ -41,4 +42,9 @@ class Sampler(Protocol):
         """For each task (in any order, each exactly once), its candidates: the top-k beams (`beam`),
         k samples (`sample`) or the greedy completion (`greedy`, k = 1). `prefixes`: task id -> the start of
         the program the model is given for that task (`prompts.build_prompt`)."""
+        ...
+
+    def sample_prompts(self, prompts: Sequence[Prompt], mode: Mode, k: int) -> Iterator[tuple[int, list[Candidate]]]:
+        """Candidates for prompts already built (a repair turn's chat: `prompts.build_repair_prompt`): for each
+        prompt (in any order, each exactly once), its index in `prompts` and its candidates."""
         ...

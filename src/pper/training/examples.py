@@ -1,7 +1,8 @@
 """Training examples: prompt + program as token ids, with the loss on the program tokens only.
 
-The prompt is built exactly as at sampling time (`build_prompt` with the model's tokenizer) and the
-target is the text the model must write after it to produce the program, ended by the end-of-text token.
+The prompt is built exactly as at sampling time (`build_prompt` with the model's tokenizer, or a repair turn's
+conversation) and the target is the text the model must write after it to produce the program, ended by the
+end-of-text token.
 
 FGO (StepCoder's fine-grained optimization, `training.loss_mask: executed`): given the lines of the program
 that ran in its tests (`ProgramResult.executed_lines`), a target token of the program's code gets weight 0
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..generation.prompts import build_prompt, program_span, target_program_offset, training_target
+from ..generation.prompts import program_span, prompt_for, target_program_offset, training_target
 from ..tasks import Task
 
 
@@ -60,12 +61,15 @@ def build_example(
     max_length: int,
     executed_lines: Sequence[int] | None = None,
     prefix: str = "",
+    messages: Sequence[dict[str, str]] = (),
 ) -> Example:
     """The example for (task, program), cut to `max_length` tokens: the target's end is cut first, and a
     prompt too long to leave room for half of `max_length` is cut from its start. With `executed_lines`
     (FGO), the tokens of code lines not among them get loss weight 0. With the `prefix` the model was given
-    (a curriculum stage), the prompt ends with it and the target is what the model wrote after it."""
-    prompt = build_prompt(task, tokenizer, prefix)
+    (a curriculum stage), the prompt ends with it and the target is what the model wrote after it. With the
+    `messages` of a repair turn, the prompt is that conversation and the target the program in a ```python block
+    (`prompts.prompt_for`)."""
+    prompt = prompt_for(task, tokenizer, prefix, messages)
     prompt_ids = list(tokenizer(prompt.text).input_ids)
     target = training_target(prompt, program)
     target_ids = list(tokenizer(target, add_special_tokens=False).input_ids)

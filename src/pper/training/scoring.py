@@ -1,9 +1,10 @@
 """P(t) of stored programs under the model being trained, and the replay of a round built from it.
 
 A program's possibility is scored in exactly the example it is trained on (`build_example`: the sampling
-prompt or conversation, cut to `max_length` as training cuts it), over exactly the program's own tokens
-(`pper.generation.prompts.program_tokens`: for instruction tasks the code, without the ```python fences, the
-prose and the end-of-text token; for completion tasks every token of the completion before end of text).
+prompt, or the repair turn's conversation, cut to `max_length` as training cuts it), over exactly the program's
+own tokens (`pper.generation.prompts.program_tokens`: for instruction tasks and repair turns the code, without the
+```python fences, the prose and the end-of-text token; for completion tasks every token of the completion before
+end of text).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from ..buffer import ReplayBuffer, ReplayTable
 from ..buffer.replay import Replay
-from ..generation.prompts import build_prompt, program_tokens
+from ..generation.prompts import program_tokens, prompt_for
 from ..tasks import Task
 from .examples import Example, build_example, pack
 
@@ -26,11 +27,13 @@ if TYPE_CHECKING:
 TOKENS_PER_PASS = 2048  # examples packed into one no-grad forward pass, up to this many tokens (at least one)
 
 
-def program_positions(task: Task, example: Example, tokenizer: Any, prefix: str = "") -> tuple[int, int]:
+def program_positions(
+    task: Task, example: Example, tokenizer: Any, prefix: str = "", messages: Sequence[dict[str, str]] = ()
+) -> tuple[int, int]:
     """The positions [lo, hi) of `example.ids` that hold the program's own tokens (`program_tokens` over
-    the example's target; with a `prefix` the model was given, what it wrote after it); position 0 is never
-    one (nothing predicts it)."""
-    prompt = build_prompt(task, tokenizer, prefix)
+    the example's target; with a `prefix` the model was given, what it wrote after it; with a repair turn's
+    `messages`, the code of its answer); position 0 is never one (nothing predicts it)."""
+    prompt = prompt_for(task, tokenizer, prefix, messages)
     lo, hi = program_tokens(tokenizer, prompt, example.ids[example.target_start :])
     lo, hi = example.target_start + lo, example.target_start + hi
     return max(lo, 1), max(hi, 1)
@@ -39,14 +42,14 @@ def program_positions(task: Task, example: Example, tokenizer: Any, prefix: str 
 def program_logprobs(
     model: Any,
     tokenizer: Any,
-    programs: Sequence[tuple[Task, str] | tuple[Task, str, str]],
+    programs: Sequence[tuple],
     max_length: int,
     dtype: Any = None,
     tokens_per_pass: int = TOKENS_PER_PASS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(log-probability, token count) of each (task, program) or (task, program, prefix) under `model`: log P(t)
+    """(log-probability, token count) of each (task, program[, prefix[, messages]]) under `model`: log P(t)
     = sum over the program's own positions j of log p(ids[j] | ids[:j]) in its training example (given its
-    prefix, if any), and the number of those positions.
+    prefix, if any; in its repair turn's conversation, if any), and the number of those positions.
 
     No-grad forward passes over examples packed into unpadded rows of up to `tokens_per_pass` tokens (shortest
     first), logits only at the positions that predict program tokens; `dtype` is an autocast dtype (None:
@@ -54,9 +57,9 @@ def program_logprobs(
     """
     import torch
 
-    items = [(p[0], p[1], p[2] if len(p) > 2 else "") for p in programs]
-    examples = [build_example(task, text, tokenizer, max_length, prefix=prefix) for task, text, prefix in items]
-    spans = [program_positions(t, ex, tokenizer, prefix) for (t, _, prefix), ex in zip(items, examples, strict=True)]
+    items = [(p[0], p[1], p[2] if len(p) > 2 else "", p[3] if len(p) > 3 else ()) for p in programs]
+    examples = [build_example(t, text, tokenizer, max_length, prefix=pre, messages=m) for t, text, pre, m in items]
+    spans = [program_positions(t, ex, tokenizer, pre, m) for (t, _, pre, m), ex in zip(items, examples, strict=True)]
     logprob, count = np.zeros(len(examples)), np.array([hi - lo for lo, hi in spans], dtype=np.int64)
     device = next(model.parameters()).device
     training = model.training
@@ -111,7 +114,7 @@ def rescore(
     (`program_logprobs`); the order of the rows and the other columns are kept. A program none of whose
     tokens fits in its example (cut at `max_length` before its code) keeps its stored figures."""
     tasks = {t.id: t for t in buffer.tasks()}
-    texts = {p.id: (p.text, p.prefix) for p in buffer.programs()}
+    texts = {p.id: (p.text, p.prefix, p.messages) for p in buffer.programs()}
     programs = [(tasks[str(tid)], *texts[int(pid)]) for pid, tid in zip(table.program_id, table.task_id, strict=True)]
     logprob, count = program_logprobs(model, tokenizer, programs, max_length, dtype)
     scored = count > 0

@@ -43,6 +43,7 @@ class StepStats:
     grad_norm: float
     seconds: float
     skipped: int = 0  # drawn programs left out of the step (FGO: no line of theirs ran)
+    repaired: int = 0  # programs of the step written in a repair turn (RLEF: turn >= 2)
 
 
 def autocast_dtype(precision: str, device_type: str) -> Any:
@@ -116,7 +117,8 @@ class PPERTrainer:
         self.scheduler: Any = None
         self.replay: Replay | None = None
         self._examples: dict[int, Example | None] = {}
-        self.skipped = 0
+        self._repairs: set[int] = set()  # programs of repair turns among those whose example was built
+        self.skipped = self.repaired = 0
 
     # -- one round ---------------------------------------------------------------------------------
 
@@ -157,7 +159,7 @@ class PPERTrainer:
         `replay.importance_beta` is 0)."""
         assert self.replay is not None, "begin_round first"
         examples, weights = [], []
-        self.skipped = 0
+        self.skipped = self.repaired = 0
         for _ in range(MAX_REDRAWS):  # with FGO, a minibatch of programs none of which ran is drawn again
             if examples:
                 break
@@ -168,6 +170,7 @@ class PPERTrainer:
                     continue
                 examples.append(ex)
                 weights.append(draw.weight)
+                self.repaired += draw.program_id in self._repairs
         if not examples:
             raise PperError(f"training.loss_mask 'executed': {MAX_REDRAWS} minibatches drawn, no program in them ran")
         return examples, weights
@@ -184,7 +187,11 @@ class PPERTrainer:
                 self._examples[program_id] = None
                 return None
         task = buffer.task(program.task_id)
-        ex = build_example(task, program.text, self.tokenizer, self.config.max_length, executed, program.prefix)
+        if program.turn > 1:
+            self._repairs.add(program_id)
+        ex = build_example(
+            task, program.text, self.tokenizer, self.config.max_length, executed, program.prefix, program.messages
+        )
         self._examples[program_id] = ex
         return ex
 
@@ -233,6 +240,7 @@ class PPERTrainer:
             float(norm),
             time.perf_counter() - start,
             self.skipped,
+            self.repaired,
         )
 
     def loss_sum(self, examples: list[Example], weights: list[float] | None = None) -> Any:
