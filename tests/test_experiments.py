@@ -13,8 +13,16 @@ import pytest
 import yaml
 
 from pper.errors import PperError
+from pper.evaluation.multiturn import turn_path
 from pper.experiments import load_protocol, units, validate_protocol
-from pper.experiments.report import differences_table, publish, seed_differences_table, seeds_table, summarize
+from pper.experiments.report import (
+    differences_table,
+    publish,
+    seed_differences_table,
+    seeds_table,
+    summarize,
+    write_results,
+)
 from pper.pipeline import CONFIG_FILE, eval_paths
 
 ROOT = Path(__file__).parents[1]
@@ -90,15 +98,35 @@ def test_protocol_mistakes_are_named(tmp_path):
             validate_protocol(protocol_dict(tmp_path, **arms))
 
 
-def fake_run(protocol, arm: str, seed: int, scores: dict[str, tuple[float, bool]]) -> None:
-    """A unit's run directory holding only its held-out evaluation's per-program results (what the summary reads)."""
+def fake_run(protocol, arm: str, seed: int, scores: dict[str, tuple[float, bool]], after: dict | None = None) -> None:
+    """A unit's run directory holding only its held-out evaluation's per-program results (what the summary reads);
+    with `after`, a 2-turn evaluation whose scores after turn 2 are `after`."""
     unit = next(u for u in units(protocol) if u.arm == arm and u.seed == seed)
     samples, metrics = eval_paths(unit.run_dir, unit.result_round)
     samples.parent.mkdir(parents=True)
     metrics.parent.mkdir(parents=True)
-    rows = [{"task_id": t, "pass_rate": p, "passed": s} for t, (p, s) in scores.items()]
-    Path(f"{samples}_results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    metrics.write_text("{}")
+    for path, table in ((samples, scores), (turn_path(samples, 2), after or {})):
+        rows = [{"task_id": t, "pass_rate": p, "passed": s} for t, (p, s) in table.items()]
+        Path(f"{path}_results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    turns = [{"turn": t, "pass_rate": 0.5, "strict_accuracy": 0.25 * t} for t in (1, 2)] if after else []
+    metrics.write_text(json.dumps({"turns": turns, "independent": {"pass@1": 0.2, "pass@2": 0.3}} if after else {}))
+
+
+def test_a_multi_turn_evaluation_adds_the_scores_after_the_last_turn_as_a_source(tmp_path):
+    tasks = [f"MBPP/{i}" for i in range(10)]
+    first, repaired = {t: (0.5, False) for t in tasks}, {t: (1.0, True) for t in tasks}
+    protocol = validate_protocol(protocol_dict(tmp_path, fix={"buffer": "b"}))
+    fake_run(protocol, "base", 0, first, after=first)
+    fake_run(protocol, "fix", 0, first, after=repaired)
+    summary = summarize(protocol, units(protocol))
+    assert summary["sources"] == ["mbpp", "mbpp-turn2"]
+    diffs = {(d["arm"], d["against"]): d for d in summary["differences"]}
+    assert diffs["fix", "base"]["mbpp/pass_rate"]["mean"] == 0.0  # turn 1: the same programs
+    assert diffs["fix", "base"]["mbpp-turn2/pass_rate"]["mean"] == pytest.approx(0.5)  # after the repair turn
+    assert summary["turns"]["fix"]["strict_accuracy"] == [0.25, 0.5]
+    assert summary["turns"]["base"]["independent"] == [0.2, 0.3]
+    write_results(protocol, summary)
+    assert (protocol.root / "turns.png").exists()
 
 
 def test_summary_pools_seeds_per_task_gives_per_seed_intervals_and_pairs_differences(tmp_path):

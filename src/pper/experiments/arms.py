@@ -171,8 +171,14 @@ class BaseKind(ArmKind):
         x, e = config.execution, config.evaluation
         with Executor.from_config(x) as executor:
             sampler = transformers_sampler(config.generation, config.seed)
-            evaluate(prepared.eval, samples, executor, sampler, e.mode, e.n, e.ks, metrics,
-                     {"round": 0, "model": sampler.name})  # fmt: skip
+            info = {"round": 0, "model": sampler.name}
+            if e.turns > 1:
+                from ..evaluation.multiturn import evaluate_turns
+
+                evaluate_turns(prepared.eval, samples, executor, sampler, e.turns, config.feedback.max_chars,
+                               e.independent, metrics, info)  # fmt: skip
+            else:
+                evaluate(prepared.eval, samples, executor, sampler, e.mode, e.n, e.ks, metrics, info)
 
 
 @kind

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..buffer import BUFFER_FILE, ReplayBuffer
 from ..errors import PperError
+from ..evaluation.multiturn import turn_path
 from ..evaluation.stats import bootstrap_mean, paired_bootstrap
 from ..files import write_atomic
 from ..jsonl import read_jsonl
@@ -42,12 +43,63 @@ def source_of(task_id: str) -> str:
 
 def per_task(run_dir: Path, round: int) -> Scores:
     """task id -> (pass rate, passed all tests) of a run's held-out evaluation of `round`, each averaged over
-    the task's samples."""
-    samples, _ = eval_paths(run_dir, round)
+    the task's samples. With a multi-turn evaluation (`evaluation.turns` = T > 1), the scores after turn T are
+    there too, under `SOURCE-turnT/TASK` (a held-out "source" of their own in the tables)."""
+    samples, metrics = eval_paths(run_dir, round)
+    scores = _scores(samples)
+    turns = json.loads(metrics.read_text()).get("turns", []) if metrics.exists() else []
+    if len(turns) > 1:
+        last = turns[-1]["turn"]
+        after = _scores(turn_path(samples, last))
+        scores.update({f"{source_of(t)}-turn{last}/{t}": v for t, v in after.items()})
+    return scores
+
+
+def _scores(samples: Path) -> Scores:
     rows: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for r in read_jsonl(f"{samples}_results.jsonl"):
         rows[r["task_id"]].append((float(r["pass_rate"]), float(r["passed"])))
     return {t: (float(np.mean([p for p, _ in v])), float(np.mean([s for _, s in v]))) for t, v in rows.items()}
+
+
+def turn_curves(units: Sequence[Unit]) -> dict[str, dict[str, list[float]]]:
+    """Arm -> its held-out pass rate and strict accuracy after each turn (mean over seeds), and the base model's
+    independent samples' pass@t where measured: the per-turn plot's data."""
+    curves: dict[str, dict[str, list[list[float]]]] = {}
+    for u in units:
+        _, metrics = eval_paths(u.run_dir, u.result_round)
+        data = json.loads(metrics.read_text()) if metrics.exists() else {}
+        turns = data.get("turns", [])
+        if len(turns) < 2:
+            continue
+        arm = curves.setdefault(u.arm, {"pass_rate": [], "strict_accuracy": [], "independent": []})
+        arm["pass_rate"].append([t["pass_rate"] for t in turns])
+        arm["strict_accuracy"].append([t["strict_accuracy"] for t in turns])
+        if data.get("independent"):
+            arm["independent"].append([data["independent"][f"pass@{t['turn']}"] for t in turns])
+    return {arm: {k: list(np.mean(v, axis=0)) for k, v in c.items() if v} for arm, c in curves.items()}
+
+
+def turns_plot(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """Held-out strict accuracy against turns per arm, with pass@t of independent samples where measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for arm, c in curves.items():
+        x = list(range(1, len(c["strict_accuracy"]) + 1))
+        (line,) = ax.plot(x, c["strict_accuracy"], "o-", label=f"{arm}: repair turns")
+        if "independent" in c:
+            ax.plot(x, c["independent"], "^--", color=line.get_color(), label=f"{arm}: independent pass@t")
+    ax.set_xlabel("turns = programs per task")
+    ax.set_ylabel("held-out strict accuracy (private tests)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _interval(values: np.ndarray) -> dict[str, Any]:
@@ -137,6 +189,7 @@ def summarize(protocol: Protocol, units: Sequence[Unit]) -> dict[str, Any]:
         "buffers": buffer_stats(protocol),
         "replay": replay_stats(protocol, done),
         "machine": machine(),
+        "turns": turn_curves([u for us in done.values() for u in us]),
     }
 
 
@@ -338,6 +391,8 @@ def write_results(protocol: Protocol, summary: dict) -> str:
     )
     if sweep:
         alpha_plot(summary, sweep, root / "alpha.png")
+    if summary.get("turns"):
+        turns_plot(summary["turns"], root / "turns.png")
     return text
 
 
@@ -368,14 +423,15 @@ def alpha_plot(summary: dict, sweep: list[tuple[float, str]], path: Path) -> Non
 
 
 def publish(doc: Path, protocol: Protocol, text: str) -> None:
-    """Put `text` (and the alpha plot, if any) between the `<!-- results: NAME -->` and
+    """Put `text` (and the alpha and per-turn plots, if any) between the `<!-- results: NAME -->` and
     `<!-- end results: NAME -->` markers of `doc`, or at its end; the rest of `doc` is left as it is."""
     name, root = protocol.name, protocol.root
     begin, end = f"<!-- results: {name} -->", f"<!-- end results: {name} -->"
-    if (root / "alpha.png").exists():
-        plot = doc.parent / f"{name}-alpha.png"
-        shutil.copyfile(root / "alpha.png", plot)
-        text += f"\n![alpha sweep, protocol {name}]({plot.name})\n"
+    for figure, caption in (("alpha", "alpha sweep"), ("turns", "held-out scores per turn")):
+        if (root / f"{figure}.png").exists():
+            plot = doc.parent / f"{name}-{figure}.png"
+            shutil.copyfile(root / f"{figure}.png", plot)
+            text += f"\n![{caption}, protocol {name}]({plot.name})\n"
     block = f"{begin}\n{text}{end}"
     old = doc.read_text() if doc.exists() else ""
     if begin in old and end in old:
