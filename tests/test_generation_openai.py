@@ -15,7 +15,7 @@ import pytest
 from pper.errors import PperError
 from pper.generation.models import embedded_gguf
 from pper.generation.openai_api import OpenAISampler
-from pper.generation.prompts import COMPLETION_STOPS, build_prompt
+from pper.generation.prompts import COMPLETION_STOPS, build_prompt, build_repair_prompt, code_from_answer
 from pper.tasks import load_tasks
 
 
@@ -109,6 +109,19 @@ def test_instruction_tasks_use_the_chat_endpoint(llama_server, mbpp_path):
     sampler = OpenAISampler(llama_server, "smollm2", max_new_tokens=96)
     [(_, [candidate])] = list(sampler.sample([task], "greedy", 1))
     assert candidate.logprob < 0 and candidate.num_tokens >= 1 and "```" not in candidate.program
+
+
+def test_a_teacher_answers_a_repair_turn_as_a_chat(llama_server):
+    """A repair turn of a completion task goes to the chat endpoint with its messages, and the program is the code of
+    the answer (no completion stop strings)."""
+    task = load_tasks("humaneval", limit=1)[0]
+    feedback = "The program failed this test:\nassert has_close_elements([1.0, 2.0, 3.0], 0.5) == False"
+    prompt = build_repair_prompt(task, [(task.prompt + "    return True\n", feedback)])
+    sampler = OpenAISampler(llama_server, "smollm2", max_new_tokens=96)
+    [(index, [candidate])] = list(sampler.sample_prompts([prompt], "greedy", 1))
+    assert index == 0 and candidate.logprob < 0 and candidate.num_tokens >= 1
+    assert "```" not in candidate.program and candidate.program.strip()
+    assert candidate.program == code_from_answer(candidate.completion)  # the answer's code, not a continuation
 
 
 def test_beam_search_is_refused(llama_server):

@@ -1,8 +1,7 @@
 """RLEF's repair turns (arXiv 2410.02089) in the buffer: a program that fails a public test gets up to T - 1 more turns.
 
-After a round's programs are tested against their task's tests (the private ones, which judge), each program at a
-turn t < T (`FeedbackConfig.turns`) also runs against the task's **public** tests (`Task.public_view`); where one
-fails, the feedback (`prompts.feedback_text`: the failing public test and what went wrong, never a private test)
+After a round's programs are tested against their task's tests (the private ones, which judge), each program also
+runs against the task's **public** tests (`Task.public_view`); where one fails, the feedback (`prompts.feedback_text`: the failing public test and what went wrong, never a private test)
 is stored with the public result (`ReplayBuffer.add_public_results`). Then, turn by turn, each such program is
 answered with a repair turn: the model sees the conversation (`prompts.build_repair_prompt`: the task, its earlier
 programs and their feedback) and writes a whole corrected program, `candidates` per turn (greedy by default), so a
@@ -58,9 +57,9 @@ def public_results(
 def record_public_results(
     buffer: ReplayBuffer, executor: Any, tasks: dict[str, Task], round: int, config: FeedbackConfig
 ) -> int:
-    """Run the public tests of every tested program of `round` that may still be repaired and has no public result
-    yet; store them in batches. Returns how many were run."""
-    pending = [p for p in buffer.without_public_results(round, config.turns) if p.task_id in tasks]
+    """Run the public tests of every tested program of `round` that has no public result yet (the last turn's too,
+    so every program's public result is kept); store them in batches. Returns how many were run."""
+    pending = [p for p in buffer.without_public_results(round, config.turns + 1) if p.task_id in tasks]
     batch: list[tuple[int, int, int, str | None]] = []
     count = 0
     for row in public_results(executor, tasks, pending, config.max_chars):
@@ -127,4 +126,5 @@ def repair_into_buffer(
                 buffer.add_repairs(repairs)
                 written[turn + 1] = written.get(turn + 1, 0) + len(repairs)
     test()
+    record_public_results(buffer, executor, by_id, round, config)
     return written
