@@ -1,8 +1,9 @@
 """RLEF's repair turns (arXiv 2410.02089) in the buffer: a program that fails a public test gets up to T - 1 more turns.
 
 After a round's programs are tested against their task's tests (the private ones, which judge), each program also
-runs against the task's **public** tests (`Task.public_view`); where one fails, the feedback (`prompts.feedback_text`: the failing public test and what went wrong, never a private test)
-is stored with the public result (`ReplayBuffer.add_public_results`). Then, turn by turn, each such program is
+runs against the task's **public** tests (`Task.public_view`); where one fails, the feedback
+(`prompts.feedback_text`: the failing public test and what went wrong, never a private test) is stored with the
+public result (`ReplayBuffer.add_public_results`). Then, turn by turn, each such program is
 answered with a repair turn: the model sees the conversation (`prompts.build_repair_prompt`: the task, its earlier
 programs and their feedback) and writes a whole corrected program, `candidates` per turn (greedy by default), so a
 task gets at most k x T programs with `candidates` = 1. Each program of a repair turn is stored with its place in
