@@ -75,6 +75,26 @@ def run(config_path: str | None, name: str | None, runs_dir: str | None, force: 
     _summary(prepared.dir)
 
 
+@cli.command("rl")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config (default: built-in).")
+@click.option("--name", help="Run name: the run directory is RUNS_DIR/NAME.")
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Parent of run directories (default: runs).")
+@click.option("--force", is_flag=True, help="Reuse a run directory made by another configuration.")
+def rl_cmd(config_path: str | None, name: str | None, runs_dir: str | None, force: bool) -> None:
+    """Online RL: GRPO (TRL) on the training tasks, rewarded by pper's sandbox (the config's `rl` section).
+    Resumable from TRL's checkpoints; evaluates the held-out tasks before and after. Needs trl (pper[rl])."""
+    from .config import load_config
+    from .rl.grpo import run_rl
+
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        raise PperError("pper rl needs TRL: pip install 'pper[rl]'") from None
+    overrides = {k: v for k, v in {"name": name, "runs_dir": runs_dir}.items() if v is not None}
+    run_dir = run_rl(load_config(config_path, overrides), force=force)
+    out.print(f"report: {run_dir / 'report.md'}; model: {run_dir / 'model'}", highlight=False)
+
+
 def _summary(run_dir: Path) -> None:
     """One screen: held-out metrics and phase times per round, the buffer, where the report is."""
     from .buffer import ReplayBuffer

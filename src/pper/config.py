@@ -20,6 +20,7 @@ from .evaluation.config import EvaluationConfig
 from .execution.config import ExecutionConfig
 from .generation.config import GenerationConfig
 from .repair import FeedbackConfig
+from .rl.config import RLConfig
 from .training.config import TrainingConfig
 
 
@@ -64,6 +65,7 @@ class PperConfig(BaseModel):
     training: TrainingConfig = TrainingConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
     feedback: FeedbackConfig = FeedbackConfig()
+    rl: RLConfig = RLConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 
     @property

@@ -1,0 +1,33 @@
+"""Configuration of online RL runs (`pper rl`): GRPO through TRL on pper's execution reward."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RLConfig(BaseModel):
+    """GRPO (TRL's `GRPOTrainer`) on the training tasks, rewarded by pper's sandbox (`ExecutionReward`).
+
+    Each step draws `prompts_per_step` training tasks and samples `group_size` completions of each (at most
+    `max_completion_length` tokens, at `temperature`); rewards are `reward` (pass_rate, strict or coderl) on the
+    private tests; advantages are normalised within each group (TRL's GRPO). `steps` optimiser steps at
+    `learning_rate`, `beta` the KL coefficient to the initial policy (0: no reference model, TRL's default).
+    method: "lora" (PEFT adapters as in `training.lora`) or "full". `save_steps`: TRL checkpoints a killed run
+    resumes from. On a GPU, `use_vllm` passes through to TRL (vLLM installed by the user).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["lora", "full"] = "lora"
+    steps: int = Field(20, ge=1)
+    group_size: int = Field(4, ge=2)
+    prompts_per_step: int = Field(2, ge=1)
+    learning_rate: float = Field(1e-5, gt=0)
+    beta: float = Field(0.0, ge=0.0)
+    max_completion_length: int = Field(256, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    reward: Literal["pass_rate", "strict", "coderl"] = "pass_rate"
+    save_steps: int = Field(5, ge=1)
+    use_vllm: bool = False

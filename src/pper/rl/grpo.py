@@ -1,0 +1,214 @@
+"""`pper rl`: GRPO through TRL's `GRPOTrainer`, rewarded by pper's sandbox, in a run directory like `pper run`'s.
+
+    runs/<name>/
+      config.yaml, tasks.json        the configuration and the split (`pipeline.prepare`: the same held-out rules)
+      eval/round-0.json, round-1.json the held-out metrics before and after training (pper's evaluator, greedy)
+      rl/checkpoint-N/               TRL's checkpoints (every `rl.save_steps` steps); a killed run resumes from the last
+      checkpoints/round-1/model/     the trained policy (LoRA merged), then `model/` and `kept.json` as `pper run`
+      events.jsonl                   phases, and one `rl_step` row per logged step (reward mean and std, loss, ...)
+      report.md, plots/reward.png    the reward curve and the held-out scores
+
+The training tasks become a `datasets.Dataset` (`rl_dataset`: pper's prompts, and `task_id`), the reward is an
+`ExecutionReward` over the same tasks (`rl.reward`), and TRL does the rest: `rl.prompts_per_step` prompts x
+`rl.group_size` completions per step, advantages normalised within each group, `rl.beta` the KL coefficient.
+Validation tasks are not used: the run ships its last step (there is one round).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..config import PperConfig
+from ..files import write_atomic
+from ..jsonl import read_jsonl
+from ..pipeline import EVENTS_FILE, Events, checkpoint_dir, eval_paths, prepare, write_kept
+
+RL_DIR = "rl"
+DONE = "rl.json"  # in checkpoints/round-1/ once the policy is saved
+
+
+def grpo_args(config: PperConfig, output_dir: Path) -> Any:
+    """TRL's `GRPOConfig` for the `rl` section."""
+    import torch
+    import trl
+
+    r = config.rl
+    return trl.GRPOConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=r.prompts_per_step * r.group_size,
+        num_generations=r.group_size,
+        max_completion_length=r.max_completion_length,
+        max_steps=r.steps,
+        learning_rate=r.learning_rate,
+        beta=r.beta,
+        temperature=r.temperature,
+        seed=config.seed,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=r.save_steps,
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        use_vllm=r.use_vllm,
+        disable_tqdm=True,
+    )
+
+
+def _peft_config(config: PperConfig) -> Any:
+    if config.rl.method != "lora":
+        return None
+    from peft import LoraConfig
+
+    lora = config.training.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+
+
+def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Events) -> Path:
+    """Train (or resume) GRPO; the trained policy as a plain transformers directory (`checkpoints/round-1/model`)."""
+    import trl
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from ..generation import load_model
+    from .data import rl_dataset
+    from .reward import ExecutionReward
+
+    final = checkpoint_dir(run_dir, 1)
+    if (final / DONE).exists():
+        return final / "model"
+    model, tokenizer, _ = load_model(config.generation.model, config.generation.dtype)
+    tokenizer.padding_side = "left"
+    output = run_dir / RL_DIR
+    output.mkdir(parents=True, exist_ok=True)
+
+    class Log(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "reward" in logs:
+                events.log(event="rl_step", phase="rl", step=state.global_step,
+                           **{k: v for k, v in logs.items() if isinstance(v, (int, float))})  # fmt: skip
+
+    with ExecutionReward(train_tasks, kind=config.rl.reward, execution=config.execution) as reward:
+        trainer = trl.GRPOTrainer(
+            model=model,
+            reward_funcs=reward,
+            args=grpo_args(config, output),
+            train_dataset=rl_dataset(train_tasks, tokenizer),
+            processing_class=tokenizer,
+            peft_config=_peft_config(config),
+            callbacks=[Log()],
+        )
+        trainer.train(resume_from_checkpoint=get_last_checkpoint(str(output)))
+    policy = trainer.model
+    if hasattr(policy, "merge_and_unload"):
+        policy = policy.merge_and_unload()
+    staging = final.with_name(final.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    policy.save_pretrained(staging / "model")
+    tokenizer.padding_side = "right"
+    tokenizer.save_pretrained(staging / "model")
+    write_atomic(staging / DONE, json.dumps({"steps": trainer.state.global_step}) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    return final / "model"
+
+
+def run_rl(config: PperConfig, force: bool = False, show_progress: bool = True) -> Path:
+    """Run (or resume) `pper rl` for `config`; returns the run directory."""
+    from ..evaluation import evaluate
+    from ..execution import Executor
+    from ..generation import load_model, transformers_sampler
+
+    prepared = prepare(config, force=force)
+    run_dir = prepared.dir
+    events = Events(run_dir / EVENTS_FILE)
+    events.log(event="run", command="rl")
+    e = config.evaluation
+
+    def held_out(round: int, model: str) -> None:
+        samples, metrics = eval_paths(run_dir, round)
+        if not prepared.eval or metrics.exists():
+            return
+        loaded = load_model(model, config.generation.dtype)
+        name = loaded[2] if round == 0 else f"{loaded[2]}@{config.name}/rl"
+        sampler = transformers_sampler(config.generation, config.seed, (loaded[0], loaded[1], name))
+        with Executor.from_config(config.execution) as executor, events.phase("evaluation", round):
+            evaluate(prepared.eval, samples, executor, sampler, e.mode, e.n, e.ks, metrics,
+                     {"round": round, "model": name}, show_progress)  # fmt: skip
+
+    if e.before:
+        held_out(0, config.generation.model)
+    with events.phase("rl", 1):
+        policy = train_grpo(config, run_dir, prepared.train, events)
+    held_out(1, str(policy))
+    write_kept(run_dir, config, {"round": 1, "validation": None, "rule": "rl: the trained policy",
+                                 "from": str(Path("checkpoints", "round-1", "model"))})  # fmt: skip
+    write_rl_report(run_dir, config)
+    events.log(event="finished")
+    return run_dir
+
+
+def rl_steps(run_dir: Path) -> list[dict[str, Any]]:
+    """The logged GRPO steps of a run, the last row of each step (a resumed run logs again the steps after its last
+    checkpoint)."""
+    steps: dict[int, dict[str, Any]] = {}
+    for row in read_jsonl(run_dir / EVENTS_FILE):
+        if row.get("event") == "rl_step":
+            steps[row["step"]] = row
+    return [steps[s] for s in sorted(steps)]
+
+
+def write_rl_report(run_dir: Path, config: PperConfig) -> Path:
+    """report.md and plots/reward.png of a `pper rl` run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..report import round_metrics
+
+    steps = rl_steps(run_dir)
+    r = config.rl
+    lines = [
+        f"# pper rl `{config.name}`",
+        "",
+        f"GRPO (TRL) on `{config.tasks.source}` with `{config.generation.model}`, {r.method}: {r.steps} steps of "
+        f"{r.prompts_per_step} prompts x {r.group_size} completions (<= {r.max_completion_length} tokens, "
+        f"temperature {r.temperature}), reward `{r.reward}` from pper's sandbox, beta {r.beta}, learning rate "
+        f"{r.learning_rate}.",
+        "",
+        "## Held-out metrics",
+        "",
+        "| round | tasks | pass rate | strict accuracy |",
+        "|---|---|---|---|",
+    ]
+    for m in round_metrics(run_dir):
+        o = m["overall"]
+        label = "0 (before)" if m["round"] == 0 else "1 (after GRPO)"
+        lines.append(f"| {label} | {o['tasks']} | {o['pass_rate']:.4f} | {o['strict_accuracy']:.4f} |")
+    if steps:
+        zero = sum(s.get("frac_reward_zero_std", 0.0) for s in steps) / len(steps)
+        lines += ["", "## Reward", "", f"{len(steps)} steps logged; mean reward {steps[0]['reward']:.4f} at step "
+                  f"{steps[0]['step']}, {steps[-1]['reward']:.4f} at step {steps[-1]['step']}; on average "
+                  f"{zero:.0%} of the groups had rewards that all tied (zero advantage).", "",
+                  "![reward](plots/reward.png)"]  # fmt: skip
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        x = [s["step"] for s in steps]
+        mean = [s["reward"] for s in steps]
+        std = [s.get("reward_std", 0.0) for s in steps]
+        ax.plot(x, mean, "o-", label="mean reward")
+        ax.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
+                        [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2, label="± std")  # fmt: skip
+        ax.set_xlabel("GRPO step")
+        ax.set_ylabel(f"reward ({r.reward})")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        (run_dir / "plots").mkdir(exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(run_dir / "plots" / "reward.png", dpi=120)
+        plt.close(fig)
+    report = run_dir / "report.md"
+    write_atomic(report, "\n".join(lines) + "\n")
+    return report
