@@ -5,9 +5,21 @@ Imports no torch.
 
 from .export import EXPORT_COLUMNS, export_rows, to_hf_dataset, to_jsonl
 from .priority import importance_weights, p2value, possibility, priorities, ranks
-from .replay import Draw, Replay, ReplayConfig
+from .replay import Draw, GroupReplay, Replay, ReplayConfig
 from .sampler import PrioritizedSampler
-from .store import BUFFER_FILE, Execution, NewProgram, Program, Repair, ReplayBuffer, ReplayTable, Turn, program_hash
+from .store import (
+    BUFFER_FILE,
+    Execution,
+    Group,
+    Member,
+    NewProgram,
+    Program,
+    Repair,
+    ReplayBuffer,
+    ReplayTable,
+    Turn,
+    program_hash,
+)
 
 __all__ = [
     "EXPORT_COLUMNS",
@@ -20,11 +32,14 @@ __all__ = [
     "priorities",
     "ranks",
     "Draw",
+    "GroupReplay",
     "Replay",
     "ReplayConfig",
     "PrioritizedSampler",
     "BUFFER_FILE",
     "Execution",
+    "Group",
+    "Member",
     "NewProgram",
     "Program",
     "Repair",

@@ -112,3 +112,51 @@ def _check_table(table: ReplayTable) -> None:
         raise ValueError("replay table: every num_tokens must be >= 1")
     if n and not (np.min(table.pass_rate) >= 0 and np.max(table.pass_rate) <= 1):
         raise ValueError("replay table: every pass_rate must be in [0, 1]")
+
+
+class GroupReplay:
+    """Prioritized replay of stored online-RL groups (`ReplayBuffer.add_group`), the group as the unit.
+
+    Eligible groups are those whose rewards differ (GRPO's advantage of a group whose rewards all tie is zero).
+    Group g's value is the mean over its completions j of P2Value_j = alpha * P(t_j) + (1 - alpha) * r_j, that is
+
+        v_g = alpha * mean_j P(t_j) + (1 - alpha) * mean_j r_j,
+
+    with P(t_j) the geometric-mean token probability under the sampling policy; its priority p_g is v_g
+    ("proportional"), 1 / rank of v_g ("rank") or 1 ("uniform"), and draws follow P(g) = p_g^e / sum_k p_k^e, with
+    replacement, the same rule as `Replay`. The snapshot is rebuilt when the buffer holds new groups.
+    """
+
+    def __init__(
+        self, buffer: ReplayBuffer, alpha: float = 0.5, priority: Scheme = "rank", exponent: float = 1.0,
+        seed: int | None = None,
+    ):  # fmt: skip
+        self.buffer, self.alpha, self.priority, self.exponent = buffer, alpha, priority, exponent
+        self._rng = np.random.default_rng(seed)
+        self._count = -1
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.probability = np.zeros(0)
+
+    def _refresh(self) -> None:
+        count = self.buffer.group_count()
+        if count == self._count:
+            return
+        self._count = count
+        self.ids, mean_possibility, mean_reward = self.buffer.group_table()
+        if not len(self.ids):
+            self.probability = np.zeros(0)
+            return
+        values = p2value(mean_possibility, mean_reward, self.alpha)
+        sampler = PrioritizedSampler(priorities(values, self.priority), self.exponent)
+        self.probability = sampler.probabilities() if sampler.total > 0 else np.zeros(len(self.ids))
+
+    def __len__(self) -> int:
+        self._refresh()
+        return int((self.probability > 0).sum())
+
+    def sample(self, n: int) -> list[int]:
+        """The ids of `n` groups drawn with replacement (none when no stored group is eligible)."""
+        self._refresh()
+        if n <= 0 or not len(self.ids) or self.probability.sum() <= 0:
+            return []
+        return self.ids[self._rng.choice(len(self.ids), size=n, p=self.probability)].tolist()

@@ -33,7 +33,7 @@ from ..execution.results import PASSED, ProgramResult, TestResult
 from ..tasks import Task
 from ..tasks.rows import RowError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUFFER_FILE = "buffer.sqlite"
 
 _SCHEMA = """
@@ -100,6 +100,28 @@ CREATE TABLE trajectories (
     answer TEXT NOT NULL                                     -- the answer it is trained to give: the program, fenced
 );
 CREATE INDEX trajectories_by_parent ON trajectories(parent_id);
+CREATE TABLE groups (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL REFERENCES tasks(id),
+    step INTEGER NOT NULL,           -- the online-RL step that sampled it
+    model TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    prompt_ids TEXT NOT NULL,        -- JSON: the prompt's token ids
+    size INTEGER NOT NULL CHECK (size >= 1),
+    mean_reward REAL NOT NULL,
+    reward_std REAL NOT NULL,        -- population std of the rewards, 0 when they all tie
+    mean_possibility REAL NOT NULL,  -- mean over the completions of P(t), their geometric-mean token probability
+    created REAL NOT NULL
+);
+CREATE TABLE group_members (
+    group_id INTEGER NOT NULL REFERENCES groups(id),
+    position INTEGER NOT NULL,
+    completion TEXT NOT NULL,
+    completion_ids TEXT NOT NULL,    -- JSON: the completion's token ids
+    logps TEXT NOT NULL,             -- JSON: the sampling policy's log-probability of each of them
+    reward REAL NOT NULL,
+    PRIMARY KEY (group_id, position)
+);
 """
 
 
@@ -156,6 +178,39 @@ class Turn:
     feedback: str | None = None
     messages: tuple[dict[str, str], ...] = ()
     answer: str | None = None
+
+
+@dataclass(frozen=True)
+class Member:
+    """One completion of an online-RL group: its text, token ids, the sampling policy's log-probability of each
+    token, and its reward."""
+
+    completion: str
+    completion_ids: tuple[int, ...]
+    logps: tuple[float, ...]
+    reward: float
+
+
+@dataclass(frozen=True)
+class Group:
+    """A GRPO group: one prompt of a task and its completions (`ReplayBuffer.add_group`, `group`)."""
+
+    task_id: str
+    prompt: str
+    prompt_ids: tuple[int, ...]
+    members: tuple[Member, ...]
+    step: int = 0
+    model: str = ""
+    id: int | None = None
+
+    @property
+    def rewards(self) -> np.ndarray:
+        return np.array([m.reward for m in self.members], dtype=np.float64)
+
+    @property
+    def possibility(self) -> float:
+        """Mean over the completions of P(t) = exp(mean token log-probability) (`buffer.priority.possibility`)."""
+        return float(np.mean([np.exp(np.mean(m.logps)) if m.logps else 1.0 for m in self.members]))
 
 
 class Execution(NamedTuple):
@@ -583,6 +638,65 @@ class ReplayBuffer:
             out.setdefault(r, {})[turn] = {"programs": n, "passing": int(solved or 0)}
         return out
 
+    # -- online-RL groups ---------------------------------------------------------------------------
+
+    def add_group(self, group: Group) -> int:
+        """Store a GRPO group with its completions in one transaction; returns its id."""
+        if not group.members:
+            raise ValueError(f"a group of {group.task_id} without completions")
+        for m in group.members:
+            if len(m.completion_ids) != len(m.logps):
+                raise ValueError(f"group of {group.task_id}: one log-probability per completion token")
+        rewards = group.rewards
+        with self._write():
+            try:
+                cursor = self._db.execute(
+                    "INSERT INTO groups (task_id, step, model, prompt, prompt_ids, size, mean_reward, reward_std,"
+                    " mean_possibility, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (group.task_id, group.step, group.model, group.prompt, json.dumps(list(group.prompt_ids)),
+                     len(group.members), float(rewards.mean()), float(rewards.std()), group.possibility,
+                     time.time()),
+                )  # fmt: skip
+            except sqlite3.IntegrityError:
+                raise KeyError(f"group for unknown task {group.task_id!r}: add the task first") from None
+            group_id = int(cursor.lastrowid)
+            self._db.executemany(
+                "INSERT INTO group_members (group_id, position, completion, completion_ids, logps, reward)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(group_id, i, m.completion, json.dumps(list(m.completion_ids)), json.dumps(list(m.logps)), m.reward)
+                 for i, m in enumerate(group.members)],
+            )  # fmt: skip
+        return group_id
+
+    def group(self, group_id: int) -> Group:
+        row = self._db.execute(
+            "SELECT task_id, prompt, prompt_ids, step, model FROM groups WHERE id = ?", (group_id,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(group_id)
+        members = tuple(
+            Member(c, tuple(json.loads(ids)), tuple(json.loads(lp)), r)
+            for c, ids, lp, r in self._db.execute(
+                "SELECT completion, completion_ids, logps, reward FROM group_members WHERE group_id = ?"
+                " ORDER BY position",
+                (group_id,),
+            )
+        )
+        return Group(row[0], row[1], tuple(json.loads(row[2])), members, row[3], row[4], group_id)
+
+    def group_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, mean possibility, mean reward) of the stored groups whose rewards differ (a group whose rewards
+        all tie has zero advantage: nothing to learn from replaying it)."""
+        rows = self._db.execute(
+            "SELECT id, mean_possibility, mean_reward FROM groups WHERE reward_std > 0 ORDER BY id"
+        ).fetchall()
+        cols = list(zip(*rows, strict=True)) if rows else [(), (), ()]
+        return (np.array(cols[0], dtype=np.int64), np.array(cols[1], dtype=np.float64),
+                np.array(cols[2], dtype=np.float64))  # fmt: skip
+
+    def group_count(self) -> int:
+        return self._count("groups")
+
     # -- curriculum stages -----------------------------------------------------------------------
 
     def set_stages(self, round: int, stages: dict[str, int]) -> None:
@@ -806,7 +920,37 @@ CREATE INDEX trajectories_by_parent ON trajectories(parent_id)""",
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1_to_v2, _v2_to_v3, _v3_to_v4)
+def _v4_to_v5(db: sqlite3.Connection) -> None:
+    """Online-RL groups (`groups`, `group_members`): a prompt's completions with their rewards and the sampling
+    policy's token log-probabilities, for prioritized group replay (`pper.rl`)."""
+    _execute_script(
+        db,
+        """CREATE TABLE groups (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL REFERENCES tasks(id),
+    step INTEGER NOT NULL,           -- the online-RL step that sampled it
+    model TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    prompt_ids TEXT NOT NULL,        -- JSON: the prompt's token ids
+    size INTEGER NOT NULL CHECK (size >= 1),
+    mean_reward REAL NOT NULL,
+    reward_std REAL NOT NULL,        -- population std of the rewards, 0 when they all tie
+    mean_possibility REAL NOT NULL,  -- mean over the completions of P(t), their geometric-mean token probability
+    created REAL NOT NULL
+);
+CREATE TABLE group_members (
+    group_id INTEGER NOT NULL REFERENCES groups(id),
+    position INTEGER NOT NULL,
+    completion TEXT NOT NULL,
+    completion_ids TEXT NOT NULL,    -- JSON: the completion's token ids
+    logps TEXT NOT NULL,             -- JSON: the sampling policy's log-probability of each of them
+    reward REAL NOT NULL,
+    PRIMARY KEY (group_id, position)
+)""",
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5)
 
 
 def _remove_database(path: Path, keep_main: bool = False) -> None:

@@ -6,6 +6,22 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..buffer.priority import Scheme
+
+
+class GroupReplayConfig(BaseModel):
+    """P2Value replay of GRPO groups (`pper.rl.replay`): `fraction` of each step's groups are drawn from the stored
+    groups whose rewards differ instead of being sampled, by the group priority of `buffer.GroupReplay` (mean
+    P2Value of the group's completions, alpha weighing possibility against reward), ranked or proportional, with
+    exponent e; the keys mirror the `replay` section. 0: no replay (plain GRPO)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    priority: Scheme = "rank"
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    exponent: float = Field(1.0, ge=0.0)
+
 
 class RLConfig(BaseModel):
     """GRPO (TRL's `GRPOTrainer`) on the training tasks, rewarded by pper's sandbox (`ExecutionReward`).
@@ -15,7 +31,8 @@ class RLConfig(BaseModel):
     private tests; advantages are normalised within each group (TRL's GRPO). `steps` optimiser steps at
     `learning_rate`, `beta` the KL coefficient to the initial policy (0: no reference model, TRL's default).
     method: "lora" (PEFT adapters as in `training.lora`) or "full". `save_steps`: TRL checkpoints a killed run
-    resumes from. On a GPU, `use_vllm` passes through to TRL (vLLM installed by the user).
+    resumes from. On a GPU, `use_vllm` passes through to TRL (vLLM installed by the user). `replay`: prioritized
+    replay of stored groups (`GroupReplayConfig`; every group is stored in the run's buffer when it is on).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -31,3 +48,4 @@ class RLConfig(BaseModel):
     reward: Literal["pass_rate", "strict", "coderl"] = "pass_rate"
     save_steps: int = Field(5, ge=1)
     use_vllm: bool = False
+    replay: GroupReplayConfig = GroupReplayConfig()

@@ -11,7 +11,8 @@
 The training tasks become a `datasets.Dataset` (`rl_dataset`: pper's prompts, and `task_id`), the reward is an
 `ExecutionReward` over the same tasks (`rl.reward`), and TRL does the rest: `rl.prompts_per_step` prompts x
 `rl.group_size` completions per step, advantages normalised within each group, `rl.beta` the KL coefficient.
-Validation tasks are not used: the run ships its last step (there is one round).
+With `rl.replay.fraction` > 0 the trainer is `pper.rl.replay`'s, which stores every group in the run's buffer and
+replays prioritized ones. Validation tasks are not used: the run ships its last step (there is one round).
 """
 
 from __future__ import annotations
@@ -35,8 +36,14 @@ def grpo_args(config: PperConfig, output_dir: Path) -> Any:
     import torch
     import trl
 
+    from ..training.trainer import autocast_dtype
+
     r = config.rl
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = autocast_dtype(config.training.precision, device)  # TRL's default is bf16 even where it is emulated
     return trl.GRPOConfig(
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
         output_dir=str(output_dir),
         per_device_train_batch_size=r.prompts_per_step * r.group_size,
         num_generations=r.group_size,
@@ -91,15 +98,27 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
                            **{k: v for k, v in logs.items() if isinstance(v, (int, float))})  # fmt: skip
 
     with ExecutionReward(train_tasks, kind=config.rl.reward, execution=config.execution) as reward:
-        trainer = trl.GRPOTrainer(
-            model=model,
-            reward_funcs=reward,
-            args=grpo_args(config, output),
-            train_dataset=rl_dataset(train_tasks, tokenizer),
-            processing_class=tokenizer,
-            peft_config=_peft_config(config),
-            callbacks=[Log()],
-        )
+        data = rl_dataset(train_tasks, tokenizer)
+        common = {
+            "model": model,
+            "reward_funcs": reward,
+            "args": grpo_args(config, output),
+            "train_dataset": data,
+            "processing_class": tokenizer,
+            "peft_config": _peft_config(config),
+            "callbacks": [Log()],
+        }
+        if config.rl.replay.fraction > 0:
+            from ..buffer import ReplayBuffer
+            from .replay import trainer_class
+
+            buffer = ReplayBuffer.in_run(run_dir)
+            buffer.add_tasks(train_tasks)
+            task_ids = dict(zip(data["prompt"], data["task_id"], strict=True))
+            trainer = trainer_class()(buffer=buffer, replay=config.rl.replay, task_ids=task_ids,
+                                      model_name=config.generation.model, **common)  # fmt: skip
+        else:
+            trainer = trl.GRPOTrainer(**common)
         trainer.train(resume_from_checkpoint=get_last_checkpoint(str(output)))
     policy = trainer.model
     if hasattr(policy, "merge_and_unload"):

@@ -1,0 +1,182 @@
+"""P2Value replay of GRPO groups: a subclass of TRL's `GRPOTrainer` whose unit of storage and replay is the group.
+
+Each step, TRL hands `_generate_and_score_completions` a generation batch of prompts, each repeated G
+(`num_generations`) times in a row: one group per prompt. With `rl.replay.fraction` = f, the last round(f x groups)
+groups of the batch (at most all but one) are not sampled: in their place, as many groups are drawn from the run's
+buffer by `buffer.GroupReplay` (the stored groups whose rewards differ, by the mean P2Value of their completions).
+The rest is sampled and scored by TRL as usual, and then stored whole in the buffer (`ReplayBuffer.add_group`): the
+prompt, the G completions, their rewards and the sampling policy's log-probability of every completion token.
+
+A replayed group enters the batch with:
+* its stored prompt and completion token ids (padded like TRL's: prompts on the left, completions on the right);
+* advantages recomputed from its stored rewards exactly as GRPO computes a fresh group's: A_j = r_j - mean(r), divided
+  by (std(r) + 1e-4) with TRL's `nanstd` when `scale_rewards` is "group" (with "batch", by its own group's std too,
+  as the batch's is not the group's; "none": not divided);
+* `old_per_token_logps` = the stored sampling log-probabilities, so the clipped importance ratio
+  exp(log pi_theta - log pi_sampling) of TRL's loss corrects for the policy having moved since it was sampled (1 for
+  an unchanged policy). The fresh rows get their own sampling log-probabilities (one no-grad forward pass, also what
+  is stored), which equal TRL's detached current ones on-policy.
+
+Log-probabilities are exact to float32 rounding only: under bfloat16 autocast (TRL's default; `pper rl` uses it
+only where the device runs it natively, `training.precision`) the same tokens scored in another batch differ by up
+to ~0.2 in log-probability, which the clipped ratio then sees as policy change.
+
+Replayed groups are never scored again and never enter TRL's reward log: TRL logs rewards inside its own method,
+before they are added. `replay/groups` in the log counts them per step. Limits: one reward function (its output is
+what a group stores), `beta` = 0 (a replayed group has no reference log-probabilities) and one process.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from ..buffer import Group, GroupReplay, Member, ReplayBuffer
+from ..errors import PperError
+from .config import GroupReplayConfig
+
+
+@functools.cache
+def trainer_class() -> type:
+    """`GroupReplayTrainer`, made on first use (importing trl only then)."""
+    import torch
+    import trl
+    from trl.trainer.utils import nanstd
+
+    class GroupReplayTrainer(trl.GRPOTrainer):
+        """`GRPOTrainer` with prioritized group replay (see the module docstring)."""
+
+        def __init__(
+            self, *args: Any, buffer: ReplayBuffer, replay: GroupReplayConfig, task_ids: dict[str, str],
+            model_name: str = "", **kwargs: Any,
+        ):  # fmt: skip
+            """`buffer`: where groups are stored and drawn from; `task_ids`: prompt text -> task id (the dataset's
+            rows); the rest as `GRPOTrainer`. The one reward function's outputs are recorded for storage."""
+            reward = kwargs.get("reward_funcs")
+            if isinstance(reward, list):
+                if len(reward) != 1:
+                    raise PperError("group replay stores one reward per completion: give one reward function")
+                reward = reward[0]
+            self._scores: list[float] = []
+
+            def recorded(**inputs: Any) -> list[float]:
+                out = list(reward(**inputs))
+                self._scores = out
+                return out
+
+            recorded.__name__ = getattr(reward, "__name__", "reward")
+            kwargs["reward_funcs"] = recorded
+            super().__init__(*args, **kwargs)
+            if self.beta != 0.0 and replay.fraction > 0:
+                raise PperError("group replay needs rl.beta 0: a replayed group has no reference log-probabilities")
+            self.buffer, self.replay, self.task_ids, self.model_name = buffer, replay, task_ids, model_name
+            self.groups = GroupReplay(buffer, replay.alpha, replay.priority, replay.exponent, self.args.seed)
+            self.replayed_groups = 0  # over the run: groups drawn from the buffer
+            self.fresh_groups = 0
+
+        def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+            g = self.num_generations
+            n_groups = len(inputs) // g
+            wanted = min(round(self.replay.fraction * n_groups), n_groups - 1)
+            drawn = self.groups.sample(wanted) if wanted > 0 else []
+            fresh = inputs[: (n_groups - len(drawn)) * g]
+            self._scores = []
+            out = super()._generate_and_score_completions(fresh)
+            sampling = self._sampling_logps(out)
+            self._store(fresh, out, sampling)
+            self.fresh_groups += len(fresh) // g
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["replay/groups"].append(float(len(drawn)))
+            if not drawn:
+                if self.replay.fraction > 0:
+                    out["old_per_token_logps"] = sampling
+                return out
+            self.replayed_groups += len(drawn)
+            return self._append(out, sampling, [self.buffer.group(i) for i in drawn])
+
+        def _sampling_logps(self, out: dict[str, Any]) -> Any:
+            """The sampling policy's log-probability of each fresh completion token: TRL's old log-probs where it
+            computed them, else one no-grad forward pass of the model that just sampled them."""
+            if out.get("old_per_token_logps") is not None:
+                return out["old_per_token_logps"]
+            ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+            mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+            with torch.no_grad():
+                logps, _, _ = self._get_per_token_logps_and_entropies(
+                    self.model, ids, mask, out["completion_ids"].size(1), batch_size=ids.size(0)
+                )
+            return logps
+
+        def _store(self, fresh: list[dict[str, Any]], out: dict[str, Any], sampling: Any) -> None:
+            g = self.num_generations
+            if len(self._scores) != len(fresh):
+                raise PperError(f"{len(self._scores)} rewards recorded for {len(fresh)} completions")
+            pad = self.processing_class.pad_token_id
+            for start in range(0, len(fresh), g):
+                prompt = fresh[start]["prompt"]
+                prompt_ids = [t for t, m in zip(out["prompt_ids"][start].tolist(), out["prompt_mask"][start].tolist(),
+                                                strict=True) if m]  # fmt: skip
+                members = []
+                for row in range(start, start + g):
+                    n = int(out["completion_mask"][row].sum().item())
+                    ids = out["completion_ids"][row][:n].tolist()
+                    text = self.processing_class.decode([t for t in ids if t != pad], skip_special_tokens=True)
+                    members.append(
+                        Member(text, tuple(ids), tuple(sampling[row][:n].tolist()), float(self._scores[row]))
+                    )
+                task_id = fresh[start].get("task_id") or self.task_ids.get(prompt)
+                if task_id is None:
+                    raise PperError("a GRPO prompt with no task_id: the dataset needs a task_id column")
+                self.buffer.add_group(
+                    Group(task_id, prompt, tuple(prompt_ids), tuple(members), self.state.global_step, self.model_name)
+                )
+
+        def _append(self, out: dict[str, Any], sampling: Any, groups: list[Group]) -> dict[str, Any]:
+            """`out` with the replayed groups' rows added after the fresh ones."""
+            device, pad = out["prompt_ids"].device, self.processing_class.pad_token_id
+            prompts = [list(gr.prompt_ids) for gr in groups for _ in gr.members]
+            completions = [list(m.completion_ids) for gr in groups for m in gr.members]
+            logps = [list(m.logps) for gr in groups for m in gr.members]
+            p_len = max(out["prompt_ids"].size(1), max(len(p) for p in prompts))
+            c_len = max(out["completion_ids"].size(1), max((len(c) for c in completions), default=0), 1)
+
+            def left(t: Any, width: int, value: float) -> Any:
+                return torch.nn.functional.pad(t, (width - t.size(1), 0), value=value)
+
+            def right(t: Any, width: int, value: float) -> Any:
+                return torch.nn.functional.pad(t, (0, width - t.size(1)), value=value)
+
+            def rows(seqs: list[list], width: int, value: float, on_left: bool, dtype: Any) -> Any:
+                padded = [
+                    ([value] * (width - len(s)) + s) if on_left else (s + [value] * (width - len(s))) for s in seqs
+                ]
+                return torch.tensor(padded, dtype=dtype, device=device)
+
+            def mask(seqs: list[list], width: int, on_left: bool) -> Any:
+                return rows([[1] * len(s) for s in seqs], width, 0, on_left, out["prompt_mask"].dtype)
+
+            rewards = torch.tensor([m.reward for gr in groups for m in gr.members], dtype=torch.float32, device=device)
+            size = len(groups[0].members)
+            grouped = rewards.view(-1, size)
+            advantages = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
+            if self.scale_rewards != "none":
+                advantages = advantages / (nanstd(grouped, dim=1).repeat_interleave(size) + 1e-4)
+            merged = {
+                "prompt_ids": torch.cat([left(out["prompt_ids"], p_len, pad),
+                                         rows(prompts, p_len, pad, True, out["prompt_ids"].dtype)]),
+                "prompt_mask": torch.cat([left(out["prompt_mask"], p_len, 0), mask(prompts, p_len, True)]),
+                "completion_ids": torch.cat([right(out["completion_ids"], c_len, pad),
+                                             rows(completions, c_len, pad, False, out["completion_ids"].dtype)]),
+                "completion_mask": torch.cat([right(out["completion_mask"], c_len, 0),
+                                              mask(completions, c_len, False)]),
+                "advantages": torch.cat([out["advantages"], advantages.to(out["advantages"].dtype)]),
+                "old_per_token_logps": torch.cat([right(sampling, c_len, 0.0),
+                                                  rows(logps, c_len, 0.0, False, sampling.dtype)]),
+            }  # fmt: skip
+            merged["num_items_in_batch"] = merged["completion_mask"].sum()
+            unknown = {k for k, v in out.items() if v is not None and k not in merged}
+            if unknown:
+                raise PperError(f"group replay cannot extend TRL's batch field(s) {sorted(unknown)}")
+            return merged
+
+    return GroupReplayTrainer

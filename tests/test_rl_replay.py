@@ -1,0 +1,108 @@
+"""P2Value replay of GRPO groups: the group draw distribution, and through a real GRPOTrainer step: replayed groups
+keep their unit, get an importance ratio of 1 under an unchanged policy, and never enter the reward log."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pper.buffer import Group, GroupReplay, Member, ReplayBuffer
+from pper.buffer.priority import p2value, priorities
+from pper.tasks import AssertTests, Task
+
+
+def _group(task: str, rewards: list[float], logp: float) -> Group:
+    members = tuple(Member(f"c{i}", (1, 2), (logp, logp), r) for i, r in enumerate(rewards))
+    return Group(task, "prompt", (5, 6, 7), members)
+
+
+def test_group_draws_follow_the_priority_distribution(tmp_path):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    task = Task(id="t", prompt="p", tests=AssertTests(asserts=("assert True",)))
+    specs = [([0.0, 1.0], -0.1), ([0.0, 0.5], -0.5), ([0.2, 0.4, 1.0], -2.0), ([1.0, 1.0], -0.1),  # ties: never
+             ([0.0, 0.25], -1.0), ([0.5, 1.0], -0.2), ([0.0, 0.0], -0.3)]  # fmt: skip
+    with ReplayBuffer(tmp_path / "b.sqlite") as buffer:
+        buffer.add_tasks([task])
+        ids = [buffer.add_group(_group("t", r, lp)) for r, lp in specs]
+        for scheme, alpha, exponent in (("rank", 0.5, 1.0), ("proportional", 0.3, 2.0)):
+            replay = GroupReplay(buffer, alpha, scheme, exponent, seed=1)
+            eligible = [i for i, (r, _) in zip(ids, specs, strict=True) if np.std(r) > 0]
+            value = np.array([p2value(np.exp(lp), np.mean(r), alpha) for r, lp in specs if np.std(r) > 0])
+            expected = priorities(value, scheme) ** exponent
+            expected /= expected.sum()
+            draws = replay.sample(10_000)
+            counts = np.array([draws.count(i) for i in eligible])
+            assert counts.sum() == 10_000  # groups whose rewards tie are never drawn
+            assert scipy_stats.chisquare(counts, expected * 10_000).pvalue > 0.01
+            assert len(replay) == len(eligible)
+
+
+def _length_reward(completions, **kwargs):
+    """A reward that differs within groups (the default model's programs mostly all fail): the completion's length
+    in characters, mod 5."""
+    return [float(len(c) % 5) for c in completions]
+
+
+@pytest.mark.slow
+def test_replayed_groups_through_a_real_grpo_trainer(tmp_path):
+    trl = pytest.importorskip("trl")
+    import torch
+
+    from pper.generation import load_model
+    from pper.rl import rl_dataset
+    from pper.rl.config import GroupReplayConfig
+    from pper.rl.replay import trainer_class
+    from pper.tasks import load_tasks
+
+    model, tokenizer, _ = load_model("default")
+    tokenizer.padding_side = "left"
+    tasks = load_tasks("humaneval", limit=2)
+    data = rl_dataset(tasks, tokenizer)
+    scored: list[list[float]] = []
+
+    def reward(completions, **kwargs):
+        scored.append(_length_reward(completions))
+        return scored[-1]
+
+    reward.__name__ = "length"
+    seen: list[dict] = []
+
+    class Capturing(trainer_class()):
+        def _compute_loss(self, model, inputs):
+            seen.append({k: v.detach().clone() if torch.is_tensor(v) else v for k, v in inputs.items()})
+            return super()._compute_loss(model, inputs)
+
+    config = trl.GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_generations=2,
+                            max_completion_length=8, max_steps=3, learning_rate=1e-12, beta=0.0, report_to=[],
+                            use_cpu=True, save_strategy="no", logging_steps=1, seed=0, bf16=False)  # fmt: skip
+    with ReplayBuffer(tmp_path / "b.sqlite") as buffer:
+        buffer.add_tasks(tasks)
+        trainer = Capturing(model=model, reward_funcs=reward, args=config, train_dataset=data,
+                            processing_class=tokenizer, buffer=buffer, replay=GroupReplayConfig(fraction=0.5),
+                            task_ids=dict(zip(data["prompt"], data["task_id"], strict=True)))  # fmt: skip
+        trainer.train()
+        stored = [buffer.group(i) for i in range(1, buffer.group_count() + 1)]
+    # two groups of 2 per step; from the second step on, one of them is replayed when an eligible group is stored
+    assert trainer.fresh_groups + trainer.replayed_groups == 6 and trainer.replayed_groups >= 1
+    assert sum(map(len, scored)) == 2 * trainer.fresh_groups  # a replayed group is never scored again
+    assert len(stored) == trainer.fresh_groups and all(len(g.members) == 2 for g in stored)  # the group is the unit
+    assert all(g.task_id in {t.id for t in tasks} and g.prompt_ids for g in stored)
+    logged = [h for h in trainer.state.log_history if "replay/groups" in h]
+    assert [h["replay/groups"] for h in logged][0] == 0.0 and sum(h["replay/groups"] for h in logged) >= 1
+    assert all(batch["completion_ids"].size(0) == 4 for batch in seen)  # 2 groups of 2 in every step
+    for h, fresh in zip(logged, scored, strict=True):  # TRL's reward log: the mean over the fresh completions only
+        assert h["reward"] == pytest.approx(np.mean(fresh), abs=1e-3)
+    # an unchanged policy (learning rate 1e-12, float32): the importance ratio of every row, replayed ones included,
+    # is 1 (in bfloat16 the same tokens in another batch differ by up to 0.2 in log-probability)
+    for batch in seen:
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        with torch.no_grad():
+            logps, _, _ = trainer._get_per_token_logps_and_entropies(
+                trainer.model, ids, mask, batch["completion_ids"].size(1), batch_size=ids.size(0)
+            )
+        ratio = torch.exp(logps - batch["old_per_token_logps"]) * batch["completion_mask"]
+        kept = batch["completion_mask"].bool()
+        assert torch.allclose(ratio[kept], torch.ones_like(ratio[kept]), atol=1e-3)
+        # advantages of a group: rewards minus their mean over the group's std (+1e-4), as GRPO computes them
+        assert batch["advantages"].shape == (4,)
