@@ -296,3 +296,31 @@ def test_a_terminated_run_still_logs_the_interrupted_units_time(tmp_path):
         proc.stderr.close()
     rows = ledger(tmp_path / "runs" / "t")
     assert [(r["unit"], r["finished"]) for r in rows] == [("base seed 0", False)], tmp_path / TIMINGS
+
+
+def test_a_grpo_arm_gets_the_wall_clock_of_its_budget_arm_and_needs_one(tmp_path):
+    from pper.experiments.arms import KINDS
+    from pper.jsonl import append_jsonl
+
+    data = protocol_dict(tmp_path, btp={"buffer": "b"}, rl={"kind": "grpo", "budget_from": "btp"})
+    protocol = validate_protocol({**data, "compare": [["rl", "btp"]]})  # no equal-steps rule for wall-clock arms
+    with pytest.raises(PperError, match="budget arm btp seed 0 has not finished"):
+        KINDS["grpo"].seconds(protocol, "btp")
+    fake_run(protocol, "btp", 0, {"MBPP/1": (1.0, True)})
+    btp = next(u for u in units(protocol) if u.arm == "btp")
+    append_jsonl(
+        protocol.root / "timings.jsonl",
+        [{"unit": "buffer b", "seconds": 100.0}, {"unit": "btp seed 0", "seconds": 500.0}],
+    )
+    phases = [("sampling", 1, 0.5), ("testing", 1, 1.5), ("training", 1, 40.0), ("evaluation", 1, 300.0)]
+    rows = [[{"event": "start", "phase": p, "round": r, "time": 0.0}, {"event": "end", "phase": p, "round": r,
+             "seconds": s, "time": s}] for p, r, s in phases]  # fmt: skip
+    append_jsonl(btp.run_dir / "events.jsonl", [e for pair in rows for e in pair])
+    assert KINDS["grpo"].seconds(protocol, "btp") == pytest.approx(142.0)  # buffer + phases, evaluation excluded
+    for arms, message in (
+        ({"rl": {"kind": "grpo"}}, "needs `budget_from`"),
+        ({"rl": {"kind": "grpo", "budget_from": "base"}}, "needs `budget_from`"),  # the base model trains nothing
+        ({"x": {"buffer": "b", "budget_from": "base"}}, "`budget_from` is for arms with a wall-clock budget"),
+    ):
+        with pytest.raises(PperError, match=message):
+            validate_protocol(protocol_dict(tmp_path, **arms))

@@ -13,6 +13,7 @@ Kinds:
 * `references-sft`: plain supervised fine-tuning on the training tasks' reference solutions: the
   `references` buffer (every reference, tested like any program), replayed uniformly with the same steps as
   the other arms; each round replays the same references (the run never samples).
+* `grpo`: online RL (`pper rl`) at the wall-clock of another arm (`budget_from`), its steps counted.
 
 Adding a kind is a subclass of `ArmKind` (usually of `ReplayKind`) registered with `@kind`; a new way to
 fill a shared buffer is a function registered in `FILLERS` under its recipe's `source`.
@@ -85,6 +86,7 @@ class ArmKind:
     name: ClassVar[str]
     trains: ClassVar[bool] = True
     default_buffer: ClassVar[str | None] = None
+    wall_clock: ClassVar[bool] = False  # budgeted in seconds (`budget_from`), not in equal steps
 
     def buffer(self, spec: ArmSpec) -> str | None:
         """The shared buffer the arm starts from, if any."""
@@ -235,6 +237,59 @@ class ReferencesSFTKind(ReplayKind):
                 for task_id in tasks:
                     if task_id not in done:
                         buffer.add_sampled(task_id, model, r, [])
+
+
+@kind
+class GRPOKind(ArmKind):
+    """Online RL (`pper rl`: GRPO through TRL on pper's execution reward, with the arm's `rl` section) at equal
+    wall-clock: its budget is the measured seconds of the `budget_from` arm's first seed end to end without
+    evaluation (filling its shared buffer, and its run's sampling, testing, repair and training phases), since GRPO
+    samples for itself; training runs steps until the budget is spent (`rl.max_seconds`; `rl.steps` is a cap)."""
+
+    name = "grpo"
+    wall_clock = True
+
+    def check(self, protocol: Protocol, name: str, spec: ArmSpec) -> None:
+        if spec.buffer is not None:
+            raise ValueError(f"arm {name!r} ({self.name}) samples for itself: it takes no buffer")
+        source = spec.budget_from
+        if source is None or source not in protocol.arms or not KINDS[protocol.arms[source].kind].trains:
+            raise ValueError(f"arm {name!r} ({self.name}) needs `budget_from`: the arm whose wall-clock time it gets")
+        if list(protocol.arms).index(source) > list(protocol.arms).index(name):
+            raise ValueError(f"arm {name!r} ({self.name}): list its budget arm {source!r} before it")
+
+    def overrides(self, protocol: Protocol, name: str, spec: ArmSpec) -> dict[str, Any]:
+        return {"rounds": 1, "evaluation": {"before": False, "rounds": "last"}, "rl": {"steps": 100_000}}
+
+    def result_round(self, config: PperConfig) -> int:
+        return 1
+
+    def budget(self, config: PperConfig) -> dict[str, int] | None:
+        return None  # a wall-clock budget, measured and enforced when the arm runs (not equal steps)
+
+    def seconds(self, protocol: Protocol, source: str) -> float:
+        """The wall-clock budget: the `source` arm's first seed's filling of its buffer and its run's phases
+        other than evaluation, from the protocol's ledger and the run's events."""
+        from ..jsonl import read_jsonl
+        from ..pipeline import EVENTS_FILE
+        from ..report import phase_seconds
+        from .runner import ledger, spent
+
+        unit = Unit(protocol, source, protocol.arms[source].seeds[0])
+        if not unit.done():
+            raise PperError(f"the budget arm {source} seed {unit.seed} has not finished: run it first")
+        buffer = unit.kind.buffer(unit.spec)
+        filled = spent(ledger(protocol.root)).get(f"buffer {buffer}", 0.0) if buffer else 0.0
+        phases = phase_seconds(read_jsonl(unit.run_dir / EVENTS_FILE))
+        trained = sum(t for r in phases.values() for p, t in r.items() if p not in ("evaluation", "validation"))
+        return filled + trained
+
+    def execute(self, unit: Unit) -> None:
+        from ..rl.grpo import run_rl
+
+        seconds = self.seconds(unit.protocol, unit.spec.budget_from)
+        config = unit.config.model_copy(update={"rl": unit.config.rl.model_copy(update={"max_seconds": seconds})})
+        run_rl(config, force=True)
 
 
 def pipeline_sampler_names(config: PperConfig) -> list[str]:

@@ -84,6 +84,7 @@ class ArmSpec(BaseModel):
     kind: str = "replay"
     buffer: str | None = None
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    budget_from: str | None = None  # kinds with a wall-clock budget (grpo): the arm whose time sets it
 
     @field_validator("seeds")
     @classmethod
@@ -98,6 +99,8 @@ class ArmSpec(BaseModel):
 
         if self.kind not in KINDS:
             raise ValueError(f"unknown arm kind {self.kind!r} (known kinds: {', '.join(KINDS)})")
+        if self.budget_from is not None and not KINDS[self.kind].wall_clock:
+            raise ValueError(f"`budget_from` is for arms with a wall-clock budget (grpo), not kind {self.kind!r}")
         for key in self.model_extra or {}:
             if key == "train":
                 raise ValueError("`train: false` is now `kind: base`")

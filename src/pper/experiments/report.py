@@ -62,6 +62,16 @@ def _scores(samples: Path) -> Scores:
     return {t: (float(np.mean([p for p, _ in v])), float(np.mean([s for _, s in v]))) for t, v in rows.items()}
 
 
+def wall_clock_runs(units: Sequence[Unit]) -> dict[str, list[dict[str, Any]]]:
+    """Arm -> per seed, the steps an arm with a wall-clock budget (grpo) ran, its seconds and its budget."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for u in units:
+        record = u.run_dir / "checkpoints" / "round-1" / "rl.json"
+        if u.kind.wall_clock and record.exists():
+            out.setdefault(u.arm, []).append({"seed": u.seed, **json.loads(record.read_text())})
+    return out
+
+
 def turn_curves(units: Sequence[Unit]) -> dict[str, dict[str, list[float]]]:
     """Arm -> its held-out pass rate and strict accuracy after each turn (mean over seeds), and the base model's
     independent samples' pass@t where measured: the per-turn plot's data."""
@@ -190,6 +200,7 @@ def summarize(protocol: Protocol, units: Sequence[Unit]) -> dict[str, Any]:
         "replay": replay_stats(protocol, done),
         "machine": machine(),
         "turns": turn_curves([u for us in done.values() for u in us]),
+        "wall_clock": wall_clock_runs([u for us in done.values() for u in us]),
     }
 
 
@@ -373,6 +384,16 @@ def markdown(summary: dict) -> str:
         "distribution over the buffer; minutes of training and evaluation per seed):",
         "",
         *context_tables(summary),
+        "",
+        *[
+            f"{arm} (at the wall-clock of its budget arm): "
+            + "; ".join(
+                f"seed {r['seed']} ran {r['steps']} steps in {r['seconds']:.0f} s of {r['max_seconds']:.0f} s"
+                for r in runs
+            )  # fmt: skip
+            + "."
+            for arm, runs in summary.get("wall_clock", {}).items()
+        ],
         "",
         f"Protocol `{summary['protocol']}`; working time {hours:.1f} h (summed from `{TIMINGS}`) on "
         f"{summary['machine']}.",

@@ -31,7 +31,9 @@ class RLConfig(BaseModel):
     private tests; advantages are normalised within each group (TRL's GRPO). `steps` optimiser steps at
     `learning_rate`, `beta` the KL coefficient to the initial policy (0: no reference model, TRL's default).
     method: "lora" (PEFT adapters as in `training.lora`) or "full". `save_steps`: TRL checkpoints a killed run
-    resumes from. On a GPU, `use_vllm` passes through to TRL (vLLM installed by the user). `replay`: prioritized
+    resumes from. `max_seconds`: a wall-clock budget for training (summed over resumed attempts): training stops
+    after the step that spends it, `steps` being then only a cap (the experiment runner's equal-wall-clock arms set
+    it). On a GPU, `use_vllm` passes through to TRL (vLLM installed by the user). `replay`: prioritized
     replay of stored groups (`GroupReplayConfig`; every group is stored in the run's buffer when it is on).
     """
 
@@ -48,4 +50,5 @@ class RLConfig(BaseModel):
     reward: Literal["pass_rate", "strict", "coderl"] = "pass_rate"
     save_steps: int = Field(5, ge=1)
     use_vllm: bool = False
+    max_seconds: float | None = Field(None, gt=0)
     replay: GroupReplayConfig = GroupReplayConfig()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from ..jsonl import read_jsonl
 from ..pipeline import EVENTS_FILE, Events, checkpoint_dir, eval_paths, prepare, write_kept
 
 RL_DIR = "rl"
+ELAPSED = "elapsed.json"  # in rl/: training seconds spent before the last checkpoint (a wall-clock budget's clock)
 DONE = "rl.json"  # in checkpoints/round-1/ once the policy is saved
 
 
@@ -73,6 +75,35 @@ def _peft_config(config: PperConfig) -> Any:
                       target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
 
 
+class Budget:
+    """The training's wall-clock: seconds spent by earlier attempts up to their last checkpoint (`path`) plus this
+    attempt's; with `max_seconds`, training stops after the step that reaches it."""
+
+    def __init__(self, path: Path, max_seconds: float | None):
+        self.path, self.max_seconds = path, max_seconds
+        self.before = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class Stop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if clock.max_seconds is not None and clock.elapsed() >= clock.max_seconds:
+                    control.should_training_stop = True
+                    control.should_save = True
+
+            def on_save(self, args, state, control, **kwargs):
+                write_atomic(clock.path, json.dumps({"seconds": clock.elapsed(), "step": state.global_step}) + "\n")
+
+        return Stop()
+
+
 def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Events) -> Path:
     """Train (or resume) GRPO; the trained policy as a plain transformers directory (`checkpoints/round-1/model`)."""
     import trl
@@ -97,6 +128,8 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
                 events.log(event="rl_step", phase="rl", step=state.global_step,
                            **{k: v for k, v in logs.items() if isinstance(v, (int, float))})  # fmt: skip
 
+    clock = Budget(output / ELAPSED, config.rl.max_seconds)
+
     with ExecutionReward(train_tasks, kind=config.rl.reward, execution=config.execution) as reward:
         data = rl_dataset(train_tasks, tokenizer)
         common = {
@@ -106,7 +139,7 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
             "train_dataset": data,
             "processing_class": tokenizer,
             "peft_config": _peft_config(config),
-            "callbacks": [Log()],
+            "callbacks": [Log(), clock.callback()],
         }
         if config.rl.replay.fraction > 0:
             from ..buffer import ReplayBuffer
@@ -128,7 +161,12 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
     policy.save_pretrained(staging / "model")
     tokenizer.padding_side = "right"
     tokenizer.save_pretrained(staging / "model")
-    write_atomic(staging / DONE, json.dumps({"steps": trainer.state.global_step}) + "\n")
+    record = {
+        "steps": trainer.state.global_step,
+        "seconds": round(clock.elapsed(), 1),
+        "max_seconds": config.rl.max_seconds,
+    }
+    write_atomic(staging / DONE, json.dumps(record) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
     return final / "model"
