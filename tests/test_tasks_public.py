@@ -91,8 +91,7 @@ def test_humaneval_public_tests_come_from_the_docstrings_and_references_pass_the
         ex.calibrate(views)
         results = list(ex.map([(v, t.solutions[0]) for v, t in zip(views, with_public, strict=True)]))
     failing = {t.id for t, r in zip(with_public, results, strict=True) if r.passed != r.total}
-    # HumanEval's own docstrings are wrong there (kept as written: the model sees them in its prompt anyway)
-    assert failing == {"HumanEval/47", "HumanEval/116", "HumanEval/130", "HumanEval/148"}
+    assert failing == set()  # the six wrong docstring examples (HumanEval/47, 116, 130, 148) are left out
 
 
 def test_codecontests_public_tests_are_the_public_group(codecontests_path):
@@ -114,6 +113,23 @@ def test_apps_public_tests_are_the_cases_the_statement_shows():
     assert len(task.tests) == 2
     hidden = parse_apps({**row, "question": "Print the sum."})
     assert hidden.public_tests is None and hidden.public_view() is None
+    # a hidden case whose numbers happen to occur in the text is not an example ("1 <= n" and "2n" are not lines)
+    io = json.dumps({"inputs": ["5\n", "1\n"], "outputs": ["10\n", "2\n"]})
+    prose = parse_apps({**row, "question": "1 <= n <= 10^5, print 2n.\nExample\n5\n10\n", "input_output": io})
+    assert prose.public_tests == StdioTests(cases=(StdioCase("5\n", "10\n"),))
+
+
+def test_an_instruction_prompt_shows_the_public_tests_only():
+    task = Task(
+        id="t/2",
+        prompt="Write dbl(x).",
+        entry_point="dbl",
+        tests=AssertTests(asserts=("assert dbl(1) == 2", "assert dbl(7) == 14")),
+        public_tests=AssertTests(asserts=("assert dbl(1) == 2",)),
+    )
+    text = build_prompt(task).text
+    assert "assert dbl(1) == 2" in text and "dbl(7)" not in text
+    assert "dbl(7)" in build_prompt(Task(id="t/3", prompt="Write dbl(x).", tests=task.tests)).text  # no public tests
 
 
 def test_jsonl_tasks_give_both_lists_and_old_rows_have_no_public_tests(tmp_path):

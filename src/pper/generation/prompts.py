@@ -93,11 +93,13 @@ def build_prompt(task: Task, tokenizer: Any = None, prefix: str = "") -> Prompt:
 
 
 def instruction(task: Task) -> str:
-    """The user message for an instruction task (MBPP paper style for assert tests)."""
+    """The user message for an instruction task (MBPP paper style for assert tests): up to `SHOWN_TESTS` asserts of
+    its public tests (of its tests where it has no public ones), never a private test beyond them."""
     tests = task.tests
     parts = [f"You are an expert Python programmer, and here is your task: {task.prompt.strip()}"]
-    if isinstance(tests, AssertTests) and tests.asserts:
-        shown = "\n".join(tests.asserts[:SHOWN_TESTS])
+    shown_tests = task.public_tests if isinstance(task.public_tests, AssertTests) else tests
+    if isinstance(tests, AssertTests) and isinstance(shown_tests, AssertTests) and shown_tests.asserts:
+        shown = "\n".join(shown_tests.asserts[:SHOWN_TESTS])
         parts.append(f"Your code should pass these tests:\n\n{shown}")
     elif isinstance(tests, CallTests):
         starter = task.metadata.get("starter_code") or ""

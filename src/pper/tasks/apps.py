@@ -5,9 +5,10 @@ Rows have `problem_id`, `question`, `solutions` and `input_output` (both JSON te
 `outputs`; with a `fn_name` the problem is call-based, otherwise standard input/output. Rows without any
 test are skipped (the loader warns with their ids).
 
-APPS has no separate public tests: for standard-input problems, the public tests are the cases whose input and
-output both appear in the statement (its examples); call-based problems get none (their examples are written
-as prose, `nums = [2,7,11,15], target = 9`, which does not map onto the arguments reliably).
+APPS has no separate public tests: for standard-input problems, the public tests are the cases the statement shows
+as examples (the input's lines as whole consecutive lines of the statement, the output's lines after them);
+call-based problems get none (their examples are written as prose, `nums = [2,7,11,15], target = 9`, which does not
+map onto the arguments reliably).
 """
 
 from __future__ import annotations
@@ -83,7 +84,20 @@ def _text(value: Any, field: str) -> str:
 
 
 def _shown(case: StdioCase, statement: str) -> bool:
-    """Whether the statement shows this case: its input and its output both appear in it, whitespace aside."""
-    text = " ".join(statement.split())
-    given, expected = " ".join(case.input.split()), " ".join(case.output.split())
-    return bool(given) and bool(expected) and given in text and expected in text
+    """Whether the statement shows this case as an example: the input's lines appear in it as consecutive whole
+    lines, and the output's lines after them (whitespace around each line aside)."""
+    lines = [line.strip() for line in statement.splitlines()]
+    given = [line.strip() for line in case.input.strip().splitlines()]
+    expected = [line.strip() for line in case.output.strip().splitlines()]
+    if not given or not expected:
+        return False
+    start = _find(lines, given, 0)
+    return start >= 0 and _find(lines, expected, start + len(given)) >= 0
+
+
+def _find(lines: list[str], block: list[str], start: int) -> int:
+    """Where `block` first appears in `lines` as consecutive lines at or after `start`; -1 if it does not."""
+    for i in range(start, len(lines) - len(block) + 1):
+        if lines[i : i + len(block)] == block:
+            return i
+    return -1

@@ -11,7 +11,9 @@ Public tests (what the model may see, RLEF's feedback): the examples of the entr
 `assert <call> == <expected>` where they parse: doctest examples (`>>> f(1)` and the expected output below it)
 and example lines such as `f(1) == 2`, `f(1) = 2`, `f(1) ➞ 2` or `f(1) -> 2` (the call on the left must call the
 entry point with literal arguments, the expected value must be a Python literal). A prompt whose examples do not
-parse gets no public tests. The private tests are the `check` tests above; no held-out metric uses the public ones.
+parse gets no public tests. Six examples that the canonical solutions fail (the docstrings of HumanEval/47, 116, 130
+and 148 are wrong there) are left out (`WRONG_EXAMPLES`). The private tests are the `check` tests above; no held-out
+metric uses the public ones.
 """
 
 from __future__ import annotations
@@ -94,6 +96,20 @@ _WRAPPERS = {"round", "sorted", "abs", "len", "list", "tuple", "set"}  # what ma
 _WORDS = {"true": "True", "false": "False", "none": "None"}  # examples written in lower case
 
 
+# Examples of HumanEval's own docstrings that its canonical solutions fail (the docstrings are wrong): left out of the
+# public tests, so that feedback never tells a correct program to change.
+WRONG_EXAMPLES = frozenset(
+    {
+        "assert median([-10, 4, 6, 1000, 10, 20]) == 15.0",  # HumanEval/47
+        "assert sort_array([1, 5, 2, 3, 4]) == [1, 2, 3, 4, 5]",  # HumanEval/116
+        "assert sort_array([-2, -3, -4, -5, -6]) == [-6, -5, -4, -3, -2]",  # HumanEval/116
+        "assert tri(1) == 3",  # HumanEval/130
+        "assert tri(4) == 3",  # HumanEval/130: read from "tri(4) = tri(3) + ... = 8"
+        "assert bf('Earth', 'Mercury') == (\"Venus\")",  # HumanEval/148: a string, not a tuple
+    }
+)
+
+
 def docstring_examples(prompt: str, entry_point: str) -> tuple[str, ...]:
     """The examples of the entry point's docstring in `prompt`, as asserts `assert <call> == <expected>`, in the
     order they appear, without repeats (see the module docstring for the forms read)."""
@@ -110,7 +126,7 @@ def docstring_examples(prompt: str, entry_point: str) -> tuple[str, ...]:
             want = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith(">>>") else ""
             example = _assert(line[3:], want, entry_point) if want else ""
         found.append(example)
-    return tuple(dict.fromkeys(a for a in found if a))
+    return tuple(dict.fromkeys(a for a in found if a and a not in WRONG_EXAMPLES))
 
 
 def _public(prompt: str, entry_point: str) -> AssertTests | None:
