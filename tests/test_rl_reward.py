@@ -130,3 +130,60 @@ def test_a_real_grpo_trainer_runs_two_steps_with_the_reward(tmp_path, humaneval)
         assert reward.calls == 2 and reward.scored == 4
     logged = [h for h in trainer.state.log_history if "rewards/pper_pass_rate/mean" in h]
     assert len(logged) == 2
+
+
+def test_feedback_tokens_close_the_answer_and_open_the_next_one():
+    from pper.generation import load_model
+    from pper.rl.multiturn import feedback_ids
+
+    _, tokenizer, _ = load_model("default")
+    text = tokenizer.decode(feedback_ids(tokenizer, "The program failed this test:\nassert f() == 1", ended=True))
+    assert text.startswith("\n<|im_start|>user\nThe program failed this test:")
+    assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert tokenizer.decode(feedback_ids(tokenizer, "x", ended=False)).startswith("<|im_end|>\n<|im_start|>user")
+
+
+@pytest.mark.slow
+def test_multi_turn_rollouts_through_a_real_grpo_trainer(tmp_path, mbpp_path):
+    """Each completion answers, gets public-test feedback (masked out of the loss) and answers again; the reward
+    judges the last answer's program on the private tests."""
+    trl = pytest.importorskip("trl")
+    import torch
+
+    from pper.generation import load_model
+    from pper.rl.multiturn import repair_rollout
+
+    tasks = [t for t in load_tasks(f"mbpp:{mbpp_path}", split="test", limit=3) if t.metadata["challenge_test_list"]]
+    model, tokenizer, _ = load_model("default")
+    tokenizer.padding_side = "left"
+    seen: list[dict] = []
+    judged: list[list[str]] = []
+
+    class Capturing(trl.GRPOTrainer):
+        def _compute_loss(self, model, inputs):
+            seen.append({k: v.detach().clone() if torch.is_tensor(v) else v for k, v in inputs.items()})
+            return super()._compute_loss(model, inputs)
+
+    with ExecutionReward(tasks, workers=1) as reward:
+
+        def recording(**kwargs):
+            judged.append(list(kwargs["program"]))
+            return reward(**kwargs)
+
+        recording.__name__ = "pper"
+        config = trl.GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, num_generations=2,
+                                max_completion_length=24, max_steps=1, beta=0.0, report_to=[], use_cpu=True,
+                                save_strategy="no", bf16=False)  # fmt: skip
+        trainer = Capturing(model=model, reward_funcs=recording, args=config, processing_class=tokenizer,
+                            train_dataset=rl_dataset(tasks, tokenizer, chat=True),
+                            rollout_func=repair_rollout(tasks, 2, executor=reward.executor()))  # fmt: skip
+        trainer.train()
+    (batch,) = seen
+    assert "tool_mask" in batch  # TRL's mask of environment tokens
+    repaired = 0
+    for ids, env in zip(batch["completion_ids"], batch["tool_mask"], strict=True):
+        fed_back = tokenizer.decode(ids[env == 0])
+        if "The program failed this test:" in fed_back:
+            repaired += 1
+            assert "hellolloll" not in fed_back and "challenge" not in fed_back  # no private test in feedback
+    assert repaired >= 1 and len(judged) == 1 and len(judged[0]) == 2

@@ -33,7 +33,9 @@ class RLConfig(BaseModel):
     method: "lora" (PEFT adapters as in `training.lora`) or "full". `save_steps`: TRL checkpoints a killed run
     resumes from. `max_seconds`: a wall-clock budget for training (summed over resumed attempts): training stops
     after the step that spends it, `steps` being then only a cap (the experiment runner's equal-wall-clock arms set
-    it). On a GPU, `use_vllm` passes through to TRL (vLLM installed by the user). `replay`: prioritized
+    it). `turns` > 1: multi-turn rollouts (`pper.rl.multiturn`): each completion may take up to `turns` answers, the
+    later ones after feedback on the public tests (`feedback.max_chars`), rewarded on the last. On a GPU, `use_vllm`
+    passes through to TRL (vLLM installed by the user). `replay`: prioritized
     replay of stored groups (`GroupReplayConfig`; every group is stored in the run's buffer when it is on).
     """
 
@@ -51,4 +53,5 @@ class RLConfig(BaseModel):
     save_steps: int = Field(5, ge=1)
     use_vllm: bool = False
     max_seconds: float | None = Field(None, gt=0)
+    turns: int = Field(1, ge=1)
     replay: GroupReplayConfig = GroupReplayConfig()

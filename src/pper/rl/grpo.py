@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PperConfig
+from ..errors import PperError
 from ..files import write_atomic
 from ..jsonl import read_jsonl
 from ..pipeline import EVENTS_FILE, Events, checkpoint_dir, eval_paths, prepare, write_kept
@@ -130,8 +131,11 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
 
     clock = Budget(output / ELAPSED, config.rl.max_seconds)
 
+    turns = config.rl.turns
+    if turns > 1 and config.rl.replay.fraction > 0:
+        raise PperError("rl.turns > 1 and rl.replay: group replay of multi-turn rollouts is not supported; use one")
     with ExecutionReward(train_tasks, kind=config.rl.reward, execution=config.execution) as reward:
-        data = rl_dataset(train_tasks, tokenizer)
+        data = rl_dataset(train_tasks, tokenizer, chat=turns > 1)
         common = {
             "model": model,
             "reward_funcs": reward,
@@ -141,6 +145,10 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
             "peft_config": _peft_config(config),
             "callbacks": [Log(), clock.callback()],
         }
+        if turns > 1:
+            from .multiturn import repair_rollout
+
+            common["rollout_func"] = repair_rollout(train_tasks, turns, config.feedback.max_chars, reward.executor())
         if config.rl.replay.fraction > 0:
             from ..buffer import ReplayBuffer
             from .replay import trainer_class

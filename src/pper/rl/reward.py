@@ -21,10 +21,11 @@ process. Reward kinds (`kind`):
   does not compile.
 
 A bad program (syntax error, crash, timeout, memory bomb) gets its reward, never an exception; a `task_id` the
-reward does not know raises a `PperError` naming it. With `run_dir`, every scored program and its verdicts are also
-stored in that directory's pper buffer (`buffer.sqlite`, model `rl:<name>`), as one more source of programs to
-inspect or export. A reward function sees no log-probabilities: such programs are stored with log P = 0 and one
-token per completion token; they are records, not replay candidates.
+reward does not know raises a `PperError` naming it. A multi-turn rollout (`pper.rl.multiturn`) passes the program
+of its last turn as the column `program`, which is then judged instead. With `run_dir`, every scored program and
+its verdicts are also stored in that directory's pper buffer (`buffer.sqlite`, model `rl:<name>`), as one more
+source of programs to inspect or export. A reward function sees no log-probabilities: such programs are stored
+with log P = 0 and one token per completion token; they are records, not replay candidates.
 """
 
 from __future__ import annotations
@@ -139,9 +140,14 @@ class ExecutionReward:
         self.close()
 
     def results(
-        self, prompts: Sequence[Any], completions: Sequence[Any], task_ids: Sequence[str]
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        task_ids: Sequence[str],
+        programs: Sequence[str] | None = None,
     ) -> list[tuple[Task, str, ProgramResult]]:
-        """(task, program, its results) of each completion."""
+        """(task, program, its results) of each completion; `programs` (a multi-turn rollout's `program` column: the
+        last turn's program) replace the programs made from the completions."""
         if not (len(prompts) == len(completions) == len(task_ids)):
             raise PperError(
                 f"{len(prompts)} prompts, {len(completions)} completions and {len(task_ids)} task ids: one of each "
@@ -155,7 +161,12 @@ class ExecutionReward:
             raise PperError(
                 f"unknown task_id {unknown[0]!r}{more}: not among the reward's {len(tasks)} tasks ({source})"
             )
-        jobs = [(tasks[t], program_for(tasks[t], p, c)) for p, c, t in zip(prompts, completions, task_ids, strict=True)]
+        if programs is not None:
+            jobs = [(tasks[t], str(p)) for p, t in zip(programs, task_ids, strict=True)]
+        else:
+            jobs = [
+                (tasks[t], program_for(tasks[t], p, c)) for p, c, t in zip(prompts, completions, task_ids, strict=True)
+            ]
         results = list(self.executor().map(jobs))
         return [(task, program, result) for (task, program), result in zip(jobs, results, strict=True)]
 
@@ -165,6 +176,7 @@ class ExecutionReward:
         completions: Sequence[Any] | None = None,
         task_id: Sequence[str] | None = None,
         completion_ids: Sequence[Sequence[int]] | None = None,
+        program: Sequence[str] | None = None,
         **columns: Any,
     ) -> list[float]:
         if completions is None:
@@ -175,7 +187,7 @@ class ExecutionReward:
                 "makes one)"
             )
         prompts = list(prompts) if prompts is not None else [""] * len(completions)
-        scored = self.results(prompts, list(completions), list(task_id))
+        scored = self.results(prompts, list(completions), list(task_id), program)
         self.calls += 1
         self.scored += len(scored)
         if self.run_dir is not None:
