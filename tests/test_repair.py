@@ -163,6 +163,12 @@ def test_trajectories_in_the_buffer_and_their_export(tmp_path):
         assert rows[child]["messages"] == [*messages, {"role": "assistant", "content": "```python\nx\n```"}]
         dataset = to_hf_dataset(buffer)
         assert dataset[3]["messages"][-1] == {"role": "assistant", "content": "a"} and dataset[0]["messages"] is None
+        # the same text given another prefix: another parent, whose repair with the same answer is its own program
+        (twin,) = buffer.add_programs([NewProgram(TASK.id, "def remove_Occ(s, ch):\n    return s\n", -2.0, 4, "m", 1,
+                                                  "def remove_Occ(s, ch):")])  # fmt: skip
+        (twin_child,) = buffer.add_repairs([Repair(same_text, twin, "fb root", messages, "```python\nx\n```")])
+        assert twin not in (root, child) and twin_child not in (root, child, twin)
+        assert buffer.turn(twin_child).parent_id == twin
 
 
 CONFIG = {

@@ -37,6 +37,24 @@ def test_group_draws_follow_the_priority_distribution(tmp_path):
             assert len(replay) == len(eligible)
 
 
+def test_a_fraction_of_the_groups_is_replayed_on_average_and_one_group_is_always_sampled():
+    from pper.rl.replay import replayed_count
+
+    assert [replayed_count(0.25, 2, u) for u in (0.0, 0.49, 0.5, 0.99)] == [1, 1, 0, 0]  # 0.5 groups on average
+    assert [replayed_count(0.5, 4, u) for u in (0.0, 0.99)] == [2, 2]
+    assert replayed_count(0.99, 2, 0.0) == 1 and replayed_count(0.0, 8, 0.0) == 0  # never all, never without f
+
+
+def test_groups_sampled_after_a_checkpoint_are_dropped_on_resume(tmp_path):
+    task = Task(id="t", prompt="p", tests=AssertTests(asserts=("assert True",)))
+    with ReplayBuffer(tmp_path / "b.sqlite") as buffer:
+        buffer.add_tasks([task])
+        for step in (0, 1, 2, 2):
+            buffer.add_group(Group("t", "p", (1,), (Member("c", (1,), (-0.1,), 1.0),), step))
+        assert buffer.drop_groups(2) == 2 and buffer.group_count() == 2
+        assert [buffer.group(i).step for i in (1, 2)] == [0, 1]
+
+
 def _length_reward(completions, **kwargs):
     """A reward that differs within groups (the default model's programs mostly all fail): the completion's length
     in characters, mod 5."""
@@ -92,17 +110,31 @@ def test_replayed_groups_through_a_real_grpo_trainer(tmp_path):
     assert all(batch["completion_ids"].size(0) == 4 for batch in seen)  # 2 groups of 2 in every step
     for h, fresh in zip(logged, scored, strict=True):  # TRL's reward log: the mean over the fresh completions only
         assert h["reward"] == pytest.approx(np.mean(fresh), abs=1e-3)
-    # an unchanged policy (learning rate 1e-12, float32): the importance ratio of every row, replayed ones included,
-    # is 1 (in bfloat16 the same tokens in another batch differ by up to 0.2 in log-probability)
+    from trl.trainer.utils import nanstd
+
+    members = {(g.prompt_ids, m.completion_ids): (g, m) for g in stored for m in g.members}
     for batch in seen:
+        # an unchanged policy (learning rate 1e-12, float32): the importance ratio of a replayed row is 1; fresh rows
+        # come marked NaN and take TRL's on-policy old log-probabilities (their own, detached) inside the loss
         ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
         mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
         with torch.no_grad():
             logps, _, _ = trainer._get_per_token_logps_and_entropies(
                 trainer.model, ids, mask, batch["completion_ids"].size(1), batch_size=ids.size(0)
             )
-        ratio = torch.exp(logps - batch["old_per_token_logps"]) * batch["completion_mask"]
-        kept = batch["completion_mask"].bool()
-        assert torch.allclose(ratio[kept], torch.ones_like(ratio[kept]), atol=1e-3)
-        # advantages of a group: rewards minus their mean over the group's std (+1e-4), as GRPO computes them
-        assert batch["advantages"].shape == (4,)
+        old = batch.get("old_per_token_logps")
+        replayed = [] if old is None else [i for i in range(4) if not torch.isnan(old[i]).any()]
+        assert len(replayed) in (0, 2)  # a whole group or none
+        for i in replayed:
+            kept = batch["completion_mask"][i].bool()
+            ratio = torch.exp(logps[i][kept] - old[i][kept])
+            assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3)
+        # every row's advantage is its group's: (r - mean) / (std + 1e-4), as GRPO computes a fresh group's
+        for i in range(4):
+            prompt = tuple(t for t, m in zip(batch["prompt_ids"][i].tolist(), batch["prompt_mask"][i].tolist(),
+                                             strict=True) if m)  # fmt: skip
+            n = int(batch["completion_mask"][i].sum())
+            group, member = members[prompt, tuple(batch["completion_ids"][i][:n].tolist())]
+            rewards = torch.tensor([m.reward for m in group.members])
+            expected = (member.reward - rewards.mean()) / (nanstd(rewards) + 1e-4)
+            assert batch["advantages"][i].item() == pytest.approx(expected.item(), abs=1e-4)

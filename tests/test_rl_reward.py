@@ -47,6 +47,7 @@ def test_a_canonical_solution_scores_above_a_wrong_body_and_bad_programs_get_the
 def test_the_program_is_the_prompt_passed_plus_the_completion_or_the_code_of_an_answer(humaneval, mbpp_path):
     task = humaneval[0]
     assert program_for(task, "PROMPT\n", "    return 1\n") == "PROMPT\n    return 1\n"  # exactly what was passed
+    assert program_for(task, "PROMPT\n", "    return 1\nprint(f())\n") == "PROMPT\n    return 1"  # cut at a stop
     chat = [
         {"role": "user", "content": "x"},
         {"role": "assistant", "content": "Sure:\n```python\ndef f():\n    pass\n```"},

@@ -209,8 +209,10 @@ class Group:
 
     @property
     def possibility(self) -> float:
-        """Mean over the completions of P(t) = exp(mean token log-probability) (`buffer.priority.possibility`)."""
-        return float(np.mean([np.exp(np.mean(m.logps)) if m.logps else 1.0 for m in self.members]))
+        """Mean over the completions with tokens of P(t) = exp(mean token log-probability)
+        (`buffer.priority.possibility`); 0 when none has a token (every completion masked out)."""
+        scored = [float(np.exp(np.mean(m.logps))) for m in self.members if m.logps]
+        return float(np.mean(scored)) if scored else 0.0
 
 
 class Execution(NamedTuple):
@@ -583,9 +585,10 @@ class ReplayBuffer:
         their ids. A program is keyed by its text and its conversation, so the same text reached in another
         turn or trajectory is its own candidate."""
         with self._write():
-            contexts = [json.dumps(r.messages, sort_keys=True) for r in repairs]
+            # the conversation and the parent: two parents of the same text (other prefixes) get repairs of their own
+            contexts = [json.dumps({"messages": r.messages, "parent": r.parent_id}, sort_keys=True) for r in repairs]
             ids = self._insert_programs([r.program for r in repairs], contexts)
-            for program_id, repair, context in zip(ids, repairs, contexts, strict=True):
+            for program_id, repair in zip(ids, repairs, strict=True):
                 parent = self._turn(repair.parent_id)
                 self._db.execute(
                     "INSERT OR IGNORE INTO trajectories (program_id, task_id, root_id, turn, parent_id, feedback,"
@@ -597,7 +600,7 @@ class ReplayBuffer:
                         parent.turn + 1,
                         repair.parent_id,
                         repair.feedback,
-                        context,
+                        json.dumps(repair.messages, sort_keys=True),
                         repair.answer,
                     ),
                 )
@@ -696,6 +699,15 @@ class ReplayBuffer:
 
     def group_count(self) -> int:
         return self._count("groups")
+
+    def drop_groups(self, from_step: int) -> int:
+        """Delete the groups sampled at `from_step` or later (a resumed run samples those steps again); returns how
+        many were deleted."""
+        with self._write():
+            ids = [r[0] for r in self._db.execute("SELECT id FROM groups WHERE step >= ?", (from_step,))]
+            self._db.executemany("DELETE FROM group_members WHERE group_id = ?", [(i,) for i in ids])
+            self._db.executemany("DELETE FROM groups WHERE id = ?", [(i,) for i in ids])
+        return len(ids)
 
     # -- curriculum stages -----------------------------------------------------------------------
 

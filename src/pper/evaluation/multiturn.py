@@ -108,9 +108,10 @@ def _repair_turn(
         sampled = progress(sampled, len(prompts), f"evaluation repair turn {after.stem.rsplit('-', 1)[-1]}", "tasks")
     for i, candidates in sampled:
         task, prompt = repair[i], prompts[i]
-        row = {**previous[task.id], "repaired": True, "messages": list(prompt.messages), "history": history[task.id]}
-        if candidates:  # no program written: the task keeps its last one
+        row = {**previous[task.id], "repaired": False}
+        if candidates:  # no program written: the task keeps its last one, not repaired
             c = candidates[0]
+            row.update(repaired=True, messages=list(prompt.messages), history=history[task.id])
             row.update(program=c.program, completion=completion_of(task, c.program), logprob=c.logprob,
                        num_tokens=c.num_tokens)  # fmt: skip
         append_jsonl(after, [row])

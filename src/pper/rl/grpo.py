@@ -59,6 +59,9 @@ def grpo_args(config: PperConfig, output_dir: Path) -> Any:
         logging_steps=1,
         save_strategy="steps",
         save_steps=r.save_steps,
+        save_total_limit=2,  # the last checkpoints only (a wall-clock arm may run thousands of steps)
+        # a wall-clock budget has no known number of steps to decay the learning rate over: keep it constant
+        lr_scheduler_type="constant" if r.max_seconds is not None else "linear",
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
         use_vllm=r.use_vllm,
@@ -105,6 +108,11 @@ class Budget:
         return Stop()
 
 
+def _checkpoint_step(checkpoint: str) -> int:
+    """The global step a TRL (transformers) checkpoint was saved at."""
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
+
+
 def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Events) -> Path:
     """Train (or resume) GRPO; the trained policy as a plain transformers directory (`checkpoints/round-1/model`)."""
     import trl
@@ -149,18 +157,21 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
             from .multiturn import repair_rollout
 
             common["rollout_func"] = repair_rollout(train_tasks, turns, config.feedback.max_chars, reward.executor())
+        resume = get_last_checkpoint(str(output))
         if config.rl.replay.fraction > 0:
             from ..buffer import ReplayBuffer
             from .replay import trainer_class
 
             buffer = ReplayBuffer.in_run(run_dir)
             buffer.add_tasks(train_tasks)
+            # groups stored after the checkpoint are sampled again from its step on: drop them, never store twice
+            buffer.drop_groups(_checkpoint_step(resume) if resume else 0)
             task_ids = dict(zip(data["prompt"], data["task_id"], strict=True))
             trainer = trainer_class()(buffer=buffer, replay=config.rl.replay, task_ids=task_ids,
                                       model_name=config.generation.model, **common)  # fmt: skip
         else:
             trainer = trl.GRPOTrainer(**common)
-        trainer.train(resume_from_checkpoint=get_last_checkpoint(str(output)))
+        trainer.train(resume_from_checkpoint=resume)
     policy = trainer.model
     if hasattr(policy, "merge_and_unload"):
         policy = policy.merge_and_unload()
@@ -200,8 +211,14 @@ def run_rl(config: PperConfig, force: bool = False, show_progress: bool = True) 
         name = loaded[2] if round == 0 else f"{loaded[2]}@{config.name}/rl"
         sampler = transformers_sampler(config.generation, config.seed, (loaded[0], loaded[1], name))
         with Executor.from_config(config.execution) as executor, events.phase("evaluation", round):
-            evaluate(prepared.eval, samples, executor, sampler, e.mode, e.n, e.ks, metrics,
-                     {"round": round, "model": name}, show_progress)  # fmt: skip
+            info = {"round": round, "model": name}
+            if e.turns > 1:
+                from ..evaluation.multiturn import evaluate_turns
+
+                evaluate_turns(prepared.eval, samples, executor, sampler, e.turns, config.feedback.max_chars,
+                               e.independent, metrics, info, show_progress)  # fmt: skip
+            else:
+                evaluate(prepared.eval, samples, executor, sampler, e.mode, e.n, e.ks, metrics, info, show_progress)
 
     if e.before:
         held_out(0, config.generation.model)

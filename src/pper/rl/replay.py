@@ -1,8 +1,9 @@
 """P2Value replay of GRPO groups: a subclass of TRL's `GRPOTrainer` whose unit of storage and replay is the group.
 
 Each step, TRL hands `_generate_and_score_completions` a generation batch of prompts, each repeated G
-(`num_generations`) times in a row: one group per prompt. With `rl.replay.fraction` = f, the last round(f x groups)
-groups of the batch (at most all but one) are not sampled: in their place, as many groups are drawn from the run's
+(`num_generations`) times in a row: one group per prompt. With `rl.replay.fraction` = f and n groups, the last
+`replayed_count(f, n)` groups of the batch (f x n rounded up or down at random, so that f x n groups are replayed
+on average; at most n - 1) are not sampled: in their place, as many groups are drawn from the run's
 buffer by `buffer.GroupReplay` (the stored groups whose rewards differ, by the mean P2Value of their completions).
 The rest is sampled and scored by TRL as usual, and then stored whole in the buffer (`ReplayBuffer.add_group`): the
 prompt, the G completions, their rewards and the sampling policy's log-probability of every completion token.
@@ -14,8 +15,9 @@ A replayed group enters the batch with:
   as the batch's is not the group's; "none": not divided);
 * `old_per_token_logps` = the stored sampling log-probabilities, so the clipped importance ratio
   exp(log pi_theta - log pi_sampling) of TRL's loss corrects for the policy having moved since it was sampled (1 for
-  an unchanged policy). The fresh rows get their own sampling log-probabilities (one no-grad forward pass, also what
-  is stored), which equal TRL's detached current ones on-policy.
+  an unchanged policy). The fresh rows keep TRL's on-policy rule (their old log-probabilities are the current ones,
+  detached: a ratio of exactly 1): they are marked NaN in the batch and filled in `_compute_loss`. What is stored
+  for a fresh group is its sampling log-probabilities from one extra no-grad forward pass (the cost of storing).
 
 Log-probabilities are exact to float32 rounding only: under bfloat16 autocast (TRL's default; `pper rl` uses it
 only where the device runs it natively, `training.precision`) the same tokens scored in another batch differ by up
@@ -23,7 +25,9 @@ to ~0.2 in log-probability, which the clipped ratio then sees as policy change.
 
 Replayed groups are never scored again and never enter TRL's reward log: TRL logs rewards inside its own method,
 before they are added. `replay/groups` in the log counts them per step. Limits: one reward function (its output is
-what a group stores), `beta` = 0 (a replayed group has no reference log-probabilities) and one process.
+what a group stores), `beta` = 0 (a replayed group has no reference log-probabilities), no vLLM importance
+sampling correction (its fields are not stored), and one process. A resumed run first drops the groups stored
+after its checkpoint's step (`ReplayBuffer.drop_groups`), which it samples again.
 """
 
 from __future__ import annotations
@@ -31,9 +35,19 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import numpy as np
+
 from ..buffer import Group, GroupReplay, Member, ReplayBuffer
 from ..errors import PperError
 from .config import GroupReplayConfig
+
+
+def replayed_count(fraction: float, groups: int, u: float) -> int:
+    """How many of a batch's `groups` are replayed: floor(f x n) + 1 with probability frac(f x n) (`u` uniform in
+    [0, 1)), so that f x n are replayed on average, capped at n - 1 (one group is always sampled)."""
+    expected = fraction * groups
+    count = int(expected) + (u < expected - int(expected))
+    return max(0, min(count, groups - 1))
 
 
 @functools.cache
@@ -69,15 +83,21 @@ def trainer_class() -> type:
             super().__init__(*args, **kwargs)
             if self.beta != 0.0 and replay.fraction > 0:
                 raise PperError("group replay needs rl.beta 0: a replayed group has no reference log-probabilities")
+            if self.use_vllm and replay.fraction > 0:
+                raise PperError(
+                    "group replay does not store vLLM's sampling log-probabilities: use_vllm is not supported"
+                )
             self.buffer, self.replay, self.task_ids, self.model_name = buffer, replay, task_ids, model_name
             self.groups = GroupReplay(buffer, replay.alpha, replay.priority, replay.exponent, self.args.seed)
             self.replayed_groups = 0  # over the run: groups drawn from the buffer
             self.fresh_groups = 0
+            self._rounding = np.random.default_rng(self.args.seed)
+            self._fresh_old: dict[str, Any] | None = None
 
         def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
             g = self.num_generations
             n_groups = len(inputs) // g
-            wanted = min(round(self.replay.fraction * n_groups), n_groups - 1)
+            wanted = replayed_count(self.replay.fraction, n_groups, self._rounding.random())
             drawn = self.groups.sample(wanted) if wanted > 0 else []
             fresh = inputs[: (n_groups - len(drawn)) * g]
             self._scores = []
@@ -88,11 +108,25 @@ def trainer_class() -> type:
             mode = "train" if self.model.training else "eval"
             self._metrics[mode]["replay/groups"].append(float(len(drawn)))
             if not drawn:
-                if self.replay.fraction > 0:
-                    out["old_per_token_logps"] = sampling
                 return out
             self.replayed_groups += len(drawn)
             return self._append(out, sampling, [self.buffer.group(i) for i in drawn])
+
+        def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> Any:
+            old = inputs.get("old_per_token_logps")
+            self._fresh_old = inputs if old is not None and torch.isnan(old).any() else None
+            try:
+                return super()._compute_loss(model, inputs)
+            finally:
+                self._fresh_old = None
+
+        def _get_per_token_logps_and_entropies(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+            out = super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+            pending, self._fresh_old = self._fresh_old, None
+            if pending is not None:  # the loss's own pass: the fresh rows' old log-probabilities are these, detached
+                old = pending["old_per_token_logps"]
+                pending["old_per_token_logps"] = torch.where(torch.isnan(old), out[0].detach(), old)
+            return out
 
         def _sampling_logps(self, out: dict[str, Any]) -> Any:
             """The sampling policy's log-probability of each fresh completion token: TRL's old log-probs where it
@@ -170,7 +204,8 @@ def trainer_class() -> type:
                 "completion_mask": torch.cat([right(out["completion_mask"], c_len, 0),
                                               mask(completions, c_len, False)]),
                 "advantages": torch.cat([out["advantages"], advantages.to(out["advantages"].dtype)]),
-                "old_per_token_logps": torch.cat([right(sampling, c_len, 0.0),
+                # fresh rows: NaN, filled with the current log-probabilities in _compute_loss (TRL's on-policy rule)
+                "old_per_token_logps": torch.cat([right(torch.full_like(sampling, float("nan")), c_len, float("nan")),
                                                   rows(logps, c_len, 0.0, False, sampling.dtype)]),
             }  # fmt: skip
             merged["num_items_in_batch"] = merged["completion_mask"].sum()

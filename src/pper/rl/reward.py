@@ -5,8 +5,10 @@
 one float per completion. The column `task_id` names each completion's task among the reward's tasks (any pper
 task source). The program run for a completion is what pper itself would run:
 
-* a completion-style task (HumanEval) with a text completion: exactly the `prompts` value passed + the completion
-  (a dataset made by `pper.rl.dataset` passes the prompt pper formats; a raw HumanEval prompt works as given);
+* a completion-style task (HumanEval) with a text completion: exactly the `prompts` value passed + the completion,
+  cut where pper's sampler stops a completion (a new top-level statement: `prompts.COMPLETION_STOPS`; TRL generates
+  until end of text); a dataset made by `pper.rl.rl_dataset` passes the prompt pper formats, a raw HumanEval prompt
+  works as given;
 * an instruction task, or any conversational completion (a list of messages): the code of the last assistant
   message, extracted as pper extracts it from a chat answer (`prompts.code_from_answer`).
 
@@ -38,7 +40,7 @@ from typing import Any, Literal
 
 from ..errors import PperError
 from ..execution.results import PASSED, SYNTAX_ERROR, WRONG_ANSWER, ProgramResult
-from ..generation.prompts import code_from_answer
+from ..generation.prompts import COMPLETION_STOPS, code_from_answer, stop_index
 from ..tasks import Task, load_tasks
 
 RewardKind = Literal["pass_rate", "strict", "coderl"]
@@ -71,7 +73,8 @@ def program_for(task: Task, prompt: Any, completion: Any) -> str:
     if not isinstance(completion, str):
         raise PperError(f"a completion must be a string or a list of messages, got {type(completion).__name__}")
     if task.prompt_style == "completion" and isinstance(prompt, str):
-        return prompt + completion
+        stop = stop_index(completion, COMPLETION_STOPS)  # where pper's sampler would have stopped it
+        return prompt + (completion if stop is None else completion[:stop])
     return code_from_answer(completion)
 
 
