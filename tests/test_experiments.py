@@ -324,3 +324,11 @@ def test_a_grpo_arm_gets_the_wall_clock_of_its_budget_arm_and_needs_one(tmp_path
     ):
         with pytest.raises(PperError, match=message):
             validate_protocol(protocol_dict(tmp_path, **arms))
+
+
+def test_a_bound_at_zero_up_to_rounding_is_noise():
+    from pper.experiments.report import _diff_cell
+
+    assert _diff_cell({"mean": -0.05, "ci": [-0.103, -3.3e-18]}).endswith("noise")  # the small run's btp - sft
+    assert _diff_cell({"mean": -0.04, "ci": [-0.08, -0.01]}).endswith("**down**")
+    assert _diff_cell({"mean": 0.05, "ci": [1e-12, 0.1]}).endswith("noise")

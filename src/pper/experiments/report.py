@@ -284,9 +284,12 @@ def _cell(d: dict[str, Any]) -> str:
     return f"{pct(d['mean'])} [{pct(d['ci'][0])}, {pct(d['ci'][1])}]"
 
 
+ZERO = 1e-9  # a bound this close to 0 is 0: a mean of fractions carries floating-point error of ~1e-18
+
+
 def _diff_cell(d: dict[str, Any]) -> str:
     lo, hi = d["ci"]
-    verdict = "noise" if lo <= 0 <= hi else ("**up**" if lo > 0 else "**down**")
+    verdict = "noise" if lo <= ZERO and hi >= -ZERO else ("**up**" if lo > 0 else "**down**")
     return f"{pp(d['mean'])} [{pp(lo)}, {pp(hi)}] {verdict}"
 
 
