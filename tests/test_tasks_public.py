@@ -28,6 +28,15 @@ MBPP_ROW = {
 }
 
 
+DOUBLE = Task(
+    id="t/1",
+    prompt="double x",
+    entry_point="f",
+    tests=AssertTests(asserts=("assert f(1) == 2", "assert f(5) == 10")),
+    public_tests=AssertTests(asserts=("assert f(1) == 2",)),
+)
+
+
 def test_mbpp_public_tests_are_the_shown_asserts_and_challenge_tests_judge_too():
     task = parse_mbpp(MBPP_ROW)
     assert task.public_tests == AssertTests(asserts=tuple(MBPP_ROW["test_list"]))
@@ -133,13 +142,7 @@ def test_an_instruction_prompt_shows_the_public_tests_only():
 
 
 def test_jsonl_tasks_give_both_lists_and_old_rows_have_no_public_tests(tmp_path):
-    task = Task(
-        id="t/1",
-        prompt="double x",
-        entry_point="f",
-        tests=AssertTests(asserts=("assert f(1) == 2", "assert f(5) == 10")),
-        public_tests=AssertTests(asserts=("assert f(1) == 2",)),
-    )
+    task = DOUBLE
     row = task.to_dict()
     assert Task.from_dict(json.loads(json.dumps(row))) == task
     old = {k: v for k, v in row.items() if k != "public_tests"}
@@ -152,13 +155,7 @@ def test_jsonl_tasks_give_both_lists_and_old_rows_have_no_public_tests(tmp_path)
 
 def test_held_out_metrics_are_computed_on_the_private_tests(tmp_path):
     """A program that passes every public test but fails a private one is not counted as passing."""
-    task = Task(
-        id="t/1",
-        prompt="double x",
-        entry_point="f",
-        tests=AssertTests(asserts=("assert f(1) == 2", "assert f(5) == 10")),
-        public_tests=AssertTests(asserts=("assert f(1) == 2",)),
-    )
+    task = DOUBLE
     samples = tmp_path / "samples.jsonl"
     samples.write_text(json.dumps({"task_id": "t/1", "program": "def f(x):\n    return 2\n"}) + "\n")
     with Executor(workers=1, calibrate=False) as ex:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .buffer import NewProgram, Program, Repair, ReplayBuffer
-from .generation.prompts import build_repair_prompt, feedback_text, training_target
+from .generation.prompts import build_repair_prompt, public_feedback, training_target
 from .tasks import Task
 
 PUBLIC_BATCH = 64  # public results committed per batch
@@ -46,13 +46,10 @@ def public_results(
     executor: Any, tasks: dict[str, Task], programs: Sequence[Program], max_chars: int
 ) -> Iterable[tuple[int, int, int, str | None]]:
     """(program id, public tests passed, public tests, feedback or None) for each program whose task has public
-    tests, from running it against them (`Task.public_view`)."""
-    jobs = [(p, tasks[p.task_id]) for p in programs if p.task_id in tasks and tasks[p.task_id].public_tests]
-    results = executor.map(((task.public_view(), p.text) for p, task in jobs), coverage=False)
-    for (program, task), result in zip(jobs, results, strict=True):
-        errors = [t.error for t in result.tests]
-        feedback = feedback_text(task, result.verdicts, errors, program.text, max_chars)
-        yield program.id, result.passed, result.total, feedback
+    tests, from running it against them (`prompts.public_feedback`)."""
+    known = [p for p in programs if p.task_id in tasks]
+    for i, result, feedback in public_feedback(executor, [(tasks[p.task_id], p.text) for p in known], max_chars):
+        yield known[i].id, result.passed, result.total, feedback
 
 
 def record_public_results(

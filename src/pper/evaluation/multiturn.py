@@ -28,7 +28,7 @@ from typing import Any
 
 from ..execution.samples import completion_of
 from ..files import write_atomic
-from ..generation.prompts import build_repair_prompt, feedback_text
+from ..generation.prompts import build_repair_prompt, public_feedback
 from ..jsonl import append_jsonl, read_jsonl
 from ..tasks import Task
 from .evaluate import evaluate, metrics, test_samples_file
@@ -120,13 +120,5 @@ def _repair_turn(
 
 def _feedback(tasks: Sequence[Task], rows: dict[str, dict[str, Any]], executor: Any, max_chars: int) -> dict[str, str]:
     """Task id -> the feedback on its current program from its public tests, for the tasks with one that fails."""
-    jobs = [t for t in tasks if t.public_tests]
-    out: dict[str, str] = {}
-    programs = [rows[t.id]["program"] for t in jobs]
-    for task, program, result in zip(
-        jobs, programs, executor.map((t.public_view(), p) for t, p in zip(jobs, programs, strict=True)), strict=True
-    ):
-        text = feedback_text(task, result.verdicts, [r.error for r in result.tests], program, max_chars)
-        if text is not None:
-            out[task.id] = text
-    return out
+    jobs = [(t, rows[t.id]["program"]) for t in tasks]
+    return {tasks[i].id: text for i, _, text in public_feedback(executor, jobs, max_chars) if text is not None}

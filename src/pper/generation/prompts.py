@@ -39,7 +39,7 @@ from __future__ import annotations
 import ast
 import bisect
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,6 +184,19 @@ def feedback_text(
     if where and 1 <= int(where[1]) <= len(lines):
         text += f"\nLine {where[1]}: {lines[int(where[1]) - 1].strip()}"
     return text if len(text) <= max_chars else text[: max(max_chars - 3, 0)] + "..."
+
+
+def public_feedback(
+    executor: Any, jobs: Sequence[tuple[Task, str]], max_chars: int = 1000
+) -> Iterator[tuple[int, Any, str | None]]:
+    """Run each (task, program) of `jobs` whose task has public tests against them (`Task.public_view`) on
+    `executor` (a pper `Executor`), all at once; yield, in job order, (index in `jobs`, its `ProgramResult` on the
+    public tests, its `feedback_text`: None when it passed them). Jobs of tasks without public tests are skipped."""
+    kept = [i for i, (task, _) in enumerate(jobs) if task.public_tests]
+    results = executor.map((jobs[i][0].public_view(), jobs[i][1]) for i in kept)
+    for i, result in zip(kept, results, strict=True):
+        task, program = jobs[i]
+        yield i, result, feedback_text(task, result.verdicts, [t.error for t in result.tests], program, max_chars)
 
 
 def stop_index(text: str, stops: tuple[str, ...]) -> int | None:

@@ -69,16 +69,6 @@ def grpo_args(config: PperConfig, output_dir: Path) -> Any:
     )
 
 
-def _peft_config(config: PperConfig) -> Any:
-    if config.rl.method != "lora":
-        return None
-    from peft import LoraConfig
-
-    lora = config.training.lora
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
-
-
 class Budget:
     """The training's wall-clock: seconds spent by earlier attempts up to their last checkpoint (`path`) plus this
     attempt's; with `max_seconds`, training stops after the step that reaches it."""
@@ -150,7 +140,7 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
             "args": grpo_args(config, output),
             "train_dataset": data,
             "processing_class": tokenizer,
-            "peft_config": _peft_config(config),
+            "peft_config": config.training.lora.peft_config() if config.rl.method == "lora" else None,
             "callbacks": [Log(), clock.callback()],
         }
         if turns > 1:

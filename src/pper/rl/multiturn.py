@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..generation.prompts import REPAIR_REQUEST, code_from_answer, feedback_text
+from ..generation.prompts import REPAIR_REQUEST, code_from_answer, public_feedback
 from ..tasks import Task
 
 
@@ -102,8 +102,6 @@ def repair_rollout(tasks: Sequence[Task], turns: int, max_chars: int = 1000, exe
 def _feedback(executor: Any, tasks: list[Task], programs: list[str], max_chars: int) -> list[str | None]:
     """The feedback on each program from its task's public tests (None: passed them, or the task has none)."""
     out: list[str | None] = [None] * len(tasks)
-    jobs = [i for i, t in enumerate(tasks) if t.public_tests]
-    results = executor.map((tasks[i].public_view(), programs[i]) for i in jobs)
-    for i, result in zip(jobs, results, strict=True):
-        out[i] = feedback_text(tasks[i], result.verdicts, [r.error for r in result.tests], programs[i], max_chars)
+    for i, _, text in public_feedback(executor, list(zip(tasks, programs, strict=True)), max_chars):
+        out[i] = text
     return out

@@ -82,20 +82,10 @@ class PPERTrainer:
         self.config, self.tokenizer, self.seed = config, tokenizer, seed
         torch.manual_seed(seed)
         if config.method == "lora":
-            from peft import LoraConfig, PeftModel, get_peft_model
+            from peft import PeftModel, get_peft_model
 
             if not isinstance(model, PeftModel):
-                lora = config.lora
-                model = get_peft_model(
-                    model,
-                    LoraConfig(
-                        r=lora.r,
-                        lora_alpha=lora.alpha,
-                        lora_dropout=lora.dropout,
-                        target_modules=lora.target_modules,
-                        task_type="CAUSAL_LM",
-                    ),
-                )
+                model = get_peft_model(model, config.lora.peft_config())
         else:
             for p in model.parameters():
                 p.requires_grad_(True)
