@@ -261,6 +261,14 @@ def sample_cmd(
 @click.option("--wall-time", type=click.FloatRange(min=0.01), help="Seconds per test (default 4).")
 @click.option("--isolation", type=click.Choice(["auto", "namespaces", "none"]), default="auto", show_default=True)
 @click.option("--coverage", is_flag=True, help="Also record which lines of each program ran (executed_lines).")
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: sandbox pools on the nodes of a Ray cluster (pip install 'pper[ray]'); --workers is then per pool.",
+)
+@click.option("--ray-address", help="Ray cluster to join ('auto' or host:port; default: start one on this machine).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def test_cmd(
     samples: str,
@@ -271,6 +279,8 @@ def test_cmd(
     wall_time: float | None,
     isolation: str,
     coverage: bool,
+    backend: str,
+    ray_address: str | None,
     as_json: bool,
 ) -> None:
     """Run human-eval style SAMPLES (task_id + completion or program) against their tests in the sandbox.
@@ -279,13 +289,20 @@ def test_cmd(
     """
     from dataclasses import replace
 
-    from .execution import Limits
+    from .execution import ExecutionConfig, Limits, RayConfig
     from .execution.samples import test_samples
     from .tasks import load_tasks
 
     limits = Limits() if wall_time is None else replace(Limits(), wall_time=wall_time, cpu_time=wall_time)
+    execution = ExecutionConfig(
+        limits=limits,
+        workers=workers,
+        isolation=isolation,
+        backend=backend,
+        ray=RayConfig(address=ray_address, workers=workers),
+    )
     tasks = load_tasks(source, split)
-    summary = test_samples(samples, tasks, out, limits, workers, isolation, show_progress=True, coverage=coverage)
+    summary = test_samples(samples, tasks, out, show_progress=True, coverage=coverage, execution=execution)
     err.print(
         f"{summary['samples']} samples: {summary['passed']} pass every test ({summary['strict_accuracy']:.1%}), "
         f"mean pass rate {summary['mean_pass_rate']:.3f}, {summary['programs_per_second']} programs/s; "

@@ -158,19 +158,20 @@ def execute_untested(buffer: ReplayBuffer, executor, show_progress: bool = True,
     """Run every untested program of the buffer against its task's tests and store the executions (with
     `coverage`, also the lines of each program that ran).
 
-    Commits in batches, so a killed run keeps what it tested and resumes with the rest. Returns how many
-    programs were tested.
+    Commits in batches of `TEST_BATCH` results in the order they finish (this process alone writes the
+    buffer, whatever the executor's back-end), so a killed run keeps what it tested and resumes with the rest.
+    Returns how many programs were tested.
     """
     from .progress import progress
 
     untested = buffer.untested()
     tasks = {t.id: t for t in buffer.tasks()}
-    results = executor.map(((tasks[p.task_id], p.text) for p in untested), coverage=coverage)
+    results = executor.map_unordered(((tasks[p.task_id], p.text) for p in untested), coverage=coverage)
     if show_progress:
         results = progress(results, len(untested), "testing", "programs")
     batch: list[Execution] = []
-    for program, result in zip(untested, results, strict=True):
-        batch.append(Execution(program.id, result))
+    for i, result in results:  # in the order they finish
+        batch.append(Execution(untested[i].id, result))
         if len(batch) >= TEST_BATCH:
             buffer.add_executions(batch)
             batch = []
@@ -361,7 +362,7 @@ def evaluate_round(
 def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> Run:
     """Run (or resume) the BTP rounds of `config` and write the report."""
     from .curriculum import prefixes_for_round
-    from .execution import Executor
+    from .execution import open_executor
     from .generation import teacher_sampler
     from .repair import repair_into_buffer
     from .report import write_report
@@ -376,7 +377,7 @@ def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> 
     validation, held_out = prepared.validation, prepared.eval
     with (
         ReplayBuffer.in_run(run_dir) as buffer,
-        Executor.from_config(x) as executor,
+        open_executor(x) as executor,
     ):
         for r in range(config.rounds + 1):
             if r > 0 and r not in done:

@@ -9,6 +9,7 @@ from typing import Any
 _EXPORTS = {
     "Limits": "limits",
     "ExecutionConfig": "config",
+    "RayConfig": "config",
     "Sample": "samples",
     "read_samples": "samples",
     "program_of": "samples",
@@ -16,7 +17,10 @@ _EXPORTS = {
     "result_row": "samples",
     "Plan": "plan",
     "build_plan": "plan",
+    "BaseExecutor": "pool",
     "Executor": "pool",
+    "open_executor": "pool",
+    "RayExecutor": "ray_backend",
     "Job": "pool",
     "Sandbox": "pool",
     "SandboxError": "pool",

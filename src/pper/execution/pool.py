@@ -219,11 +219,11 @@ class _Pending:
         return self.limits.load_time + sum(walls) + len(walls) * (1.0 + allowance) + 30.0
 
 
-class Executor:
-    """Runs programs against their tasks' tests on `workers` sandboxed fork servers (default: all cores).
-
-    `map(jobs)` yields results in the order of the jobs. A worker that dies is replaced and the programs
-    it held are run once more; a program that kills two workers gets `runtime_error` on every test.
+class BaseExecutor:
+    """What every back-end shares: test plans, time-limit calibration, and `submit` / `run` / `map` /
+    `map_unordered` over the back-end's one primitive, `_submit` (queue one program, get a future of its
+    `ProgramResult`). Back-ends: `Executor` (a local pool of sandboxes) and
+    `pper.execution.ray_backend.RayExecutor` (pools on the nodes of a Ray cluster).
 
     With `coverage`, every result also says which lines of the program ran (`ProgramResult.executed_lines`;
     see `pper.execution.coverage`); it is off by default, as it costs time.
@@ -233,52 +233,29 @@ class Executor:
     (in parallel, one cache file) by `calibrate(tasks)`, and cached under $PPER_CACHE for this machine.
     """
 
-    def __init__(
-        self,
-        limits: Limits | None = None,
-        workers: int | None = None,
-        isolation: Isolation = "auto",
-        calibrate: bool = True,
-        coverage: bool = False,
-    ):
+    workers: int  # programs the back-end runs at once
+
+    def __init__(self, limits: Limits | None = None, calibrate: bool = True, coverage: bool = False):
         self.limits = limits or Limits()
         self.coverage = coverage
-        self.workers = workers or os.cpu_count() or 1
         self.calibrating = calibrate
         self._plans: dict[str, Plan] = {}
         self._times: dict[str, calibration.Times] = {}  # task id -> its reference's seconds per test
         self._calibration_lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._sandboxes = [Sandbox(i, isolation) for i in range(self.workers)]
-        self._threads = [
-            threading.Thread(target=self._dispatch, args=(s,), daemon=True, name=f"pper-sandbox-{s.index}")
-            for s in self._sandboxes
-        ]
-        for thread in self._threads:
-            thread.start()
 
-    @classmethod
-    def from_config(cls, config: ExecutionConfig, coverage: bool = False) -> Executor:
-        """The executor an `ExecutionConfig` describes (`coverage`: collected when the run uses it)."""
-        return cls(
-            limits=config.limits,
-            workers=config.workers,
-            isolation=config.isolation,
-            calibrate=config.calibrate,
-            coverage=coverage,
-        )
-
-    def __enter__(self) -> Executor:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
-        for thread in self._threads:
-            thread.join()
+        raise NotImplementedError
+
+    def _submit(
+        self, task: Task, program: str, limits: Limits, times: tuple[float, ...] | None, coverage: bool
+    ) -> Future:
+        raise NotImplementedError
 
     def plan(self, task: Task) -> Plan:
         plan = self._plans.get(task.id)
@@ -314,13 +291,6 @@ class Executor:
         times = self.time_limits(task) if task.id in self._times else None
         return self._submit(task, program, self.limits, times, self.coverage if coverage is None else coverage)
 
-    def _submit(
-        self, task: Task, program: str, limits: Limits, times: tuple[float, ...] | None, coverage: bool
-    ) -> Future:
-        future: Future = Future()
-        self._jobs.put(_Pending(future, self.plan(task), program, limits, times, coverage))
-        return future
-
     def _measure(self, tasks: list[Task]) -> list[ProgramResult]:
         """Run each task's reference under `calibration.measuring_limits` (the calibration's `measure`)."""
         limits = calibration.measuring_limits(self.limits)
@@ -336,12 +306,89 @@ class Executor:
         collect line coverage (None: as the executor was made)."""
         window: deque[Future] = deque()
         for job in jobs:
-            task, program = (job.task, job.program) if isinstance(job, Job) else job
-            window.append(self.submit(task, program, coverage))
+            window.append(self.submit(*_unpack(job), coverage))
             if len(window) >= 4 * self.workers:
                 yield window.popleft().result()
         while window:
             yield window.popleft().result()
+
+    def map_unordered(
+        self, jobs: Iterable[Job | tuple[Task, str]], coverage: bool | None = None
+    ) -> Iterator[tuple[int, ProgramResult]]:
+        """(index of the job, its result) in the order results arrive; jobs are read ahead as in `map`."""
+        done: queue.SimpleQueue[tuple[int, Future]] = queue.SimpleQueue()
+        queued = 0
+        for i, job in enumerate(jobs):
+            self.submit(*_unpack(job), coverage).add_done_callback(lambda f, i=i: done.put((i, f)))
+            queued += 1
+            if queued >= 4 * self.workers:
+                i, f = done.get()
+                queued -= 1
+                yield i, f.result()
+        for _ in range(queued):
+            i, f = done.get()
+            yield i, f.result()
+
+
+def _unpack(job: Job | tuple[Task, str]) -> tuple[Task, str]:
+    return (job.task, job.program) if isinstance(job, Job) else job
+
+
+class Executor(BaseExecutor):
+    """Runs programs against their tasks' tests on `workers` sandboxed fork servers on this machine
+    (default: all cores); the rest of its API is `BaseExecutor`'s.
+
+    `map(jobs)` yields results in the order of the jobs. A worker that dies is replaced and the programs
+    it held are run once more; a program that kills two workers gets `runtime_error` on every test.
+    `first_sandbox`: the index of the first server, which decides the uids programs run as when pper runs
+    as root (`SANDBOX_UID` + index): pools that share a machine (Ray actors) take disjoint ranges.
+    """
+
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        workers: int | None = None,
+        isolation: Isolation = "auto",
+        calibrate: bool = True,
+        coverage: bool = False,
+        first_sandbox: int = 0,
+    ):
+        super().__init__(limits, calibrate, coverage)
+        self.workers = workers or os.cpu_count() or 1
+        self._jobs: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._sandboxes = [Sandbox(first_sandbox + i, isolation) for i in range(self.workers)]
+        self.isolated = all(s.isolated for s in self._sandboxes)
+        self._threads = [
+            threading.Thread(target=self._dispatch, args=(s,), daemon=True, name=f"pper-sandbox-{s.index}")
+            for s in self._sandboxes
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @classmethod
+    def from_config(cls, config: ExecutionConfig, coverage: bool = False) -> Executor:
+        """The local executor an `ExecutionConfig` describes (`coverage`: collected when the run uses it);
+        `open_executor` picks the back-end the config names."""
+        return cls(
+            limits=config.limits,
+            workers=config.workers,
+            isolation=config.isolation,
+            calibrate=config.calibrate,
+            coverage=coverage,
+        )
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def _submit(
+        self, task: Task, program: str, limits: Limits, times: tuple[float, ...] | None, coverage: bool
+    ) -> Future:
+        future: Future = Future()
+        self._jobs.put(_Pending(future, self.plan(task), program, limits, times, coverage))
+        return future
 
     def _dispatch(self, sandbox: Sandbox) -> None:
         """Feed one server: keep IN_FLIGHT programs queued on it, judge its answers, survive its death."""
@@ -405,3 +452,13 @@ class Executor:
 
 def _failed(plan: Plan, error: str) -> ProgramResult:
     return ProgramResult(tuple(TestResult(RUNTIME_ERROR, error) for _ in plan.checks))
+
+
+def open_executor(config: ExecutionConfig, coverage: bool = False) -> BaseExecutor:
+    """The executor of the back-end `config.backend` names: the local pool, or pools on a Ray cluster
+    (`pper.execution.ray_backend`, which needs the `ray` extra)."""
+    if config.backend == "ray":
+        from .ray_backend import RayExecutor
+
+        return RayExecutor.from_config(config, coverage)
+    return Executor.from_config(config, coverage)

@@ -13,8 +13,9 @@ from ..errors import DataFormatError
 from ..files import atomic_file
 from ..tasks import Task
 from ..tasks.rows import iter_file_rows
+from .config import ExecutionConfig
 from .limits import Limits
-from .pool import Executor, Isolation
+from .pool import Isolation, open_executor
 from .results import ProgramResult
 
 
@@ -90,14 +91,18 @@ def test_samples(
     isolation: Isolation = "auto",
     show_progress: bool = False,
     coverage: bool = False,
+    execution: ExecutionConfig | None = None,
 ) -> dict[str, Any]:
     """What `pper test` does: run every sample of `path`, write `<path>_results.jsonl` (or `out`) and
     return a summary (samples, passed, strict accuracy, mean pass rate, seconds, programs per second). With
-    `coverage`, each result also lists the program's `executed_lines`."""
+    `coverage`, each result also lists the program's `executed_lines`. `execution`: the back-end and its
+    settings (`limits`, `workers` and `isolation` are then ignored)."""
     samples = read_samples(path, tasks)
     out = Path(out or f"{path}_results.jsonl")
+    if execution is None:
+        execution = ExecutionConfig(limits=limits or Limits(), workers=workers, isolation=isolation)
     start = time.perf_counter()
-    with Executor(limits=limits, workers=workers, isolation=isolation, coverage=coverage) as executor:
+    with open_executor(execution, coverage) as executor:
         executor.calibrate({s.task.id: s.task for s in samples}.values())  # all at once, in parallel
         results = executor.map((s.task, s.program) for s in samples)
         if show_progress:

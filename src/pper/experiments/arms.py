@@ -163,7 +163,7 @@ class BaseKind(ArmKind):
 
     def execute(self, unit: Unit) -> None:
         from ..evaluation import evaluate
-        from ..execution import Executor
+        from ..execution import open_executor
         from ..generation import transformers_sampler
         from ..pipeline import prepare
 
@@ -171,7 +171,7 @@ class BaseKind(ArmKind):
         prepared = prepare(config)
         samples, metrics = eval_paths(prepared.dir, 0)
         x, e = config.execution, config.evaluation
-        with Executor.from_config(x) as executor:
+        with open_executor(x) as executor:
             sampler = transformers_sampler(config.generation, config.seed)
             info = {"round": 0, "model": sampler.name}
             if e.turns > 1:
@@ -327,10 +327,9 @@ def fill_buffer(protocol: Protocol, buffer: str) -> Path:
 
 
 def _executor(config: PperConfig) -> Any:
-    from ..execution import Executor
+    from ..execution import open_executor
 
-    x = config.execution
-    return Executor.from_config(x)
+    return open_executor(config.execution)
 
 
 def fill_by_sampling(config: PperConfig, recipe: BufferRecipe) -> None:

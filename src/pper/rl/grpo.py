@@ -184,7 +184,7 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
 def run_rl(config: PperConfig, force: bool = False, show_progress: bool = True) -> Path:
     """Run (or resume) `pper rl` for `config`; returns the run directory."""
     from ..evaluation import evaluate
-    from ..execution import Executor
+    from ..execution import open_executor
     from ..generation import load_model, transformers_sampler
 
     prepared = prepare(config, force=force)
@@ -200,7 +200,7 @@ def run_rl(config: PperConfig, force: bool = False, show_progress: bool = True) 
         loaded = load_model(model, config.generation.dtype)
         name = loaded[2] if round == 0 else f"{loaded[2]}@{config.name}/rl"
         sampler = transformers_sampler(config.generation, config.seed, (loaded[0], loaded[1], name))
-        with Executor.from_config(config.execution) as executor, events.phase("evaluation", round):
+        with open_executor(config.execution) as executor, events.phase("evaluation", round):
             info = {"round": round, "model": name}
             if e.turns > 1:
                 from ..evaluation.multiturn import evaluate_turns

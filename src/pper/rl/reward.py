@@ -120,12 +120,12 @@ class ExecutionReward:
         """The pool of sandboxed workers, started once."""
         with self._lock:
             if self._executor is None:
-                from ..execution import ExecutionConfig, Executor
+                from ..execution import ExecutionConfig, open_executor
 
                 config = self._execution or ExecutionConfig()
                 if self._workers is not None:
                     config = config.model_copy(update={"workers": self._workers})
-                self._executor = Executor.from_config(config)
+                self._executor = open_executor(config)
                 atexit.register(self.close)
             return self._executor
 

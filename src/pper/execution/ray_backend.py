@@ -1,0 +1,374 @@
+"""The Ray back-end of the testing phase: pper's own sandbox pool on every node of a Ray cluster.
+
+The driver (the process that made the `RayExecutor`) keeps what every back-end keeps (test plans,
+calibration, one future per program: `BaseExecutor`) and sends programs, `ray.batch` at a time, to
+`SandboxPool` actors: `ray.actors_per_node` on each node with CPUs, each a local `Executor` with the run's
+limits and isolation (`execution.isolation`). Each pool holds two requests at once, so it never idles while
+the driver collects an answer. Tasks travel once per node, through Ray's object store.
+
+Isolation: with "namespaces" a pool on a node that cannot make namespaces refuses to start and the executor
+raises, naming the node; with "auto" each pool reports what it got, and the driver prints it per node and
+warns where programs run without namespaces.
+
+Faults: a request fails when its pool dies (its process killed, its node lost) or does not answer within the
+sum of its programs' budgets. Its programs go back to the front of the queue and are sent to a live pool;
+the dead one is restarted by Ray (`max_restarts`) and takes requests again once it answers. A program is
+sent at most `ray.max_tries` times; after that it gets `runtime_error` on every test, as a program that
+kills two local sandboxes does. Results exist only for a request that finished, so each program's result is
+set once: none lost, none twice. When no pool can run (the cluster is gone), the waiting programs' futures
+raise `SandboxError`, so a run stops with what it committed and resumes later.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+import warnings
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import PperError
+from ..tasks import Task
+from .config import ExecutionConfig, RayConfig
+from .limits import Limits
+from .pool import BaseExecutor, Executor, Isolation, SandboxError, _failed, _Pending
+from .results import ProgramResult
+
+IN_FLIGHT = 2  # requests a pool holds at once
+POLL = 0.05  # seconds the dispatcher waits for an answer before it looks at its queue again
+START_TIMEOUT = 300.0  # seconds a pool may take to start (Ray may have to start a worker process first)
+
+
+class SandboxPool:
+    """A Ray actor (made with `ray.remote` when the back-end starts): a local `Executor` on its node."""
+
+    def __init__(self, limits: Limits, workers: int | None, isolation: Isolation, first_sandbox: int):
+        import ray
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0)) or None
+            self.executor = Executor(limits, workers or cpus, isolation, calibrate=False, first_sandbox=first_sandbox)
+        self.notes = [str(w.message) for w in caught]
+        self.tasks: dict[str, Task] = {}
+
+    def info(self) -> dict[str, Any]:
+        import ray
+
+        return {
+            "node": ray.get_runtime_context().get_node_id(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "workers": self.executor.workers,
+            "isolated": self.executor.isolated,
+            "notes": self.notes,
+        }
+
+    def run(self, tasks: dict[str, Any], jobs: list[tuple[str, str, Limits, Any, bool]]) -> list[ProgramResult]:
+        """Results of `jobs` (task id, program, limits, per-test times, coverage); `tasks`: task id -> an
+        object reference of the task, fetched once per pool."""
+        import ray
+
+        missing = [tid for tid in tasks if tid not in self.tasks]
+        for tid, task in zip(missing, ray.get([tasks[tid] for tid in missing]), strict=True):
+            self.tasks[tid] = task
+        futures = [self.executor._submit(self.tasks[tid], p, lim, times, cov) for tid, p, lim, times, cov in jobs]
+        return [f.result() for f in futures]
+
+
+@dataclass
+class _Request:
+    jobs: list[tuple[_Pending, Task]]
+    deadline: float
+
+
+@dataclass
+class _Actor:
+    handle: Any
+    node: str
+    first_sandbox: int  # its sandboxes' indices (uids as root) start here, disjoint from its node's other pools
+    ready: bool = False
+    ping: Any = None  # the `info` call in flight while the actor (re)starts
+    info: dict[str, Any] = field(default_factory=dict)
+    requests: dict[Any, _Request] = field(default_factory=dict)  # object ref -> what it carries
+
+
+class RayExecutor(BaseExecutor):
+    """Runs programs on sandbox pools on the nodes of a Ray cluster; the API is `BaseExecutor`'s and the
+    verdicts are the local `Executor`'s (see the module's docstring for placement and faults)."""
+
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        isolation: Isolation = "auto",
+        calibrate: bool = True,
+        coverage: bool = False,
+        ray_config: RayConfig | None = None,
+    ):
+        try:
+            import ray
+        except ImportError:
+            raise PperError("execution.backend 'ray' needs Ray: pip install 'pper[ray]'") from None
+        super().__init__(limits, calibrate, coverage)
+        self.config = ray_config or RayConfig()
+        self.isolation = isolation
+        self._ray = ray
+        self._started_ray = False
+        if not ray.is_initialized():
+            address = self.config.address or "local"
+            _check_reachable(address)  # Ray itself retries an unreachable address for minutes
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise PperError(f"cannot reach the Ray cluster at {address!r}: {e}") from None
+            self._started_ray = True
+        self._queue: deque[tuple[_Pending, Task]] = deque()
+        self._lock = threading.Condition()
+        self._closing = False
+        self._task_refs: dict[str, Any] = {}
+        self._actors: list[_Actor] = []
+        self.resent = 0  # programs sent again after the pool that held them failed
+        try:
+            self._start_pools()
+        except BaseException:
+            self._shutdown()
+            raise
+        self.workers = sum(a.info["workers"] for a in self._actors)
+        self._thread = threading.Thread(target=self._dispatch, daemon=True, name="pper-ray-dispatch")
+        self._thread.start()
+
+    @classmethod
+    def from_config(cls, config: ExecutionConfig, coverage: bool = False) -> RayExecutor:
+        return cls(config.limits, config.isolation, config.calibrate, coverage, config.ray)
+
+    @property
+    def nodes(self) -> list[dict[str, Any]]:
+        """What each pool reported when it last started: node id, host, pid, sandboxes, isolated."""
+        return [dict(a.info) for a in self._actors]
+
+    def _start_pools(self) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ray, c = self._ray, self.config
+        nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+        if not nodes:
+            raise PperError("the Ray cluster has no live node with CPUs to run sandboxes on")
+        remote = ray.remote(SandboxPool)
+        for node in nodes:
+            cpus = int(node["Resources"]["CPU"])
+            workers = c.workers or max(1, cpus // c.actors_per_node)
+            for i in range(c.actors_per_node):
+                handle = remote.options(
+                    num_cpus=0,  # the sandboxes are its subprocesses: `workers` says how many CPUs it uses
+                    max_restarts=-1,
+                    max_task_retries=0,  # a failed request is sent again by the driver, to a live pool
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=True),
+                ).remote(self.limits, workers, self.isolation, i * workers)
+                self._actors.append(_Actor(handle, node["NodeID"], i * workers))
+        infos = [a.handle.info.remote() for a in self._actors]
+        for actor, ref in zip(self._actors, infos, strict=True):
+            try:
+                actor.info = ray.get(ref, timeout=START_TIMEOUT)
+            except Exception as e:
+                raise PperError(
+                    f"the sandbox pool on Ray node {actor.node} did not start: {_reason(e)}"
+                    + (
+                        " (execution.isolation 'namespaces' needs util-linux `unshare` allowed on every node)"
+                        if self.isolation == "namespaces"
+                        else ""
+                    )
+                ) from None
+            actor.ready = True
+        self._report()
+
+    def _report(self) -> None:
+        by_node: dict[str, list[dict]] = {}
+        for a in self._actors:
+            by_node.setdefault(a.info["node"], []).append(a.info)
+        for node, infos in by_node.items():
+            isolated = all(i["isolated"] for i in infos)
+            print(
+                f"pper ray: node {infos[0]['host']} ({node[:12]}): {len(infos)} pool(s) x "
+                f"{infos[0]['workers']} sandboxes, isolation: {'namespaces' if isolated else 'none (rlimits only)'}",
+                file=sys.stderr,
+            )
+            if not isolated and self.isolation == "auto":
+                warnings.warn(
+                    f"sandbox: Ray node {infos[0]['host']} cannot create namespaces: programs run there without "
+                    "network and filesystem isolation, limited by rlimits only",
+                    stacklevel=3,
+                )
+
+    # -- the driver's side --------------------------------------------------------------------------
+
+    def _submit(
+        self, task: Task, program: str, limits: Limits, times: tuple[float, ...] | None, coverage: bool
+    ) -> Future:
+        future: Future = Future()
+        pending = _Pending(future, self.plan(task), program, limits, times, coverage)
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("the executor is closed")
+            self._queue.append((pending, task))
+            self._lock.notify()
+        return future
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._lock.notify()
+        self._thread.join()
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        for actor in self._actors:
+            try:
+                self._ray.kill(actor.handle, no_restart=True)
+            except Exception:  # already gone
+                pass
+        self._actors = []
+        if self._started_ray:
+            self._ray.shutdown()
+            self._started_ray = False
+
+    def _dispatch(self) -> None:
+        """Send queued programs to pools with room, collect answers, resend what a dead pool held."""
+        ray = self._ray
+        try:
+            while True:
+                with self._lock:
+                    idle = not any(a.requests for a in self._actors)
+                    if idle and not self._queue:
+                        if self._closing:
+                            return
+                        self._lock.wait(POLL)
+                        continue
+                self._send_requests()
+                refs = [ref for a in self._actors for ref in a.requests] + [a.ping for a in self._actors if a.ping]
+                if not refs:
+                    if not any(a.ready or a.ping for a in self._actors):
+                        self._fail_all("no Ray sandbox pool is alive")
+                        return
+                    time.sleep(POLL)
+                    continue
+                ready, _ = ray.wait(refs, num_returns=1, timeout=POLL)
+                for ref in ready:
+                    self._collect(ref)
+                self._expire()
+        except Exception as e:  # never leave a future waiting
+            self._fail_all(f"the Ray dispatcher failed: {e!r}")
+
+    def _send_requests(self) -> None:
+        for actor in self._actors:
+            while actor.ready and len(actor.requests) < IN_FLIGHT:
+                with self._lock:
+                    batch = [self._queue.popleft() for _ in range(min(self.config.batch, len(self._queue)))]
+                if not batch:
+                    return
+                refs = {}
+                for _, task in batch:
+                    if task.id not in self._task_refs:
+                        self._task_refs[task.id] = self._ray.put(task)
+                    refs[task.id] = self._task_refs[task.id]
+                jobs = [(t.id, p.program, p.limits, p.times, p.coverage) for p, t in batch]
+                for pending, _ in batch:
+                    pending.tries += 1
+                deadline = time.monotonic() + sum(p.budget() for p, _ in batch) + 60.0
+                actor.requests[actor.handle.run.remote(refs, jobs)] = _Request(batch, deadline)
+
+    def _collect(self, ref: Any) -> None:
+        actor = next((a for a in self._actors if ref in a.requests or ref == a.ping), None)
+        if actor is None:
+            return
+        if ref == actor.ping:
+            actor.ping = None
+            try:
+                actor.info = self._ray.get(ref)
+                actor.ready = True
+            except Exception:  # it could not restart (its node is gone): a new pool, anywhere
+                self._replace(actor)
+            return
+        request = actor.requests.pop(ref)
+        try:
+            results = self._ray.get(ref)
+        except Exception as e:
+            self._lost(actor)
+            self._requeue(request, f"the pool on {actor.info.get('host', actor.node)} died: {_reason(e)}")
+            return
+        for (pending, _), result in zip(request.jobs, results, strict=True):
+            pending.future.set_result(result)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for actor in self._actors:
+            if any(r.deadline < now for r in actor.requests.values()):
+                self._ray.kill(actor.handle, no_restart=False)  # its requests fail and come back here
+
+    def _lost(self, actor: _Actor) -> None:
+        """The pool failed a request: send no more to it until it answers again (Ray restarts it)."""
+        if actor.ready:
+            actor.ready = False
+            actor.ping = actor.handle.info.remote()
+
+    def _replace(self, actor: _Actor) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        workers = actor.info.get("workers")
+        actor.handle = (
+            self._ray.remote(SandboxPool)
+            .options(
+                num_cpus=0,
+                max_restarts=-1,
+                max_task_retries=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(actor.node, soft=True),
+            )
+            .remote(self.limits, workers, self.isolation, actor.first_sandbox)
+        )
+        actor.ping = actor.handle.info.remote()
+
+    def _requeue(self, request: _Request, error: str) -> None:
+        back = []
+        for pending, task in request.jobs:
+            if pending.tries >= self.config.max_tries:
+                pending.future.set_result(
+                    _failed(pending.plan, f"sent to a Ray sandbox pool {pending.tries} times; {error}")
+                )
+            else:
+                back.append((pending, task))
+        self.resent += len(back)
+        with self._lock:
+            self._queue.extendleft(reversed(back))
+
+    def _fail_all(self, why: str) -> None:
+        with self._lock:
+            waiting = [p for p, _ in self._queue]
+            self._queue.clear()
+        waiting += [p for a in self._actors for r in a.requests.values() for p, _ in r.jobs]
+        for pending in waiting:
+            if not pending.future.done():
+                pending.future.set_exception(SandboxError(why))
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Raise `PperError` if `address` ("host:port" or "ray://host:port") takes no TCP connection."""
+    if address in ("local", "auto") or ":" not in address:
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        raise PperError(
+            f"cannot reach the Ray cluster at {address!r}: {e} (is `ray start --head` running there? "
+            "leave execution.ray.address unset to start Ray on this machine)"
+        ) from None
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[-1] if text else type(error).__name__
