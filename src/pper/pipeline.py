@@ -284,10 +284,16 @@ class Models:
         return self._inference
 
     def sampler(self, name: str | None = None) -> Any:
+        """A sampler on the current round's model: in this process, or `generation.replicas` Ray actors."""
+        g = self.config.generation
+        if g.backend == "ray":
+            from .generation.ray_sampler import RaySampler
+
+            address = self.config.execution.ray.address
+            return RaySampler(self.inference(), self.tokenizer, name or self.name, g, self.config.seed, address)
         from .generation import transformers_sampler
 
-        loaded = (self.inference(), self.tokenizer, name or self.name)
-        return transformers_sampler(self.config.generation, self.config.seed, loaded)
+        return transformers_sampler(g, self.config.seed, (self.inference(), self.tokenizer, name or self.name))
 
     def sampler_name(self, round: int) -> str:
         """The name programs sampled with round `round`'s weights are stored under."""

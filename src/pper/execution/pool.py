@@ -235,6 +235,11 @@ class BaseExecutor:
 
     workers: int  # programs the back-end runs at once
 
+    @property
+    def read_ahead(self) -> int:
+        """Programs `map` and `map_unordered` keep queued: enough to keep every worker busy."""
+        return 4 * self.workers
+
     def __init__(self, limits: Limits | None = None, calibrate: bool = True, coverage: bool = False):
         self.limits = limits or Limits()
         self.coverage = coverage
@@ -307,7 +312,7 @@ class BaseExecutor:
         window: deque[Future] = deque()
         for job in jobs:
             window.append(self.submit(*_unpack(job), coverage))
-            if len(window) >= 4 * self.workers:
+            if len(window) >= self.read_ahead:
                 yield window.popleft().result()
         while window:
             yield window.popleft().result()
@@ -321,7 +326,7 @@ class BaseExecutor:
         for i, job in enumerate(jobs):
             self.submit(*_unpack(job), coverage).add_done_callback(lambda f, i=i: done.put((i, f)))
             queued += 1
-            if queued >= 4 * self.workers:
+            if queued >= self.read_ahead:
                 i, f = done.get()
                 queued -= 1
                 yield i, f.result()

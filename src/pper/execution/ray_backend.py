@@ -32,6 +32,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..cluster import connect, ray_module, reason
 from ..errors import PperError
 from ..tasks import Task
 from .config import ExecutionConfig, RayConfig
@@ -110,23 +111,11 @@ class RayExecutor(BaseExecutor):
         coverage: bool = False,
         ray_config: RayConfig | None = None,
     ):
-        try:
-            import ray
-        except ImportError:
-            raise PperError("execution.backend 'ray' needs Ray: pip install 'pper[ray]'") from None
         super().__init__(limits, calibrate, coverage)
         self.config = ray_config or RayConfig()
         self.isolation = isolation
-        self._ray = ray
-        self._started_ray = False
-        if not ray.is_initialized():
-            address = self.config.address or "local"
-            _check_reachable(address)  # Ray itself retries an unreachable address for minutes
-            try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise PperError(f"cannot reach the Ray cluster at {address!r}: {e}") from None
-            self._started_ray = True
+        self._ray = ray_module()
+        self._started_ray = connect(self.config.address)
         self._queue: deque[tuple[_Pending, Task]] = deque()
         self._lock = threading.Condition()
         self._closing = False
@@ -145,6 +134,11 @@ class RayExecutor(BaseExecutor):
     @classmethod
     def from_config(cls, config: ExecutionConfig, coverage: bool = False) -> RayExecutor:
         return cls(config.limits, config.isolation, config.calibrate, coverage, config.ray)
+
+    @property
+    def read_ahead(self) -> int:
+        """Every pool's two requests full, and one more batch each waiting."""
+        return max(4 * self.workers, (IN_FLIGHT + 1) * self.config.batch * len(self._actors))
 
     @property
     def nodes(self) -> list[dict[str, Any]]:
@@ -167,6 +161,7 @@ class RayExecutor(BaseExecutor):
                     num_cpus=0,  # the sandboxes are its subprocesses: `workers` says how many CPUs it uses
                     max_restarts=-1,
                     max_task_retries=0,  # a failed request is sent again by the driver, to a live pool
+                    max_concurrency=IN_FLIGHT,  # its requests feed one sandbox queue: no idling between them
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=True),
                 ).remote(self.limits, workers, self.isolation, i * workers)
                 self._actors.append(_Actor(handle, node["NodeID"], i * workers))
@@ -176,7 +171,7 @@ class RayExecutor(BaseExecutor):
                 actor.info = ray.get(ref, timeout=START_TIMEOUT)
             except Exception as e:
                 raise PperError(
-                    f"the sandbox pool on Ray node {actor.node} did not start: {_reason(e)}"
+                    f"the sandbox pool on Ray node {actor.node} did not start: {reason(e)}"
                     + (
                         " (execution.isolation 'namespaces' needs util-linux `unshare` allowed on every node)"
                         if self.isolation == "namespaces"
@@ -298,7 +293,7 @@ class RayExecutor(BaseExecutor):
             results = self._ray.get(ref)
         except Exception as e:
             self._lost(actor)
-            self._requeue(request, f"the pool on {actor.info.get('host', actor.node)} died: {_reason(e)}")
+            self._requeue(request, f"the pool on {actor.info.get('host', actor.node)} died: {reason(e)}")
             return
         for (pending, _), result in zip(request.jobs, results, strict=True):
             pending.future.set_result(result)
@@ -352,23 +347,3 @@ class RayExecutor(BaseExecutor):
         for pending in waiting:
             if not pending.future.done():
                 pending.future.set_exception(SandboxError(why))
-
-
-def _check_reachable(address: str, timeout: float = 10.0) -> None:
-    """Raise `PperError` if `address` ("host:port" or "ray://host:port") takes no TCP connection."""
-    if address in ("local", "auto") or ":" not in address:
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
-    except (OSError, ValueError) as e:
-        raise PperError(
-            f"cannot reach the Ray cluster at {address!r}: {e} (is `ray start --head` running there? "
-            "leave execution.ray.address unset to start Ray on this machine)"
-        ) from None
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[-1] if text else type(error).__name__

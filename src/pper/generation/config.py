@@ -27,7 +27,9 @@ class GenerationConfig(BaseModel):
     paper's top-k beams), sample (k samples at `temperature`, `top_p`) or greedy. batch_size: tasks per
     batch. max_new_tokens: a cap; generation stops at the end of each program before it. teacher: fill
     the buffer from a teacher model over an API instead (mode sample or greedy); `model` is still the
-    model trained and evaluated."""
+    model trained and evaluated. backend: "local" (this process) or "ray": `replicas` copies of the model in
+    Ray actors share each round's tasks (`pper.generation.ray_sampler`; each asks Ray for `replica_cpus`
+    CPUs and `replica_gpus` GPUs), on the cluster `execution.ray.address` names."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -40,9 +42,15 @@ class GenerationConfig(BaseModel):
     top_p: float = Field(0.95, gt=0, le=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     teacher: TeacherConfig | None = None
+    backend: Literal["local", "ray"] = "local"
+    replicas: int = Field(2, ge=1)
+    replica_cpus: float = Field(1.0, ge=0)
+    replica_gpus: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _teacher_mode(self) -> GenerationConfig:
         if self.teacher is not None and self.mode == "beam":
             raise ValueError("an OpenAI-compatible API has no beam search: use mode sample or greedy with a teacher")
+        if self.teacher is not None and self.backend == "ray":
+            raise ValueError("backend 'ray' fans out a local model: a teacher's API has its own `concurrency`")
         return self
