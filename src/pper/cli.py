@@ -63,16 +63,35 @@ def cli() -> None:
 @click.option("--name", help="Run name: the run directory is RUNS_DIR/NAME.")
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Parent of run directories (default: runs).")
 @click.option("--force", is_flag=True, help="Reuse a run directory made by another configuration.")
-def run(config_path: str | None, name: str | None, runs_dir: str | None, force: bool) -> None:
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Train data-parallel in N processes on this machine (accelerate launch; rank 0 samples, tests, evaluates).",
+)
+def run(config_path: str | None, name: str | None, runs_dir: str | None, force: bool, processes: int) -> None:
     """Run the BTP pipeline (with no options: the default model on HumanEval). Resumable: run it again
-    after a crash and it continues where it stopped."""
+    after a crash and it continues where it stopped. Under `accelerate launch -m pper run`, trains
+    data-parallel in the launched processes."""
     from .config import load_config
     from .pipeline import run as run_pipeline
 
+    if processes > 1:
+        import os
+
+        from .training.distributed import launch_command
+
+        args = ["run"] + (["--force"] if force else [])
+        for flag, value in (("--config", config_path), ("--name", name), ("--runs-dir", runs_dir)):
+            args += [flag, value] if value is not None else []
+        command = launch_command(processes, args)
+        os.execv(command[0], command)  # the launcher takes this process's place (and its signals)
     overrides = {k: v for k, v in {"name": name, "runs_dir": runs_dir}.items() if v is not None}
     config = load_config(config_path, overrides)
     prepared = run_pipeline(config, force=force)
-    _summary(prepared.dir)
+    if prepared is not None:  # rank 0, or a single process
+        _summary(prepared.dir)
 
 
 @cli.command("rl")

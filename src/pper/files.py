@@ -39,3 +39,29 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Replace the content of `path` by `data` atomically."""
     with atomic_file(path, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
+
+
+@contextmanager
+def exclusive(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created if missing) for the block, or raise `PperError`
+    naming `what` and the holder's pid if another process holds it. The kernel drops the lock when its holder
+    dies, so a killed run never leaves a stale one."""
+    import fcntl
+
+    from .errors import PperError
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            message = f"{what} is in use by another pper process (pid {holder}): wait for it or stop it"
+            raise PperError(message) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

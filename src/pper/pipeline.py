@@ -34,13 +34,14 @@ import yaml
 from .buffer import BUFFER_FILE, Execution, NewProgram, ReplayBuffer
 from .config import PperConfig, validate_config
 from .errors import PperError
-from .files import write_atomic
+from .files import exclusive, write_atomic
 from .jsonl import append_jsonl
 from .tasks import Task, holdout_split, load_tasks
 
 CONFIG_FILE = "config.yaml"
 TASKS_FILE = "tasks.json"
 EVENTS_FILE = "events.jsonl"
+LOCK_FILE = ".lock"  # held by the process running the rounds (`files.exclusive`)
 KEPT_FILE = "kept.json"
 MODEL_DIR = "model"
 MIN_VALIDATION_TASKS = 10  # fewer and the choice of the kept round is mostly noise: warn
@@ -252,10 +253,10 @@ class Models:
     """The model through the rounds: loaded once, then trained in place; `at(r)` restores round r's
     checkpoint when the run resumes past it."""
 
-    def __init__(self, config: PperConfig, run_dir: Path):
+    def __init__(self, config: PperConfig, run_dir: Path, group: Any = None):
         from .generation import load_model
 
-        self.config, self.run_dir = config, run_dir
+        self.config, self.run_dir, self.group = config, run_dir, group
         self.model, self.tokenizer, self.name = load_model(config.generation.model, config.generation.dtype)
         self.round = 0
         self._trainer: Any = None
@@ -265,7 +266,7 @@ class Models:
         if self._trainer is None:
             from .training.trainer import PPERTrainer
 
-            self._trainer = PPERTrainer(self.model, self.tokenizer, self.config.training, self.config.seed)
+            self._trainer = PPERTrainer(self.model, self.tokenizer, self.config.training, self.config.seed, self.group)
         return self._trainer
 
     def at(self, round: int) -> None:
@@ -311,6 +312,16 @@ def train(models: Models, buffer: ReplayBuffer, round: int, events: Events, show
     replay = replay_for_round(buffer, config, trainer.model, models.tokenizer, seed=config.seed + round)
     final = checkpoint_dir(models.run_dir, round)
     partial = final.with_name(final.name + ".partial")
+    if models.group is not None:  # the other ranks train this round with rank 0 (`follow`)
+        held = checkpoint_dir(models.run_dir, models.round) if models.round else None
+        models.group.send(
+            {
+                "train": round,
+                "steps": config.training.steps,
+                "weights": (models.round, str(held) if held else None),
+                "resume": str(partial) if read_info(partial) else None,
+            }
+        )
     if read_info(partial):
         trainer.load(partial, replay)
     else:
@@ -365,8 +376,27 @@ def evaluate_round(
     )
 
 
-def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> Run:
-    """Run (or resume) the BTP rounds of `config` and write the report."""
+def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> Run | None:
+    """Run (or resume) the BTP rounds of `config` and write the report. Started by a launcher in several
+    processes (`pper.training.distributed`), rank 0 runs the rounds and the other ranks `follow` it (and
+    return None)."""
+    from .training import distributed
+
+    group = distributed.current(config.training.distributed_timeout)
+    if group is not None and not group.main:
+        follow(config, group)
+        return None
+    if group is not None and config.training.batch_size < group.size:
+        raise PperError(
+            f"training.batch_size {config.training.batch_size} is smaller than the {group.size} processes: "
+            "every process trains on its share of each minibatch"
+        )
+    with exclusive(config.run_dir / LOCK_FILE, f"run directory {config.run_dir}"):
+        return _run(config, force, show_progress, group)
+
+
+def _run(config: PperConfig, force: bool, show_progress: bool, group: Any) -> Run:
+    """`run` on rank 0 (or a single process), holding the run directory's lock."""
     from .curriculum import prefixes_for_round
     from .execution import open_executor
     from .generation import teacher_sampler
@@ -377,8 +407,10 @@ def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> 
     prepared = prepare(config, force=force)
     run_dir, g, x = prepared.dir, config.generation, config.execution
     events = Events(run_dir / EVENTS_FILE)
-    events.log(event="run")
-    models = Models(config, run_dir)
+    events.log(event="run", **({"processes": group.size} if group else {}))
+    models = Models(config, run_dir, group)
+    if group is not None:
+        group.send({"ready": True})  # the model is in the cache now: the other ranks load it
     done = [r for r in range(1, config.rounds + 1) if read_info(checkpoint_dir(run_dir, r))]
     validation, held_out = prepared.validation, prepared.eval
     with (
@@ -425,7 +457,34 @@ def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> 
     keep(run_dir, config, bool(validation))
     write_report(run_dir, config)
     events.log(event="finished")
+    if group is not None:
+        group.send({"stop": True})
     return prepared
+
+
+def follow(config: PperConfig, group: Any) -> None:
+    """A data-parallel rank other than 0: load the model once rank 0 has, then train each round with rank 0
+    on the minibatches it shares, until it says stop (`pper.training.distributed`)."""
+    from .generation import load_model
+    from .training.trainer import PPERTrainer
+
+    message = group.receive()
+    if "stop" in message:
+        return
+    model, tokenizer, _ = load_model(config.generation.model, config.generation.dtype)
+    trainer = PPERTrainer(model, tokenizer, config.training, config.seed, group)
+    held = 0  # the round whose weights this rank holds
+    while "stop" not in (message := group.receive()):
+        round, (weights_round, weights) = message["train"], message["weights"]
+        if message["resume"]:
+            trainer.load(message["resume"], resume=True)
+        else:
+            if weights_round != held:
+                trainer.load(weights)
+            trainer.begin_round(round, None, message["steps"])
+        for _ in trainer.run_round(None):
+            pass
+        held = round
 
 
 # -- the kept model ------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ class TrainingConfig(BaseModel):
     loss_mask: "program" (the loss on every program token) or "executed" (StepCoder's FGO: tokens of lines
     that no test ran get no loss; programs none of whose lines ran are skipped; the sandbox then collects
     line coverage; see `pper.training.examples`).
+    distributed_timeout: seconds a data-parallel rank waits for rank 0 (`pper.training.distributed`): rank 0
+    samples, tests and evaluates while the others wait, so it must outlast those phases.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -56,3 +58,4 @@ class TrainingConfig(BaseModel):
     checkpoint_every: int = Field(1, ge=0)
     loss_mask: Literal["program", "executed"] = "program"
     lora: LoraSettings = LoraSettings()
+    distributed_timeout: float = Field(6 * 3600.0, gt=0)

@@ -74,12 +74,16 @@ def cpu_has_native_bf16() -> bool:
 
 
 class PPERTrainer:
-    """Fine-tunes `model` (full, or LoRA adapters added here) on programs replayed from a buffer."""
+    """Fine-tunes `model` (full, or LoRA adapters added here) on programs replayed from a buffer.
 
-    def __init__(self, model: Any, tokenizer: Any, config: TrainingConfig, seed: int = 0):
+    With `group` (`pper.training.distributed`), data-parallel: rank 0 draws each minibatch and shares it, every
+    rank trains on its share under DDP; the other ranks pass no buffer to `run_round`."""
+
+    def __init__(self, model: Any, tokenizer: Any, config: TrainingConfig, seed: int = 0, group: Any = None):
         import torch
 
-        self.config, self.tokenizer, self.seed = config, tokenizer, seed
+        self.config, self.tokenizer, self.seed, self.group = config, tokenizer, seed, group
+        self._ddp: Any = None  # the DDP-wrapped model, made at the first step (all ranks at once)
         torch.manual_seed(seed)
         if config.method == "lora":
             from peft import PeftModel, get_peft_model
@@ -112,8 +116,9 @@ class PPERTrainer:
 
     # -- one round ---------------------------------------------------------------------------------
 
-    def begin_round(self, round: int, replay: Replay, steps: int) -> None:
-        """Start round `round`: `steps` optimiser steps over `replay`, the learning rate schedule restarted."""
+    def begin_round(self, round: int, replay: Replay | None, steps: int) -> None:
+        """Start round `round`: `steps` optimiser steps over `replay` (None: a rank other than 0, which
+        receives its minibatches), the learning rate schedule restarted."""
         from transformers import get_scheduler
 
         self.round, self.step, self.replay, self.steps = round, 0, replay, steps
@@ -124,19 +129,26 @@ class PPERTrainer:
             num_training_steps=max(steps, 1),
         )
 
-    def run_round(self, buffer: ReplayBuffer, checkpoint: Callable[[], None] | None = None) -> Iterator[StepStats]:
+    def run_round(
+        self, buffer: ReplayBuffer | None, checkpoint: Callable[[], None] | None = None
+    ) -> Iterator[StepStats]:
         """Train the rest of the round's steps, yielding each step's figures; `checkpoint` is called every
-        `checkpoint_every` steps (after the step has been yielded)."""
+        `checkpoint_every` steps (after the step has been yielded). In a data-parallel group, rank 0 passes the
+        buffer and the others None: rank 0 draws each minibatch and shares it."""
         every = self.config.checkpoint_every
-        if self.config.loss_mask == "executed" and self.step < self.steps:
-            assert self.replay is not None, "begin_round first"
+        leader = self.group is None or self.group.main
+        if leader and self.config.loss_mask == "executed" and self.step < self.steps:
+            assert self.replay is not None and buffer is not None, "begin_round first"
             if not buffer.executed_program_ids().intersection(self.replay.table.program_id.tolist()):
                 raise PperError(
                     "training.loss_mask is 'executed' but no program in the replay has a line that ran in its tests "
                     "(no coverage was collected, or every program failed to load): nothing to train on"
                 )
         while self.step < self.steps:
-            yield self.train_step(*self.draw_weighted(buffer))
+            drawn = self.draw_weighted(buffer) if leader else None
+            if self.group is not None:
+                drawn = self.group.share(drawn)
+            yield self.train_step(*drawn)
             if checkpoint and every and self.step % every == 0 and self.step < self.steps:
                 checkpoint()
 
@@ -189,7 +201,11 @@ class PPERTrainer:
         """One optimiser step on `examples`: loss = sum_i w_i * L_i / T, with L_i the summed cross-entropy of
         example i's target tokens (each scaled by its FGO weight, `Example.weights`), T their summed FGO weight
         (the target tokens of all examples, without FGO) and w_i the example's importance-sampling weight
-        (`weights`, default 1 each): with every weight 1, the mean cross-entropy over all target tokens."""
+        (`weights`, default 1 each): with every weight 1, the mean cross-entropy over all target tokens.
+
+        In a data-parallel group of N ranks, every rank gets the whole minibatch and computes the terms of
+        examples rank, rank + N, ... over the same T, times N (DDP averages the ranks' gradients): the summed
+        gradient, the clipped norm and the step are one process's on the whole minibatch."""
         import torch
 
         start = time.perf_counter()
@@ -200,13 +216,24 @@ class PPERTrainer:
             weights = None  # the unweighted loss, bit for bit
         target_tokens = sum(ex.target_tokens for ex in examples)
         trained = sum(ex.trained_tokens for ex in examples) if any(ex.weights for ex in examples) else target_tokens
+        mine, my_weights, scale = examples, weights, 1.0
+        if self.group is not None:
+            g = self.group
+            mine, my_weights, scale = examples[g.rank :: g.size], weights and weights[g.rank :: g.size], g.size
+            if not mine:  # fewer examples than ranks: a zero-weighted pass keeps DDP's gradient sync in step
+                mine, my_weights, scale = examples[:1], [0.0], 0.0
         size = self.config.micro_batch_size
+        chunks = range(0, len(mine), size)
         total = 0.0
-        for i in range(0, len(examples), size):
-            chunk_weights = weights[i : i + size] if weights is not None else None
-            loss = self.loss_sum(examples[i : i + size], chunk_weights) / max(trained, 1.0)
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+        for i in chunks:
+            chunk_weights = my_weights[i : i + size] if my_weights is not None else None
+            last = i == chunks[-1]
+            with self._sync(last):
+                loss = self.loss_sum(mine[i : i + size], chunk_weights) / max(trained, 1.0)
+                (self.scaler.scale(loss * scale) if self.scaler else loss * scale).backward()
             total += loss.item()
+        if self.group is not None:
+            total = self.group.sum(total)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = list(self.params.values())
@@ -233,6 +260,19 @@ class PPERTrainer:
             self.repaired,
         )
 
+    def _sync(self, last: bool) -> Any:
+        """In a data-parallel group: DDP's gradient sync on the step's last backward pass only."""
+        if self.group is None:
+            return contextlib.nullcontext()
+        if self._ddp is None:
+            self._ddp = self.group.accelerator.prepare_model(self.model)
+        return contextlib.nullcontext() if last else self._ddp.no_sync()
+
+    @property
+    def forward_model(self) -> Any:
+        """The model forward passes go through: DDP's wrapper in a data-parallel group."""
+        return self._ddp if self._ddp is not None else self.model
+
     def loss_sum(self, examples: list[Example], weights: list[float] | None = None) -> Any:
         """Summed cross-entropy of the target tokens of `examples`, packed in one unpadded row, each token's
         scaled by its FGO weight (`Example.weights`); with `weights`, each example's sum scaled by its weight
@@ -252,7 +292,7 @@ class PPERTrainer:
             attention,
             torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None),
         ):
-            out = self.model(
+            out = self.forward_model(
                 input_ids=input_ids,
                 position_ids=torch.tensor([positions], device=self.device),
                 logits_to_keep=keep,
@@ -315,8 +355,9 @@ class PPERTrainer:
         )
         replace_dir(staging, path)
 
-    def load(self, path: str | Path, replay: Replay | None = None) -> None:
-        """Restore a checkpoint written by `save`; with `replay`, the round continues over it."""
+    def load(self, path: str | Path, replay: Replay | None = None, resume: bool | None = None) -> None:
+        """Restore a checkpoint written by `save`. `resume` (default: whether `replay` is given): the round
+        continues, over `replay` (None: a data-parallel rank other than 0, which has no replay)."""
         import torch
         from safetensors.torch import load_file
 
@@ -335,11 +376,13 @@ class PPERTrainer:
         with torch.no_grad():
             for name, p in self.params.items():
                 p.copy_(weights[name])
-        if replay is not None:  # a new scheduler sets the learning rate: the optimizer state then restores it
+        if resume is None:
+            resume = replay is not None
+        if resume:  # a new scheduler sets the learning rate: the optimizer state then restores it
             self.begin_round(state["round"], replay, state["steps"])
             if state["scheduler"]:
                 self.scheduler.load_state_dict(state["scheduler"])
-            if state["replay_rng"]:
+            if state["replay_rng"] and replay is not None:
                 replay.sampler.set_state(state["replay_rng"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.round, self.step, self.steps = state["round"], state["step"], state["steps"]
