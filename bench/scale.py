@@ -9,8 +9,10 @@ Rows (each tests every program once per round, rows alternate; calibration done 
 Check (exit status 1 when it fails): the Ray back-end's verdicts and error texts equal the local pool's,
 program by program. Then the per-program cost breakdown:
 * a Ray request's round trip with no program (the driver -> pool -> driver overhead, per batch);
+* the driver's CPU time per program in the Ray rows (sending, receiving, resolving futures: the one-driver
+  ceiling of a cluster's test phase, with judging done on the nodes);
 * the driver's SQLite commit rate: `ReplayBuffer.add_executions` of the results, in batches of the pipeline's
-  `TEST_BATCH`, to a file buffer (the one-writer ceiling of a cluster's test phase).
+  `TEST_BATCH`, to a file buffer (the one-writer ceiling).
 Ends with `programs/s ray vs local: N.NNx` (goal: the Ray back-end costs <= 1.3x the local pool's time).
 
     python bench/scale.py [--rounds 3] [--batch 16]
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -35,10 +38,16 @@ from pper.pipeline import TEST_BATCH
 from pper.tasks import load_tasks
 
 
-def timed(executor, jobs) -> tuple[float, list[ProgramResult]]:
-    start = time.perf_counter()
+def timed(executor, jobs) -> tuple[float, float, list[ProgramResult]]:
+    """(wall seconds, CPU seconds of this process, results) of testing `jobs`."""
+    cpu, start = _cpu(), time.perf_counter()
     results = list(executor.map(jobs))
-    return time.perf_counter() - start, results
+    return time.perf_counter() - start, _cpu() - cpu, results
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def commit_rate(tasks, jobs, results, path: Path) -> float:
@@ -79,13 +88,15 @@ def main() -> None:
             local.calibrate(tasks)
             remote.calibrate(tasks)  # the same cache file: read, not measured again
             times: dict[str, list[float]] = {"local pool": [], "ray": []}
+            driver_cpu: list[float] = []
             for r in range(args.rounds):
                 for name, executor in (("local pool", local), ("ray", remote)):
-                    elapsed, results = timed(executor, jobs)
+                    elapsed, cpu, results = timed(executor, jobs)
                     times[name].append(elapsed)
                     if name == "local pool":
                         reference = results
                     else:
+                        driver_cpu.append(cpu)
                         diff = [
                             i
                             for i, (a, b) in enumerate(zip(results, reference, strict=True))
@@ -108,6 +119,8 @@ def main() -> None:
     for name, t in med.items():
         print(f"{name:10s}: {len(jobs) / t:7.1f} programs/s, {t / len(jobs) * 1000:.2f} ms per program (median)")
     print(f"Ray request round trip, no program: {rtt:.2f} ms (per batch of {args.batch})")
+    per_program = statistics.median(driver_cpu) / len(jobs) * 1000
+    print(f"driver CPU per program (Ray): {per_program:.3f} ms, a ceiling of {1000 / per_program:.0f} programs/s")
     print(f"Ray overhead per program: {(med['ray'] - med['local pool']) / len(jobs) * 1000:+.2f} ms")
     print(f"driver SQLite commits: {rate:.0f} executions/s (batches of {TEST_BATCH})")
     print(f"programs/s ray vs local: {med['local pool'] / med['ray']:.2f}x")
