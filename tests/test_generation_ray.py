@@ -68,3 +68,29 @@ def test_a_teacher_cannot_fan_out_on_ray():
 
     with pytest.raises(ValidationError, match="a teacher's API has its own `concurrency`"):
         GenerationConfig(mode="sample", backend="ray", teacher={"base_url": "http://x", "model": "m"})
+
+
+@pytest.mark.slow
+def test_pper_run_samples_and_tests_on_ray(loaded, tmp_path):
+    import sqlite3
+
+    from pper.config import validate_config
+    from pper.pipeline import run
+
+    config = validate_config(
+        {
+            "runs_dir": str(tmp_path / "runs"),
+            "tasks": {"source": "humaneval", "limit": 4, "holdout": 0.0, "validation": 0.0},
+            "generation": {"mode": "greedy", "max_new_tokens": 16, "batch_size": 1, "backend": "ray", "replicas": 2},
+            "execution": {"backend": "ray", "ray": {"workers": 1}},
+            "training": {"steps": 1, "batch_size": 2},
+            "evaluation": {"before": False},
+        }
+    )
+    prepared = run(config, show_progress=False)
+    with sqlite3.connect(prepared.dir / "buffer.sqlite") as db:
+        sampled = db.execute("SELECT COUNT(*) FROM samplings").fetchone()[0]
+        programs = db.execute("SELECT COUNT(*) FROM programs").fetchone()[0]
+        tested = db.execute("SELECT COUNT(*) FROM executions").fetchone()[0]
+    assert sampled == 4 and programs == tested >= 1
+    assert (prepared.dir / "checkpoints" / "round-1").is_dir()
