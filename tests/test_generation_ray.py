@@ -1,5 +1,6 @@
 """Sampling fan-out on a real Ray instance on this machine: two replicas of the default model."""
 
+import json
 import os
 import signal
 import threading
@@ -94,3 +95,6 @@ def test_pper_run_samples_and_tests_on_ray(loaded, tmp_path):
         tested = db.execute("SELECT COUNT(*) FROM executions").fetchone()[0]
     assert sampled == 4 and programs == tested >= 1
     assert (prepared.dir / "checkpoints" / "round-1").is_dir()
+    events = [json.loads(line) for line in (prepared.dir / "events.jsonl").read_text().splitlines()]
+    (pools,) = [e["pools"] for e in events if e["event"] == "execution"]
+    assert len(pools) == 1 and pools[0]["workers"] == 1 and "isolated" in pools[0]

@@ -6,6 +6,7 @@ write replaces. This is the one place pper writes a whole file; append-only logs
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,6 +61,15 @@ def exclusive(path: str | Path, what: str) -> Iterator[None]:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             message = f"{what} is in use by another pper process (pid {holder}): wait for it or stop it"
             raise PperError(message) from None
+        except OSError as e:  # a filesystem without locks (some NFS and Lustre mounts): go on, unguarded
+            if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            import warnings
+
+            warnings.warn(f"cannot lock {path} ({e.strerror}): nothing stops a second process using {what}",
+                          stacklevel=3)  # fmt: skip
+            yield
+            return
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield

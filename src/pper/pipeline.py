@@ -24,7 +24,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -296,6 +296,16 @@ class Models:
 
         return transformers_sampler(g, self.config.seed, (self.inference(), self.tokenizer, name or self.name))
 
+    @contextmanager
+    def sampling(self, name: str | None = None) -> Iterator[Any]:
+        """`sampler(name)` for a block, closed after it (Ray replicas release their CPUs, GPUs and weights)."""
+        sampler = self.sampler(name)
+        try:
+            yield sampler
+        finally:
+            if hasattr(sampler, "close"):
+                sampler.close()
+
     def sampler_name(self, round: int) -> str:
         """The name programs sampled with round `round`'s weights are stored under."""
         return sampler_name(self.name, self.config.name, round)
@@ -313,6 +323,7 @@ def train(models: Models, buffer: ReplayBuffer, round: int, events: Events, show
     final = checkpoint_dir(models.run_dir, round)
     partial = final.with_name(final.name + ".partial")
     if models.group is not None:  # the other ranks train this round with rank 0 (`follow`)
+        models.group.threads(training=True)
         held = checkpoint_dir(models.run_dir, models.round) if models.round else None
         models.group.send(
             {
@@ -333,6 +344,8 @@ def train(models: Models, buffer: ReplayBuffer, round: int, events: Events, show
         )
     for s in steps:
         events.log(event="step", phase="training", **asdict(s))
+    if models.group is not None:
+        models.group.threads(training=False)
     inference = trainer.inference_model()
     trainer.save(final, {"replayed_from": len(replay)}, model=inference)
     models.trained(round, inference)
@@ -350,30 +363,32 @@ def evaluate_round(
         from .evaluation.multiturn import evaluate_turns
 
         name = models.sampler_name(round)
-        return evaluate_turns(
+        with models.sampling(name) as sampler:
+            return evaluate_turns(
+                tasks,
+                samples,
+                executor,
+                sampler,
+                e.turns,
+                models.config.feedback.max_chars,
+                e.independent,
+                metrics,
+                {"round": round, "model": name},
+                show_progress,
+            )
+    with models.sampling(models.sampler_name(round)) as sampler:
+        return evaluate(
             tasks,
             samples,
             executor,
-            models.sampler(name),
-            e.turns,
-            models.config.feedback.max_chars,
-            e.independent,
-            metrics,
-            {"round": round, "model": name},
-            show_progress,
+            sampler=sampler,
+            mode=e.mode,
+            n=e.n,
+            ks=e.ks,
+            metrics_path=metrics,
+            info={"round": round, "model": models.sampler_name(round)},
+            show_progress=show_progress,
         )
-    return evaluate(
-        tasks,
-        samples,
-        executor,
-        sampler=models.sampler(models.sampler_name(round)),
-        mode=e.mode,
-        n=e.n,
-        ks=e.ks,
-        metrics_path=metrics,
-        info={"round": round, "model": models.sampler_name(round)},
-        show_progress=show_progress,
-    )
 
 
 def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> Run | None:
@@ -383,6 +398,8 @@ def run(config: PperConfig, force: bool = False, show_progress: bool = True) -> 
     from .training import distributed
 
     group = distributed.current(config.training.distributed_timeout)
+    if group is not None:
+        group.threads(training=False)
     if group is not None and not group.main:
         follow(config, group)
         return None
@@ -417,30 +434,39 @@ def _run(config: PperConfig, force: bool, show_progress: bool, group: Any) -> Ru
         ReplayBuffer.in_run(run_dir) as buffer,
         open_executor(x) as executor,
     ):
+        if x.backend == "ray":  # where the programs run, and with what isolation, per pool
+            events.log(event="execution", backend="ray", pools=executor.nodes)
         for r in range(config.rounds + 1):
             if r > 0 and r not in done:
                 if r - 1 in done:
                     models.at(r - 1)  # resumed: continue from the last finished round's weights
-                sampler = teacher_sampler(g, config.seed) if g.teacher else models.sampler(models.sampler_name(r - 1))
                 prefixes = None
                 if config.curriculum.enabled:
                     prefixes = prefixes_for_round(buffer, prepared.train, r, config.curriculum)
-                with events.phase("sampling", r):
-                    sample_into_buffer(buffer, sampler, prepared.train, g.mode, g.k, r, show_progress, prefixes)
-                with events.phase("testing", r):
-                    execute_untested(buffer, executor, show_progress, coverage=uses_coverage(config))
-                if config.feedback.turns > 1:
-                    with events.phase("repair", r):
-                        repair_into_buffer(
-                            buffer,
-                            sampler,
-                            executor,
-                            prepared.train,
-                            r,
-                            config.feedback,
-                            lambda: execute_untested(buffer, executor, show_progress, coverage=uses_coverage(config)),
-                            show_progress,
-                        )
+                sampling = (
+                    nullcontext(teacher_sampler(g, config.seed))
+                    if g.teacher
+                    else models.sampling(models.sampler_name(r - 1))
+                )
+                with sampling as sampler:
+                    with events.phase("sampling", r):
+                        sample_into_buffer(buffer, sampler, prepared.train, g.mode, g.k, r, show_progress, prefixes)
+                    with events.phase("testing", r):
+                        execute_untested(buffer, executor, show_progress, coverage=uses_coverage(config))
+                    if config.feedback.turns > 1:
+                        with events.phase("repair", r):
+                            repair_into_buffer(
+                                buffer,
+                                sampler,
+                                executor,
+                                prepared.train,
+                                r,
+                                config.feedback,
+                                lambda: execute_untested(
+                                    buffer, executor, show_progress, coverage=uses_coverage(config)
+                                ),
+                                show_progress,
+                            )
                 with events.phase("training", r):
                     train(models, buffer, r, events, show_progress)
             if validation and not eval_paths(run_dir, r, validation=True)[1].exists():
@@ -471,6 +497,7 @@ def follow(config: PperConfig, group: Any) -> None:
     message = group.receive()
     if "stop" in message:
         return
+    group.threads(training=True)  # this rank only trains
     model, tokenizer, _ = load_model(config.generation.model, config.generation.dtype)
     trainer = PPERTrainer(model, tokenizer, config.training, config.seed, group)
     held = 0  # the round whose weights this rank holds

@@ -15,8 +15,9 @@ class RayConfig(BaseModel):
     address: the cluster to join (None: start a Ray instance on this machine; "auto": the cluster this
     machine belongs to; or "host:port" / "ray://host:port"). actors_per_node: sandbox pools on each node
     with CPUs. workers: sandboxes in each pool (default: the node's CPUs divided by its actors). batch: the
-    programs sent to a pool in one request; each pool holds two requests at a time. max_tries: how often a
-    request is sent again after the pool running it died, before its programs get `runtime_error`."""
+    programs sent to a pool in one request; each pool holds two requests at a time. max_tries: how many times
+    a program is sent alone to a pool that then failed (the programs of a failed request are sent again one at
+    a time) before it gets `runtime_error`."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -8,9 +8,11 @@ of `generation.batch_size` (one chunk per replica at a time); a chunk's candidat
 killed run resumes with the tasks it had not committed).
 
 A replica that dies (its process killed, its node lost) fails the chunk it held: the chunk goes back to the
-front of the queue for a live replica, and Ray restarts the dead one from the same object. A task is yielded
-once: no task is committed twice. A chunk is sent at most `MAX_TRIES` times; when no replica can run (the
-cluster is gone) sampling raises `PperError`, and the run resumes later from what it committed.
+front of the queue for a live replica, and Ray restarts the dead one from the same object; one that does not
+answer within `RESTART_TIMEOUT` is given up for good. A task is yielded once: no task is committed twice. A
+chunk is sent at most `MAX_TRIES` times; when no replica is left (the cluster is gone) sampling raises
+`PperError`, and the run resumes later from what it committed. Each phase closes its sampler (`close`), which
+frees the replicas' CPUs, GPUs and weights.
 
 A replica computes what a local `TransformersSampler` computes on the same chunk. In `sample` mode the
 candidates also depend on which replica drew which chunk (each seeds its generator with the run's seed plus
@@ -21,6 +23,7 @@ over all tasks where batch padding's rounding turns a near tie.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -33,16 +36,22 @@ from .sampler import Candidate, Mode
 
 MAX_TRIES = 3  # times a chunk is sent before sampling gives up
 WAIT = 1.0  # seconds between looks at the replicas while none answers
+RESTART_TIMEOUT = 600.0  # seconds a replica Ray restarts may take to answer before it is given up
 
 
 class SamplerReplica:
     """A Ray actor (made with `ray.remote` when `RaySampler` starts): a `TransformersSampler` on its model."""
 
-    def __init__(self, model: Any, tokenizer: Any, name: str, settings: dict[str, Any], seed: int):
+    def __init__(self, weights: Any, tokenizer: Any, name: str, settings: dict[str, Any], seed: int):
         import ray
+        from transformers import AutoModelForCausalLM
 
         from .hf import TransformersSampler
 
+        config, state = weights
+        model = AutoModelForCausalLM.from_config(config, torch_dtype=next(iter(state.values())).dtype)
+        model.load_state_dict(state, assign=True)
+        model.tie_weights()
         if ray.get_gpu_ids():
             model = model.to("cuda")
         self.sampler = TransformersSampler(model.eval(), tokenizer, name, seed=seed, **settings)
@@ -78,6 +87,7 @@ class RaySampler:
         self._ray = ray_module()
         self._started_ray = connect(address)
         self.resent = 0  # tasks or prompts sent again after the replica holding them died
+        self._dead: set[int] = set()  # replicas given up (they did not come back), across calls
         settings = {
             "batch_size": config.batch_size,
             "max_new_tokens": config.max_new_tokens,
@@ -85,7 +95,10 @@ class RaySampler:
             "top_p": config.top_p,
         }
         ray = self._ray
-        model_ref, tokenizer_ref = self._objects = ray.put(model), ray.put(tokenizer)  # held for restarts
+        # the weights travel as CPU tensors with the model's config (a CUDA model would not unpickle on a CPU
+        # replica); the references are held here for Ray's restarts of a replica
+        weights = (model.config, {k: v.detach().to("cpu") for k, v in model.state_dict().items()})
+        model_ref, tokenizer_ref = self._objects = ray.put(weights), ray.put(tokenizer)
         remote = ray.remote(SamplerReplica).options(
             num_cpus=config.replica_cpus, num_gpus=config.replica_gpus, max_restarts=-1, max_task_retries=0
         )
@@ -143,25 +156,27 @@ class RaySampler:
         ray = self._ray
         queue = deque((chunk, 0) for chunk in chunks)
         busy: dict[Any, tuple[int, Any, int]] = {}  # ref -> (replica index, chunk, tries)
-        down: dict[Any, int] = {}  # ping ref -> replica index restarting
-        idle = list(range(len(self.replicas)))
+        down: dict[Any, tuple[int, float]] = {}  # ping ref -> (replica restarting, when to give it up)
+        idle = [r for r in range(len(self.replicas)) if r not in self._dead]
         while queue or busy:
             while idle and queue:
                 r = idle.pop(0)
                 chunk, tries = queue.popleft()
                 busy[call(self.replicas[r], chunk)] = (r, chunk, tries + 1)
             if not busy and not down:
-                raise PperError("no sampler replica is alive")
+                raise PperError(f"no sampler replica is alive ({len(self._dead)} of {len(self.replicas)} gave up)")
             ready, _ = ray.wait([*busy, *down], num_returns=1, timeout=WAIT)
+            now = time.monotonic()
+            for ref in [ref for ref, (_, deadline) in down.items() if deadline < now and ref not in ready]:
+                self._dead.add(down.pop(ref)[0])  # it did not come back in time
             for ref in ready:
                 if ref in down:
-                    r = down.pop(ref)
+                    r, _ = down.pop(ref)
                     try:
                         ray.get(ref)
                         idle.append(r)
-                    except Exception as e:
-                        if not busy and not down:
-                            raise PperError(f"no sampler replica is alive: {reason(e)}") from None
+                    except Exception:
+                        self._dead.add(r)
                     continue
                 r, chunk, tries = busy.pop(ref)
                 try:
@@ -171,7 +186,7 @@ class RaySampler:
                         raise PperError(f"sampling failed {tries} times on Ray replicas: {reason(e)}") from None
                     queue.appendleft((chunk, tries))
                     self.resent += len(chunk)
-                    down[self.replicas[r].info.remote()] = r  # Ray restarts it; it takes work once it answers
+                    down[self.replicas[r].info.remote()] = (r, now + RESTART_TIMEOUT)  # Ray restarts it
                     continue
                 idle.append(r)
                 yield chunk, results

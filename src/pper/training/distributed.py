@@ -56,9 +56,20 @@ class Group:
         import torch
         import torch.distributed as dist
 
-        tensor = torch.tensor([value], dtype=torch.float64)
+        # on the process group's device: NCCL, accelerate's backend on GPUs, reduces no CPU tensor
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
         dist.all_reduce(tensor)
         return float(tensor.item())
+
+    def threads(self, training: bool) -> None:
+        """On CPU, torch's threads for this process: its share of the cores while every rank trains, all of
+        them otherwise (rank 0 samples and evaluates while the others wait). Launchers start each rank with one
+        thread (OMP_NUM_THREADS=1)."""
+        import torch
+
+        if self.accelerator.device.type == "cpu":
+            cores = len(os.sched_getaffinity(0))
+            torch.set_num_threads(max(1, cores // self.size) if training else cores)
 
     def _broadcast(self, message: Any) -> Any:
         import torch.distributed as dist
@@ -93,7 +104,7 @@ def current(timeout: float) -> Group | None:
 
 def launch_command(processes: int, args: list[str]) -> list[str]:
     """The `accelerate launch` command line that runs `python -m pper ARGS` in `processes` processes on this
-    machine (DDP over gloo on CPU, NCCL on GPUs)."""
+    machine (DDP over gloo on CPU, tested; on GPUs accelerate's NCCL, not tested here)."""
     import sys
 
     return [
