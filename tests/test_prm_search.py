@@ -1,0 +1,52 @@
+"""Line labels by binary search: the first bad line of a monotone probe, within the probe budget, and of a real
+program whose bug is known, probed with the reference completer in the sandbox."""
+
+import math
+
+import pytest
+
+from pper.execution import Executor
+from pper.prm.completers import reference_probe, shared_lines
+from pper.prm.search import first_bad_line, max_probes
+from pper.tasks import load_tasks
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 7, 8, 9, 20])
+def test_every_first_bad_line_is_found_within_the_budget(m):
+    for bad in range(1, m + 2):  # m + 1: every line good
+        calls = []
+
+        def completable(j, bad=bad, calls=calls):
+            calls.append(j)
+            return j < bad
+
+        search = first_bad_line(m, completable)
+        assert search.first_bad == bad
+        assert search.labels == [1] * (bad - 1) + [0] * (m - bad + 1)
+        assert len(calls) == len(search.probes) <= 1 + math.ceil(math.log2(m)) == max_probes(m)
+        assert all(result == (j < bad) for j, result in search.probes)
+
+
+def test_known_lines_and_passing_programs_need_fewer_probes():
+    assert first_bad_line(5, lambda j: pytest.fail("no probe"), passes=True).labels == [1] * 5
+    assert first_bad_line(5, lambda j: pytest.fail("no probe"), known=5).first_bad == 6
+    search = first_bad_line(16, lambda j: j < 14, known=12)
+    assert search.first_bad == 14 and len(search.probes) <= max_probes(16, 12) == 3
+
+
+def test_the_first_bad_line_of_a_program_with_a_known_bug():
+    # HumanEval/10 (make_palindrome): a 20-line reference; its body's middle statement becomes a raise
+    task = load_tasks("humaneval", limit=11)[10]
+    lines = task.solutions[0].splitlines()
+    body = [i for i in range(len(task.prompt.splitlines()), len(lines)) if lines[i].strip()]
+    k = body[len(body) // 2]  # 0-based
+    indent = lines[k][: len(lines[k]) - len(lines[k].lstrip())]
+    buggy = lines[:k] + [indent + "raise ValueError('bug')"] + lines[k + 1 :]
+    program = "\n".join(buggy) + "\n"
+    with Executor(workers=1) as executor:
+        assert not executor.run(task, program).all_passed
+        search = first_bad_line(len(buggy), reference_probe(task, program, executor))
+    assert search.first_bad == k + 1  # the changed line, 1-based
+    assert 1 < k + 1 < len(buggy)  # in the middle: the search had to bisect
+    assert len(search.probes) <= 1 + math.ceil(math.log2(len(buggy)))
+    assert shared_lines(buggy, task.solutions[0]) == k
