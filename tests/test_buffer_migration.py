@@ -64,13 +64,14 @@ def test_a_schema_1_buffer_is_migrated_and_keeps_every_row(v1):
     before = {t: _rows(v1, f"SELECT {c} FROM {t} ORDER BY 1, 2") for t, c in columns.items()}
     executions = _rows(v1, "SELECT program_id, passed, total, pass_rate, verdicts, error, duration FROM executions")
     with ReplayBuffer(v1) as b:
-        assert b.schema_version == store.SCHEMA_VERSION == 5
+        assert b.schema_version == store.SCHEMA_VERSION == 6
         programs = {p.id: p for p in b.programs()}
         assert all(p.prefix == "" for p in programs.values())  # schema 3: no program was given a prefix before
         assert all(p.result.executed_lines is None for p in programs.values() if p.result)  # nor has coverage
         assert b.executed_program_ids() == set()
         assert b.turns() == {} and all(b.turn(i).turn == 1 for i in programs)  # schema 4: no repair turns before
         assert b.group_count() == 0  # schema 5: no online-RL groups before
+        assert b.line_labels() == {} and b.line_searches() == {}  # schema 6: no line labels before
         assert len(programs) == 7 and [p.id for p in b.untested()] == [7]
         assert len(b.tasks()) == 5 and b.sampled_tasks("smollm2", 0) == {"mbpp/1", "mbpp/2"}
     for table, rows in before.items():

@@ -622,6 +622,59 @@ def export(run_dir: str, jsonl_path: str | None, hf_dir: str | None, alpha: floa
 
 
 @cli.group()
+def prm() -> None:
+    """A line-level process reward model: line labels by binary search over program prefixes."""
+
+
+@prm.command("label")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--max-programs", type=click.IntRange(min=1), help="Label at most N programs now (prm.max_programs).")
+@click.option("--max-probes", type=click.IntRange(min=1), help="Run at most N probes now (prm.max_probes).")
+@click.option(
+    "--completer",
+    type=click.Choice(["auto", "reference", "model", "reference+model"]),
+    help="What completes a prefix (prm.completer).",
+)
+@click.option("--completions", type=click.IntRange(min=1), help="Model completions per probe (prm.completions).")
+@click.option("--model", help="The model that completes prefixes (default: the run's kept model, else its model).")
+@click.option("--source", help="Only programs whose sampler name contains this.")
+@click.option("--stage", type=click.IntRange(min=0), help="Only programs of this curriculum stage (0: no prefix).")
+@click.option("--min-pass-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--max-pass-rate", type=click.FloatRange(0, 1), default=1.0, show_default=True)
+def prm_label(
+    run_dir: str,
+    max_programs: int | None,
+    max_probes: int | None,
+    completer: str | None,
+    completions: int | None,
+    model: str | None,
+    source: str | None,
+    stage: int | None,
+    min_pass_rate: float,
+    max_pass_rate: float,
+) -> None:
+    """Label each line of RUN_DIR's tested programs: 1 while the program's prefix up to it can still be completed
+    into one that passes, found by binary search over prefixes. Resumable: labelled programs are skipped."""
+    from .prm.label import Filter, label_run
+
+    overrides = {
+        "max_programs": max_programs,
+        "max_probes": max_probes,
+        "completer": completer,
+        "completions": completions,
+    }
+    which = Filter(source, stage, min_pass_rate, max_pass_rate)
+    s = label_run(run_dir, overrides, which, model)
+    balance = f"{s.balance:.1%} of lines good" if s.balance is not None else "no line"
+    err.print(
+        f"labelled {s.labelled} programs ({s.already} already labelled) with {s.probes} probes in {s.seconds:.1f} s; "
+        f"labels: {s.good_lines} good, {s.bad_lines} bad ({balance})"
+        + (f"; stopped by prm.{s.stopped_by}" if s.stopped_by else ""),
+        highlight=False,
+    )
+
+
+@cli.group()
 def experiment() -> None:
     """Experiment protocols: arms (base model, BTP and its ablations, references-sft, ...) trained from the
     same buffers and compared on held-out tasks with paired bootstrap intervals."""

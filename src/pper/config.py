@@ -19,6 +19,7 @@ from .errors import PperError
 from .evaluation.config import EvaluationConfig
 from .execution.config import ExecutionConfig
 from .generation.config import GenerationConfig
+from .prm.config import PrmConfig
 from .repair import FeedbackConfig
 from .rl.config import RLConfig
 from .training.config import TrainingConfig
@@ -67,6 +68,7 @@ class PperConfig(BaseModel):
     feedback: FeedbackConfig = FeedbackConfig()
     rl: RLConfig = RLConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    prm: PrmConfig = PrmConfig()
 
     @property
     def run_dir(self) -> Path:

@@ -36,6 +36,7 @@ EXPORT_COLUMNS = (
     "turn",
     "parent_id",
     "messages",
+    "line_labels",
     "p2value",
 )
 
@@ -49,10 +50,12 @@ def export_rows(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = "g
     1-based lines of `program` that ran in the tests, None where coverage was not collected. `turn` is the
     program's turn in its repair trajectory (1: a first attempt); a program of a repair turn also has its
     `parent_id` and `messages`, the chat up to and including its answer (the program in a ```python block), in
-    the conversational format TRL reads.
+    the conversational format TRL reads. `line_labels`: where the program was labelled (`pper prm label`), one
+    label per line, 1 where its prefix up to that line can still be completed into a passing program; else None.
     """
     tasks = {t.id: t for t in buffer.tasks()}
     turns = buffer.turns()
+    labels = buffer.line_labels()
     for p in buffer.programs():
         turn = turns.get(p.id)
         task = tasks[p.task_id]
@@ -82,6 +85,7 @@ def export_rows(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = "g
             "turn": p.turn,
             "parent_id": turn.parent_id if turn else None,
             "messages": [*turn.messages, {"role": "assistant", "content": turn.answer}] if turn else None,
+            "line_labels": labels.get(p.id),
             "p2value": float(p2value(prob, p.pass_rate, alpha)) if p.tested else None,
         }
 
@@ -126,6 +130,7 @@ def to_hf_dataset(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = 
             "turn": datasets.Value("int64"),
             "parent_id": datasets.Value("int64"),
             "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+            "line_labels": datasets.Sequence(datasets.Value("int64")),
             "p2value": datasets.Value("float64"),
         }
     )

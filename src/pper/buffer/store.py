@@ -33,7 +33,7 @@ from ..execution.results import PASSED, ProgramResult, TestResult
 from ..tasks import Task
 from ..tasks.rows import RowError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUFFER_FILE = "buffer.sqlite"
 
 _SCHEMA = """
@@ -122,6 +122,21 @@ CREATE TABLE group_members (
     reward REAL NOT NULL,
     PRIMARY KEY (group_id, position)
 );
+CREATE TABLE line_searches (
+    program_id INTEGER PRIMARY KEY REFERENCES programs(id),
+    first_bad INTEGER NOT NULL,      -- the first line from which no completion passed (lines + 1: none)
+    probes TEXT NOT NULL,            -- JSON: [[prefix lines, completable], ...] in the order probed
+    completer TEXT NOT NULL,         -- what completed the prefixes: reference, model, reference+model
+    completions INTEGER NOT NULL,    -- sampled completions per probe (0: the reference's only)
+    seconds REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE line_labels (
+    program_id INTEGER NOT NULL REFERENCES line_searches(program_id),
+    line INTEGER NOT NULL CHECK (line >= 1),
+    label INTEGER NOT NULL CHECK (label IN (0, 1)),  -- 1: the program's first `line` lines can still pass
+    PRIMARY KEY (program_id, line)
+);
 """
 
 
@@ -178,6 +193,21 @@ class Turn:
     feedback: str | None = None
     messages: tuple[dict[str, str], ...] = ()
     answer: str | None = None
+
+
+@dataclass(frozen=True)
+class LineSearch:
+    """A program's line labels and how they were found (`pper.prm.search`): `first_bad` (its line count + 1 when
+    every line is good), the probes (prefix lines, completable) in order, the completer, the sampled completions
+    per probe, the seconds it took, and `labels`, one per line."""
+
+    program_id: int
+    first_bad: int
+    probes: tuple[tuple[int, bool], ...]
+    completer: str
+    completions: int
+    seconds: float
+    labels: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -641,6 +671,46 @@ class ReplayBuffer:
             out.setdefault(r, {})[turn] = {"programs": n, "passing": int(solved or 0)}
         return out
 
+    # -- line labels (process reward model) ----------------------------------------------------------
+
+    def add_line_labels(self, search: LineSearch) -> None:
+        """Store one program's line search and the labels it gives, in one transaction (a program already
+        labelled keeps its first labels)."""
+        with self._write():
+            done = self._db.execute(
+                "INSERT OR IGNORE INTO line_searches (program_id, first_bad, probes, completer, completions, seconds,"
+                " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (search.program_id, search.first_bad, json.dumps([list(p) for p in search.probes]), search.completer,
+                 search.completions, search.seconds, time.time()),
+            ).rowcount  # fmt: skip
+            if done:
+                self._db.executemany(
+                    "INSERT INTO line_labels (program_id, line, label) VALUES (?, ?, ?)",
+                    [(search.program_id, i, label) for i, label in enumerate(search.labels, 1)],
+                )
+
+    def line_labels(self) -> dict[int, list[int]]:
+        """Program id -> the label of each of its lines (1-based order), for the labelled programs."""
+        out: dict[int, list[int]] = {}
+        for program_id, label in self._db.execute(
+            "SELECT program_id, label FROM line_labels ORDER BY program_id, line"
+        ):
+            out.setdefault(program_id, []).append(label)
+        return out
+
+    def line_searches(self) -> dict[int, LineSearch]:
+        """Program id -> its stored line search."""
+        labels = self.line_labels()
+        rows = self._db.execute(
+            "SELECT program_id, first_bad, probes, completer, completions, seconds FROM line_searches"
+        )
+        return {
+            r[0]: LineSearch(
+                r[0], r[1], tuple(tuple(p) for p in json.loads(r[2])), r[3], r[4], r[5], tuple(labels.get(r[0], ()))
+            )
+            for r in rows
+        }
+
     # -- online-RL groups ---------------------------------------------------------------------------
 
     def add_group(self, group: Group) -> int:
@@ -962,7 +1032,35 @@ CREATE TABLE group_members (
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5)
+def _v5_to_v6(db: sqlite3.Connection) -> None:
+    """Line labels of the process reward model (`line_searches`, `line_labels`; `pper.prm`)."""
+    _execute_script(
+        db,
+        """CREATE TABLE line_searches (
+    program_id INTEGER PRIMARY KEY REFERENCES programs(id),
+    first_bad INTEGER NOT NULL,      -- the first line from which no completion passed (lines + 1: none)
+    probes TEXT NOT NULL,            -- JSON: [[prefix lines, completable], ...] in the order probed
+    completer TEXT NOT NULL,         -- what completed the prefixes: reference, model, reference+model
+    completions INTEGER NOT NULL,    -- sampled completions per probe (0: the reference's only)
+    seconds REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE line_labels (
+    program_id INTEGER NOT NULL REFERENCES line_searches(program_id),
+    line INTEGER NOT NULL CHECK (line >= 1),
+    label INTEGER NOT NULL CHECK (label IN (0, 1)),  -- 1: the program's first `line` lines can still pass
+    PRIMARY KEY (program_id, line)
+)""",
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _v1_to_v2,
+    _v2_to_v3,
+    _v3_to_v4,
+    _v4_to_v5,
+    _v5_to_v6,
+)
 
 
 def _remove_database(path: Path, keep_main: bool = False) -> None:

@@ -1,0 +1,228 @@
+"""`pper prm label`: line labels for a run's tested programs by binary search over their prefixes
+(`pper.prm.search`), written into the run's buffer (`line_searches`, `line_labels`).
+
+Per program: a program that passes every test has every line labelled 1 without a probe. Otherwise c(j), "the
+first j lines can still be completed into a program that passes", is probed with the completer:
+
+* reference: the rest of a reference whose first lines equal the prefix (`completers.reference_completion`);
+* model: `completions` samples of the prefix, given to the model as a curriculum prefix is (after the task's
+  code prompt for a completion task, after the opening fence of the answer for an instruction task);
+
+and c(j) holds when any completion passes every test in the sandbox. Lines up to `known` need no probe: a
+completion task's prompt lines (the task is taken as solvable) and the lines the program shares with a
+reference that passes. Each program's search and labels are one transaction, so a killed labelling resumes
+with the programs it had not finished; `max_programs` and `max_probes` bound one invocation (a program the
+probe budget cuts short is not stored).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..buffer import LineSearch, Program, ReplayBuffer
+from ..tasks import Task
+from .completers import reference_completion, shared_lines
+from .config import PrmConfig
+from .search import first_bad_line
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which tested programs to label: `model` (the sampler name contains it), `stage` (sampled at this curriculum
+    stage; 0: given no prefix), pass rate within [min_pass_rate, max_pass_rate]."""
+
+    model: str | None = None
+    stage: int | None = None
+    min_pass_rate: float = 0.0
+    max_pass_rate: float = 1.0
+
+
+@dataclass
+class LabelSummary:
+    """What one `label_programs` did: programs labelled now (and found already labelled), probes run, the labels'
+    class balance, seconds, and whether a budget stopped it."""
+
+    labelled: int = 0
+    already: int = 0
+    probes: int = 0
+    good_lines: int = 0
+    bad_lines: int = 0
+    seconds: float = 0.0
+    stopped_by: str | None = None
+
+    @property
+    def balance(self) -> float | None:
+        """The share of labels that are 1."""
+        total = self.good_lines + self.bad_lines
+        return self.good_lines / total if total else None
+
+
+class _OutOfProbes(Exception):
+    pass
+
+
+def selected(buffer: ReplayBuffer, which: Filter) -> list[Program]:
+    """The tested programs `which` selects, oldest first."""
+    stages: dict[tuple[str, int], int] = {}
+    if which.stage is not None:
+        for r in {p.round for p in buffer.programs()}:
+            stages.update({(task, r): s for task, s in buffer.stages(r).items()})
+    out = []
+    for p in buffer.programs():
+        if p.result is None or not which.min_pass_rate <= p.pass_rate <= which.max_pass_rate:
+            continue
+        if which.model is not None and which.model not in p.model:
+            continue
+        if which.stage is not None and (stages.get((p.task_id, p.round), 0) if p.prefix else 0) != which.stage:
+            continue
+        out.append(p)
+    return out
+
+
+def model_prefix(task: Task, prefix_lines: list[str]) -> str | None:
+    """The prefix of j program lines as the sampler takes it (`generation.prompts.build_prompt`); None when the
+    lines do not extend a completion task's prompt."""
+    text = "\n".join(prefix_lines)
+    if task.prompt_style != "completion":
+        return text
+    head = task.prompt.rstrip()
+    return text[len(head) :] if text.startswith(head) else None
+
+
+def label_program(
+    task: Task,
+    program: Program,
+    executor: Any,
+    config: PrmConfig,
+    sampler: Any = None,
+    budget: Callable[[], None] = lambda: None,
+    reference_passes: bool | None = None,
+) -> LineSearch:
+    """The line search of one tested program (see the module's docstring); `budget()` is called before each
+    probe and raises to stop; `reference_passes`: whether the task's first reference passes (None: run it)."""
+    start = time.perf_counter()
+    lines = program.text.splitlines()
+    use_reference = config.completer in ("reference", "reference+model") or (
+        config.completer == "auto" and bool(task.solutions)
+    )
+    use_model = config.completer in ("model", "reference+model") or (config.completer == "auto" and sampler is not None)
+    known = 0
+    if task.prompt_style == "completion" and program.text.startswith(task.prompt.rstrip()):
+        known = len(task.prompt.rstrip().splitlines())
+    if reference_passes is None and use_reference and task.solutions:
+        reference_passes = executor.run(task, task.solutions[0]).all_passed
+    if use_reference and reference_passes:
+        known = max(known, max(shared_lines(lines, r) for r in task.solutions))
+
+    def completable(j: int) -> bool:
+        budget()
+        prefix = lines[:j]
+        if use_reference:
+            completed = reference_completion(task, prefix)
+            if completed is not None and executor.run(task, completed).all_passed:
+                return True
+        if use_model and sampler is not None:
+            given = model_prefix(task, prefix)
+            if given is not None:
+                for _, candidates in sampler.sample([task], "sample", config.completions, prefixes={task.id: given}):
+                    if any(executor.run(task, c.program).all_passed for c in candidates):
+                        return True
+        return False
+
+    search = first_bad_line(len(lines), completable, known, passes=program.result.all_passed)
+    completer = "+".join(name for name, used in (("reference", use_reference), ("model", use_model)) if used)
+    return LineSearch(
+        program.id,
+        search.first_bad,
+        search.probes,
+        completer or "none",
+        config.completions if use_model else 0,
+        time.perf_counter() - start,
+        tuple(search.labels),
+    )
+
+
+def label_programs(
+    buffer: ReplayBuffer,
+    executor: Any,
+    config: PrmConfig,
+    which: Filter = Filter(),
+    sampler: Any = None,
+    show_progress: bool = False,
+) -> LabelSummary:
+    """Label the selected programs not labelled yet, within the budget of `config`; see the module's docstring."""
+    start = time.perf_counter()
+    summary = LabelSummary()
+    done = set(buffer.line_labels()) | set(buffer.line_searches())
+    programs = selected(buffer, which)
+    summary.already = sum(p.id in done for p in programs)
+    todo = [p for p in programs if p.id not in done]
+    if config.max_programs is not None and len(todo) > config.max_programs:
+        todo, summary.stopped_by = todo[: config.max_programs], "max_programs"
+    tasks = {t.id: t for t in buffer.tasks()}
+
+    def budget() -> None:
+        if config.max_probes is not None and summary.probes >= config.max_probes:
+            raise _OutOfProbes
+        summary.probes += 1
+
+    items: Any = todo
+    if show_progress:
+        from ..progress import progress
+
+        items = progress(todo, len(todo), "labelling", "programs")
+    passes: dict[str, bool] = {}  # task id -> its reference passes, run once per task
+    for program in items:
+        task = tasks[program.task_id]
+        if task.solutions and task.id not in passes:
+            passes[task.id] = executor.run(task, task.solutions[0]).all_passed
+        try:
+            search = label_program(task, program, executor, config, sampler, budget, passes.get(task.id))
+        except _OutOfProbes:
+            summary.stopped_by = "max_probes"
+            break
+        buffer.add_line_labels(search)
+        summary.labelled += 1
+        summary.good_lines += sum(search.labels)
+        summary.bad_lines += len(search.labels) - sum(search.labels)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def label_run(
+    run_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    which: Filter = Filter(),
+    model: str | None = None,
+    show_progress: bool = True,
+) -> LabelSummary:
+    """`pper prm label RUN`: label the run's selected programs with its `prm` settings (`overrides` replace some),
+    the run's execution settings, and, where the completer samples, `model` (default: the run's kept model once
+    it has one, else its configured model)."""
+    import yaml
+
+    from ..config import validate_config
+    from ..errors import PperError
+    from ..execution import open_executor
+    from ..generation import load_model, transformers_sampler
+    from ..pipeline import BUFFER_FILE, CONFIG_FILE, MODEL_DIR, read_kept
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / BUFFER_FILE).is_file():
+        raise PperError(f"{run_dir} is not a pper run directory with a buffer ({CONFIG_FILE}, {BUFFER_FILE})")
+    run_config = validate_config(yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}, str(run_dir / CONFIG_FILE))
+    config = run_config.prm.model_copy(update={k: v for k, v in (overrides or {}).items() if v is not None})
+    config = PrmConfig.model_validate(config.model_dump())
+    sampler = None
+    if config.completer != "reference":
+        if model is None:
+            model = str(run_dir / MODEL_DIR) if read_kept(run_dir) else run_config.generation.model
+        sampler = transformers_sampler(
+            run_config.generation, run_config.seed, load_model(model, run_config.generation.dtype)
+        )
+    with ReplayBuffer(run_dir / BUFFER_FILE) as buffer, open_executor(run_config.execution) as executor:
+        return label_programs(buffer, executor, config, which, sampler, show_progress)

@@ -1,0 +1,125 @@
+"""`pper prm label`: line labels of a run's programs by binary search, stored in the buffer, resumable, exported."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from pper.buffer import Execution, NewProgram, ReplayBuffer, export_rows
+from pper.config import validate_config
+from pper.execution import Executor
+from pper.tasks import load_tasks
+
+
+def _buggy(task):
+    """The reference with its body's middle statement made a raise, and that line's index (0-based)."""
+    lines = task.solutions[0].splitlines()
+    body = [i for i in range(len(task.prompt.splitlines()), len(lines)) if lines[i].strip()]
+    k = body[len(body) // 2]
+    indent = lines[k][: len(lines[k]) - len(lines[k].lstrip())]
+    return "\n".join(lines[:k] + [indent + "raise ValueError('bug')"] + lines[k + 1 :]) + "\n", k
+
+
+def _run_dir(tmp_path, tasks, generation=None):
+    """A run directory as `pper run` leaves it after testing: its config and a buffer of tested programs."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = validate_config({"generation": generation or {}, "execution": {"workers": 1}})
+    (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    bugs = {}
+    with ReplayBuffer(run / "buffer.sqlite") as buffer, Executor(workers=1) as executor:
+        buffer.add_tasks(tasks)
+        programs = []
+        for t in tasks:
+            text, k = _buggy(t)
+            programs += [NewProgram(t.id, t.solutions[0], -1.0, 10, "m"), NewProgram(t.id, text, -2.0, 10, "m")]
+            bugs[t.id] = k
+        ids = buffer.add_programs(programs)
+        buffer.add_executions(Execution(i, executor.run(next(t for t in tasks if t.id == p.task_id), p.text))
+                              for i, p in zip(ids, programs, strict=True))  # fmt: skip
+    return run, bugs
+
+
+def _label(run, *args, **popen):
+    return subprocess.run([sys.executable, "-m", "pper", "prm", "label", str(run), *args],
+                          capture_output=True, text=True, timeout=900, **popen)  # fmt: skip
+
+
+def test_labels_find_each_known_bug_and_a_second_call_resumes(tmp_path):
+    tasks = [
+        t
+        for t in load_tasks("humaneval", limit=12)
+        if len(t.solutions[0].splitlines()) - len(t.prompt.splitlines()) >= 3
+    ][:5]
+    run, bugs = _run_dir(tmp_path, tasks)
+    first = _label(run, "--completer", "reference", "--max-programs", "4")
+    assert first.returncode == 0, first.stderr
+    assert "labelled 4 programs (0 already labelled)" in first.stderr and "stopped by prm.max_programs" in first.stderr
+    second = _label(run, "--completer", "reference")
+    assert second.returncode == 0, second.stderr
+    assert f"labelled {2 * len(tasks) - 4} programs (4 already labelled)" in second.stderr
+    with ReplayBuffer(run / "buffer.sqlite") as buffer:
+        searches = buffer.line_searches()
+        programs = {p.id: p for p in buffer.programs()}
+        rows = {r["program_id"]: r for r in export_rows(buffer)}
+    assert len(searches) == 2 * len(tasks)
+    for pid, search in searches.items():
+        p = programs[pid]
+        m = len(p.text.splitlines())
+        assert len(search.labels) == m and rows[pid]["line_labels"] == list(search.labels)
+        if p.result.all_passed:  # every line good, no probe
+            assert search.labels == (1,) * m and search.probes == ()
+        else:  # the raise is the first bad line, found within the budget past the reference's shared lines
+            k = bugs[p.task_id]
+            assert search.first_bad == k + 1 and search.labels == (1,) * k + (0,) * (m - k)
+            assert 1 <= len(search.probes) <= 1 + math.ceil(math.log2(m - k))
+            assert search.completer == "reference" and search.completions == 0
+    good = sum(sum(s.labels) for s in searches.values())
+    bad = sum(len(s.labels) for s in searches.values()) - good
+    printed = [tuple(int(x) for x in e.split("labels: ")[1].split(" (")[0].replace(" good,", "").split()[:2])
+               for e in (first.stderr, second.stderr)]  # fmt: skip
+    assert (sum(g for g, _ in printed), sum(b for _, b in printed)) == (good, bad)  # the class balance printed
+    total_probes = sum(len(s.probes) for s in searches.values())
+    probes_printed = [int(e.split(" probes")[0].rsplit(" ", 1)[1]) for e in (first.stderr, second.stderr)]
+    assert sum(probes_printed) == total_probes
+
+
+@pytest.mark.slow
+def test_labelling_with_the_model_resumes_after_kill_9(tmp_path):
+    tasks = [
+        t
+        for t in load_tasks("humaneval", limit=12)
+        if len(t.solutions[0].splitlines()) - len(t.prompt.splitlines()) >= 3
+    ][:3]
+    run, _ = _run_dir(tmp_path, tasks, {"max_new_tokens": 24, "batch_size": 2})
+    args = ("--completer", "model", "--completions", "1", "--min-pass-rate", "0", "--max-pass-rate", "0.99")
+    proc = subprocess.Popen([sys.executable, "-m", "pper", "prm", "label", str(run), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    db = run / "buffer.sqlite"
+    deadline = time.time() + 600
+    try:
+        while sqlite3.connect(db).execute("SELECT COUNT(*) FROM line_searches").fetchone()[0] < 1:
+            assert proc.poll() is None, "the labelling ended before the kill"
+            assert time.time() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = dict(sqlite3.connect(db).execute("SELECT program_id, created FROM line_searches").fetchall())
+    assert 1 <= len(before) < len(tasks)  # killed part way
+    done = _label(run, *args)
+    assert done.returncode == 0, done.stderr
+    assert f"labelled {len(tasks) - len(before)} programs ({len(before)} already labelled)" in done.stderr
+    after = dict(sqlite3.connect(db).execute("SELECT program_id, created FROM line_searches").fetchall())
+    assert len(after) == len(tasks) and all(after[p] == t for p, t in before.items())  # finished ones not redone
+    labels = sqlite3.connect(db).execute("SELECT program_id, COUNT(*) FROM line_labels GROUP BY program_id")
+    assert all(n >= 1 for _, n in labels)
+    assert os.path.exists(db)
