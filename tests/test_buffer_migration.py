@@ -71,7 +71,7 @@ def test_a_schema_1_buffer_is_migrated_and_keeps_every_row(v1):
         assert b.executed_program_ids() == set()
         assert b.turns() == {} and all(b.turn(i).turn == 1 for i in programs)  # schema 4: no repair turns before
         assert b.group_count() == 0  # schema 5: no online-RL groups before
-        assert b.line_labels() == {} and b.line_searches() == {}  # schema 6: no line labels before
+        assert b.line_labels() == {} and b.line_searches() == {} and b.prm_scores() == {}  # schema 6: no PRM data
         assert len(programs) == 7 and [p.id for p in b.untested()] == [7]
         assert len(b.tasks()) == 5 and b.sampled_tasks("smollm2", 0) == {"mbpp/1", "mbpp/2"}
     for table, rows in before.items():

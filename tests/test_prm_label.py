@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -123,3 +124,35 @@ def test_labelling_with_the_model_resumes_after_kill_9(tmp_path):
     labels = sqlite3.connect(db).execute("SELECT program_id, COUNT(*) FROM line_labels GROUP BY program_id")
     assert all(n >= 1 for _, n in labels)
     assert os.path.exists(db)
+
+
+@pytest.mark.slow
+def test_a_prm_trains_on_the_labels_reports_auc_and_scores_the_run(tmp_path):
+    tasks = [
+        t
+        for t in load_tasks("humaneval", limit=20)
+        if len(t.solutions[0].splitlines()) - len(t.prompt.splitlines()) >= 3
+    ][:6]
+    run, _ = _run_dir(tmp_path, tasks)
+    assert _label(run, "--completer", "reference").returncode == 0
+    trained = _label(run, "--completer", "reference")  # nothing left to label
+    assert "labelled 0 programs (12 already labelled)" in trained.stderr
+    done = subprocess.run([sys.executable, "-m", "pper", "prm", "train", str(run), "--steps", "3", "--batch-size", "2",
+                           "--validation", "0.34"], capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    info = json.loads((run / "prm" / "prm.json").read_text())
+    assert len(info["losses"]) == 3 and all(x > 0 for x in info["losses"])
+    assert len(info["validation_tasks"]) == 2 and not set(info["validation_tasks"]) & set(info["train_tasks"])
+    val = info["balance"]["validation"]
+    assert val["programs"] == 4 and 0 < val["good"] < val["lines"]  # both classes: the AUCs are defined
+    assert set(info["auc"]) == {"prm", "logprob", "position"} and all(0 <= v <= 1 for v in info["auc"].values())
+    assert f"ROC AUC: prm {info['auc']['prm']:.3f}" in done.stderr
+    scored = subprocess.run([sys.executable, "-m", "pper", "prm", "score", str(run)],
+                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert scored.returncode == 0, scored.stderr
+    with ReplayBuffer(run / "buffer.sqlite") as buffer:
+        scores = buffer.prm_scores()[info["id"]]
+        programs = {p.id: p for p in buffer.programs()}
+    assert set(scores) == set(programs)
+    assert all(len(v) == len(programs[i].text.splitlines()) and all(0 < x < 1 for x in v) for i, v in scores.items())
+    assert f"{len(programs)} programs" in scored.stderr

@@ -50,3 +50,15 @@ def test_the_first_bad_line_of_a_program_with_a_known_bug():
     assert 1 < k + 1 < len(buggy)  # in the middle: the search had to bisect
     assert len(search.probes) <= 1 + math.ceil(math.log2(len(buggy)))
     assert shared_lines(buggy, task.solutions[0]) == k
+
+
+def test_roc_auc_is_the_mann_whitney_probability():
+    from pper.prm.metrics import position_scores, roc_auc
+
+    assert roc_auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
+    assert roc_auc([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == 0.0
+    assert roc_auc([0.5, 0.5, 0.5, 0.5], [1, 0, 1, 0]) == 0.5  # ties count one half
+    # pairs (good, bad): (0.8 > 0.3), (0.8 > 0.5), (0.4 > 0.3), (0.4 < 0.5): 3 of 4
+    assert roc_auc([0.8, 0.4, 0.3, 0.5], [1, 1, 0, 0]) == 0.75
+    assert roc_auc([0.3, 0.4], [1, 1]) is None
+    assert position_scores(4) == [1.0, 0.75, 0.5, 0.25]

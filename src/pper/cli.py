@@ -674,6 +674,53 @@ def prm_label(
     )
 
 
+@prm.command("train")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--steps", type=click.IntRange(min=1), help="Optimiser steps (prm.steps).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Programs per step (prm.batch_size).")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="prm.learning_rate.")
+@click.option("--method", type=click.Choice(["lora", "full"]), help="prm.method.")
+@click.option(
+    "--validation", type=click.FloatRange(0, 1, max_open=True), help="Labelled tasks held out (prm.validation)."
+)
+@click.option("--out", type=click.Path(file_okay=False), help="Where to save the PRM (default: RUN_DIR/prm).")
+def prm_train(
+    run_dir: str,
+    steps: int | None,
+    batch_size: int | None,
+    learning_rate: float | None,
+    method: str | None,
+    validation: float | None,
+    out: str | None,
+) -> None:
+    """Train a PRM on RUN_DIR's line labels and report its ROC AUC on held-out labelled tasks against the policy's
+    line log-probability and the line's position."""
+    from .prm.train import train_prm
+
+    overrides = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "method": method,
+                 "validation": validation}  # fmt: skip
+    info = train_prm(run_dir, overrides, out)
+    auc = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in info["auc"].items())
+    val = info["balance"]["validation"]
+    share = f"{val['good_share']:.1%} good" if val["good_share"] is not None else "no line"
+    err.print(
+        f"PRM saved in {info['dir']} ({info['seconds']} s); validation: {val['programs']} programs, {val['lines']} "
+        f"lines ({share}); ROC AUC: {auc}",
+        highlight=False,
+    )
+
+
+@prm.command("score")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--prm", "prm_dir", type=click.Path(file_okay=False, exists=True), help="Default: RUN_DIR/prm.")
+def prm_score(run_dir: str, prm_dir: str | None) -> None:
+    """Score every line of RUN_DIR's tested programs with a PRM, into the buffer's prm_scores."""
+    from .prm.train import score_run
+
+    s = score_run(run_dir, prm_dir)
+    err.print(f"{s['programs']} programs, {s['lines']} lines scored by {s['prm']}", highlight=False)
+
+
 @cli.group()
 def experiment() -> None:
     """Experiment protocols: arms (base model, BTP and its ablations, references-sft, ...) trained from the

@@ -137,6 +137,13 @@ CREATE TABLE line_labels (
     label INTEGER NOT NULL CHECK (label IN (0, 1)),  -- 1: the program's first `line` lines can still pass
     PRIMARY KEY (program_id, line)
 );
+CREATE TABLE prm_scores (
+    prm TEXT NOT NULL,               -- the PRM that scored (`pper prm train`'s id)
+    program_id INTEGER NOT NULL REFERENCES programs(id),
+    line INTEGER NOT NULL CHECK (line >= 1),
+    score REAL NOT NULL,             -- the PRM's probability that the line is good
+    PRIMARY KEY (prm, program_id, line)
+);
 """
 
 
@@ -711,6 +718,28 @@ class ReplayBuffer:
             for r in rows
         }
 
+    def add_prm_scores(self, prm: str, scores: dict[int, Sequence[float]]) -> None:
+        """Store a PRM's line scores of programs (program id -> one score per line), in one transaction; scores
+        a program already has from this PRM are replaced."""
+        with self._write():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO prm_scores (prm, program_id, line, score) VALUES (?, ?, ?, ?)",
+                [(prm, pid, i, float(x)) for pid, values in scores.items() for i, x in enumerate(values, 1)],
+            )
+
+    def prm_scores(self, prm: str | None = None) -> dict[str, dict[int, list[float]]]:
+        """PRM id -> program id -> its line scores (1-based order); with `prm`, that PRM's only."""
+        sql = "SELECT prm, program_id, score FROM prm_scores"
+        rows = (
+            self._db.execute(sql + " WHERE prm = ? ORDER BY program_id, line", (prm,))
+            if prm
+            else self._db.execute(sql + " ORDER BY prm, program_id, line")
+        )
+        out: dict[str, dict[int, list[float]]] = {}
+        for name, pid, score in rows:
+            out.setdefault(name, {}).setdefault(pid, []).append(score)
+        return out
+
     # -- online-RL groups ---------------------------------------------------------------------------
 
     def add_group(self, group: Group) -> int:
@@ -1033,7 +1062,8 @@ CREATE TABLE group_members (
 
 
 def _v5_to_v6(db: sqlite3.Connection) -> None:
-    """Line labels of the process reward model (`line_searches`, `line_labels`; `pper.prm`)."""
+    """Line labels of the process reward model and its scores (`line_searches`, `line_labels`, `prm_scores`;
+    `pper.prm`)."""
     _execute_script(
         db,
         """CREATE TABLE line_searches (
@@ -1050,6 +1080,13 @@ CREATE TABLE line_labels (
     line INTEGER NOT NULL CHECK (line >= 1),
     label INTEGER NOT NULL CHECK (label IN (0, 1)),  -- 1: the program's first `line` lines can still pass
     PRIMARY KEY (program_id, line)
+);
+CREATE TABLE prm_scores (
+    prm TEXT NOT NULL,               -- the PRM that scored (`pper prm train`'s id)
+    program_id INTEGER NOT NULL REFERENCES programs(id),
+    line INTEGER NOT NULL CHECK (line >= 1),
+    score REAL NOT NULL,             -- the PRM's probability that the line is good
+    PRIMARY KEY (prm, program_id, line)
 )""",
     )
 

@@ -11,7 +11,10 @@ class PrmConfig(BaseModel):
     """completer: what completes a prefix in a probe: "reference" (the task's reference where the prefix equals
     its first lines), "model" (`completions` samples of the prefix from the model at `generation.temperature`),
     "reference+model" (the reference first, then the model), or "auto" (reference+model where the task has a
-    reference, else model). max_programs / max_probes: a budget for one `pper prm label` (None: no bound)."""
+    reference, else model). max_programs / max_probes: a budget for one `pper prm label` (None: no bound).
+    Training (`pper prm train`): `method` (LoRA adapters on the policy's architecture, or every weight), `steps`
+    of `batch_size` labelled programs at `learning_rate`, `validation`: the fraction of the labelled tasks held
+    out (a task-level split, seeded by the run's seed) on which the ROC AUC is measured."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -19,3 +22,9 @@ class PrmConfig(BaseModel):
     completions: int = Field(4, ge=1)
     max_programs: int | None = Field(None, ge=1)
     max_probes: int | None = Field(None, ge=1)
+    method: Literal["lora", "full"] = "lora"
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    validation: float = Field(0.25, ge=0.0, lt=1.0)
+    max_length: int = Field(2048, ge=16)

@@ -1,0 +1,180 @@
+"""`pper prm train RUN` and `pper prm score RUN`: the PRM trained on a run's line labels, and its line scores.
+
+Training: the labelled programs (`pper prm label`) are split by task, seeded by the run's seed: `prm.validation`
+of the labelled tasks are held out (the run's own validation and held-out tasks are never labelled, as they are
+never sampled). `prm.steps` AdamW steps, each on `prm.batch_size` programs drawn at random from the training
+tasks' programs, minimise the mean binary cross-entropy over their lines (`pper.prm.model`). On the validation
+tasks' lines it reports the ROC AUC of the PRM's scores and of two baselines (`pper.prm.metrics`): the policy's
+mean token log-probability of the line, measured before training on the same text, and the line's relative
+position; with each set's class balance. The PRM is saved as `RUN/prm/` (or `out`).
+
+Scoring writes the PRM's score of every line of the run's tested programs into the buffer (`prm_scores`, under
+the PRM's id: its directory's name and training time).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..buffer import BUFFER_FILE, ReplayBuffer
+from ..errors import PperError
+from .config import PrmConfig
+from .metrics import position_scores, roc_auc
+from .model import PRM, LineInput, line_input
+
+PRM_DIR = "prm"
+
+
+def _run_config(run_dir: Path) -> Any:
+    import yaml
+
+    from ..config import validate_config
+    from ..pipeline import CONFIG_FILE
+
+    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / BUFFER_FILE).is_file():
+        raise PperError(f"{run_dir} is not a pper run directory with a buffer ({CONFIG_FILE}, {BUFFER_FILE})")
+    return validate_config(yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}, str(run_dir / CONFIG_FILE))
+
+
+def split_tasks(task_ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(training, validation) task ids: a seeded `fraction` of them (at least one when there are two or more)
+    held out."""
+    ids = sorted(task_ids)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = 0 if len(ids) < 2 or fraction == 0 else min(len(ids) - 1, max(1, round(fraction * len(ids))))
+    val = sorted(ids[i] for i in order[:n_val])
+    return [t for t in ids if t not in set(val)], val
+
+
+def line_logprobs(prm: PRM, item: LineInput) -> list[float]:
+    """The policy's mean token log-probability of each line of `item`: the tokens after the previous line's last
+    token up to this line's (a line without its own token gets its last token's)."""
+    import torch
+
+    device = next(prm.model.parameters()).device
+    ids = torch.tensor([item.ids], device=device)
+    with torch.no_grad():
+        logp = prm.model(input_ids=ids).logits[0].float().log_softmax(-1)
+    token = [0.0] + [float(logp[t - 1, item.ids[t]]) for t in range(1, len(item.ids))]
+    out, previous = [], -1
+    for position in item.positions:
+        span = token[previous + 1 : position + 1] or [token[position]]
+        out.append(sum(span) / len(span))
+        previous = max(previous, position)
+    return out
+
+
+def train_prm(
+    run_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Train the run's PRM (see the module's docstring); returns what `prm.json` records."""
+    import torch
+
+    from ..generation import load_model
+
+    run_dir = Path(run_dir)
+    run_config = _run_config(run_dir)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    config = PrmConfig.model_validate({**run_config.prm.model_dump(), **given})
+    with ReplayBuffer(run_dir / BUFFER_FILE) as buffer:
+        searches = buffer.line_searches()
+        programs = {p.id: p for p in buffer.programs()}
+        tasks = {t.id: t for t in buffer.tasks()}
+    if not searches:
+        raise PperError(f"{run_dir} has no line labels: run `pper prm label {run_dir}` first")
+    labelled_tasks = sorted({programs[i].task_id for i in searches})
+    train_ids, val_ids = split_tasks(labelled_tasks, config.validation, run_config.seed)
+    start = time.perf_counter()
+    torch.manual_seed(run_config.seed)
+    model, tokenizer, name = load_model(run_config.generation.model, run_config.generation.dtype)
+    prm = PRM(model, tokenizer, config.method, run_config.training.lora)
+    items: dict[str, list[tuple[LineInput, list[int]]]] = {"train": [], "validation": []}
+    for pid, search in sorted(searches.items()):
+        p = programs[pid]
+        item = line_input(tasks[p.task_id], p.text, tokenizer, config.max_length)
+        items["train" if p.task_id in train_ids else "validation"].append((item, list(search.labels)))
+    baseline = [line_logprobs(prm, item) for item, _ in items["validation"]]  # the policy, before training
+    optimizer = torch.optim.AdamW(prm.parameters(), lr=config.learning_rate)
+    rng = np.random.default_rng(run_config.seed)
+    losses = []
+    steps: Any = range(config.steps)
+    if show_progress:
+        from ..progress import progress
+
+        steps = progress(steps, config.steps, "training the PRM", "steps", lambda _: f"loss {losses[-1]:.4f}")
+    for _ in steps:
+        if not items["train"]:
+            raise PperError("every labelled task fell in the PRM's validation split: label more tasks")
+        batch = [items["train"][i] for i in rng.integers(0, len(items["train"]), config.batch_size)]
+        lines = sum(len(labels) for _, labels in batch)
+        total = 0.0
+        for item, labels in batch:
+            logits = prm.logits(item)
+            target = torch.tensor(labels, dtype=logits.dtype, device=logits.device)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum") / lines
+            loss.backward()
+            total += loss.item()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(total)
+    flat = {"labels": [], "prm": [], "logprob": [], "position": []}
+    for (item, labels), logprobs in zip(items["validation"], baseline, strict=True):
+        flat["labels"] += labels
+        flat["prm"] += prm.scores(item)
+        flat["logprob"] += logprobs
+        flat["position"] += position_scores(len(labels))
+
+    def balance(split: str) -> dict[str, Any]:
+        labels = [x for _, ls in items[split] for x in ls]
+        return {"programs": len(items[split]), "lines": len(labels), "good": sum(labels),
+                "good_share": sum(labels) / len(labels) if labels else None}  # fmt: skip
+
+    target = Path(out) if out else run_dir / PRM_DIR
+    info = {
+        "id": f"{target.name}@{int(time.time())}",
+        "base_model": run_config.generation.model,
+        "model_name": name,
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "losses": losses,
+        "train_tasks": train_ids,
+        "validation_tasks": val_ids,
+        "balance": {"train": balance("train"), "validation": balance("validation")},
+        "auc": {k: roc_auc(flat[k], flat["labels"]) for k in ("prm", "logprob", "position")},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    prm.save(target, info)
+    return {"dir": str(target), **info}
+
+
+def score_run(run_dir: str | Path, prm_dir: str | Path | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Write the PRM's line scores of every tested program of the run into its buffer; returns a summary."""
+    run_dir = Path(run_dir)
+    run_config = _run_config(run_dir)
+    prm = PRM.load(prm_dir or run_dir / PRM_DIR)
+    max_length = run_config.prm.max_length
+    with ReplayBuffer(run_dir / BUFFER_FILE) as buffer:
+        tasks = {t.id: t for t in buffer.tasks()}
+        todo = [p for p in buffer.programs() if p.result is not None]
+        items: Any = todo
+        if show_progress:
+            from ..progress import progress
+
+            items = progress(todo, len(todo), "scoring", "programs")
+        scores, lines = {}, 0
+        for p in items:
+            scores[p.id] = prm.scores(line_input(tasks[p.task_id], p.text, prm.tokenizer, max_length))
+            lines += len(scores[p.id])
+            if len(scores) >= 64:  # a killed scoring keeps what it stored
+                buffer.add_prm_scores(prm.info["id"], scores)
+                scores = {}
+        buffer.add_prm_scores(prm.info["id"], scores)
+    return {"prm": prm.info["id"], "programs": len(todo), "lines": lines}
