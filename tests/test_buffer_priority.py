@@ -61,3 +61,15 @@ def test_importance_weights_hand_computed_and_max_normalised():
     np.testing.assert_allclose(importance_weights(np.array([0.75, 0.25, 0.0]), 1.0), [1 / 3, 1.0, 0.0])
     with pytest.raises(ValueError, match="importance_beta must be >= 0"):
         importance_weights(p, -0.1)
+
+
+def test_p2value_with_a_prm_term():
+    from pper.buffer import p2value
+
+    # alpha * P + (1 - alpha) * ((1 - w) * pass_rate + w * S); a program without a score (NaN) keeps its pass rate
+    got = p2value(np.array([0.2, 0.2, 0.4]), np.array([0.0, 0.0, 0.5]), 0.5, np.array([0.9, 0.1, np.nan]), 0.4)
+    np.testing.assert_allclose(got, [0.5 * 0.2 + 0.5 * 0.4 * 0.9, 0.5 * 0.2 + 0.5 * 0.4 * 0.1, 0.5 * 0.4 + 0.5 * 0.5])
+    plain = p2value(np.array([0.2]), np.array([0.3]), 0.5)
+    assert p2value(np.array([0.2]), np.array([0.3]), 0.5, np.array([0.9]), 0.0) == plain  # w = 0: the paper's
+    with pytest.raises(ValueError, match="prm_weight"):
+        p2value(np.array([0.2]), np.array([0.3]), 0.5, np.array([0.9]), 1.5)

@@ -62,3 +62,29 @@ def test_roc_auc_is_the_mann_whitney_probability():
     assert roc_auc([0.8, 0.4, 0.3, 0.5], [1, 1, 0, 0]) == 0.75
     assert roc_auc([0.3, 0.4], [1, 1]) is None
     assert position_scores(4) == [1.0, 0.75, 0.5, 0.25]
+
+
+def test_prm_scores_raise_the_priority_of_failing_programs_with_good_lines(tmp_path):
+    from pper.buffer import Execution, NewProgram, ReplayBuffer, ReplayConfig
+    from pper.buffer.replay import Replay
+    from pper.errors import PperError
+    from pper.execution.results import ProgramResult, TestResult
+
+    task = load_tasks("humaneval", limit=1)[0]
+    with ReplayBuffer(tmp_path / "buffer.sqlite") as buffer:
+        buffer.add_tasks([task])
+        ids = buffer.add_programs([NewProgram(task.id, f"x = {i}\ny = {i}\n", -1.0, 4, "m") for i in range(3)])
+        failed = ProgramResult((TestResult("wrong_answer", "no"),))
+        buffer.add_executions([Execution(i, failed) for i in ids])
+        config = ReplayConfig(priority="proportional", alpha=0.0, prm_weight=1.0)
+        with pytest.raises(PperError, match="no scores of any PRM"):
+            Replay.from_buffer(buffer, config)
+        buffer.add_prm_scores("prm@1", {ids[0]: [0.9, 0.7], ids[1]: [0.1, 0.3]})  # ids[2] not scored
+        replay = Replay.from_buffer(buffer, config, seed=0)
+        assert replay.p2value.tolist() == pytest.approx([0.8, 0.2, 0.0])  # the unscored one keeps its pass rate
+        assert replay.probability.tolist() == pytest.approx([0.8, 0.2, 0.0])
+        assert buffer.latest_prm() == "prm@1" and buffer.prm_ids() == {"prm@1"}
+        with pytest.raises(PperError, match="no scores of PRM 'other'"):
+            Replay.from_buffer(buffer, config.model_copy(update={"prm": "other"}))
+        plain = Replay.from_buffer(buffer, ReplayConfig(priority="rank", alpha=0.5), seed=0)
+        assert plain.table.prm_score is None  # without prm_weight the table and the values are the paper's

@@ -2,6 +2,10 @@
 
     P2Value_i = alpha * P(t_i) + (1 - alpha) * pass_rate_i
 
+With a process reward model (`replay.prm_weight` w, issue 18), a failing program whose first lines are right
+earns priority: pass_rate_i is replaced by (1 - w) * pass_rate_i + w * S_i, S_i the mean of the PRM's scores of
+the program's lines (`pper.prm`).
+
 P(t_i) is the possibility of the program under the model that wrote it: by default the geometric-mean
 token probability exp(logP / tokens) (length-independent; the raw product vanishes for long programs),
 or the raw sequence probability exp(logP) with `possibility="product"`.
@@ -36,11 +40,25 @@ def possibility(logprob: np.ndarray, num_tokens: np.ndarray, mode: Possibility =
     raise ValueError(f"possibility must be one of {POSSIBILITIES}, got {mode!r}")
 
 
-def p2value(possibility: np.ndarray, pass_rate: np.ndarray, alpha: float) -> np.ndarray:
-    """alpha * P + (1 - alpha) * pass_rate, elementwise."""
+def p2value(
+    possibility: np.ndarray,
+    pass_rate: np.ndarray,
+    alpha: float,
+    prm_score: np.ndarray | None = None,
+    prm_weight: float = 0.0,
+) -> np.ndarray:
+    """alpha * P + (1 - alpha) * pass_rate, elementwise; with a PRM term (`prm_weight` w > 0, `prm_score` S the
+    program's mean PRM line score), alpha * P + (1 - alpha) * ((1 - w) * pass_rate + w * S), where a program
+    without a score (NaN) keeps its pass rate in S's place."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    return alpha * np.asarray(possibility, dtype=np.float64) + (1.0 - alpha) * np.asarray(pass_rate, dtype=np.float64)
+    if not 0.0 <= prm_weight <= 1.0:
+        raise ValueError(f"prm_weight must be in [0, 1], got {prm_weight}")
+    rate = np.asarray(pass_rate, dtype=np.float64)
+    if prm_weight > 0.0 and prm_score is not None:
+        score = np.asarray(prm_score, dtype=np.float64)
+        rate = (1.0 - prm_weight) * rate + prm_weight * np.where(np.isnan(score), rate, score)
+    return alpha * np.asarray(possibility, dtype=np.float64) + (1.0 - alpha) * rate
 
 
 def ranks(values: np.ndarray) -> np.ndarray:

@@ -27,6 +27,10 @@ class ReplayConfig(BaseModel):
     possibility P(t) of every program under the model being trained before each round's replay, instead of the
     stored log-probability of the model that sampled it (which goes stale as training moves); the trainer
     does it and builds the replay from the rescored table.
+
+    prm_weight (w) adds a process reward model's judgement to P2Value (`priority.p2value`): the pass rate becomes
+    (1 - w) * pass_rate + w * the program's mean PRM line score, from the scores of PRM `prm` in the buffer
+    (None: the PRM whose scores were stored last; `pper prm score`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -38,6 +42,8 @@ class ReplayConfig(BaseModel):
     min_pass_rate: float | None = Field(None, ge=0.0, le=1.0)
     importance_beta: float = Field(0.0, ge=0.0)
     rescore: bool = False
+    prm_weight: float = Field(0.0, ge=0.0, le=1.0)
+    prm: str | None = None
 
 
 class Draw(NamedTuple):
@@ -72,7 +78,7 @@ class Replay:
             )
         self.table, self.config = table, config
         self.possibility = possibility(table.logprob, table.num_tokens, config.possibility)
-        self.p2value = p2value(self.possibility, table.pass_rate, config.alpha)
+        self.p2value = p2value(self.possibility, table.pass_rate, config.alpha, table.prm_score, config.prm_weight)
         # priorities() makes them non-negative (and refuses a negative P2Value): the sampler need not check again
         prio = priorities(self.p2value, config.priority)
         self.sampler = PrioritizedSampler(prio, config.exponent, seed, checked=True)
@@ -86,7 +92,7 @@ class Replay:
 
     @classmethod
     def from_buffer(cls, buffer: ReplayBuffer, config: ReplayConfig, seed: int | None = None) -> Replay:
-        return cls(buffer.replay_table(config.min_pass_rate), config, seed)
+        return cls(replay_table(buffer, config), config, seed)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -96,6 +102,21 @@ class Replay:
         i, t = self.sampler.sample(n), self.table
         columns = (t.program_id, t.task_id, self.possibility, t.pass_rate, self.p2value, self.probability, self.weight)
         return list(map(Draw._make, zip(*(c[i].tolist() for c in columns), strict=True)))
+
+
+def replay_table(buffer: ReplayBuffer, config: ReplayConfig) -> ReplayTable:
+    """The buffer's table for `config`: programs at or above `min_pass_rate`, with the PRM's mean line scores when
+    `prm_weight` > 0 (a clear error when the buffer holds no PRM score)."""
+    prm = None
+    if config.prm_weight > 0:
+        prm = config.prm or buffer.latest_prm()
+        if prm is None or prm not in buffer.prm_ids():
+            raise PperError(
+                f"replay.prm_weight is {config.prm_weight} but the buffer holds no scores of "
+                + (f"PRM {config.prm!r}" if config.prm else "any PRM")
+                + ": run `pper prm label`, `pper prm train` and `pper prm score` on the run first"
+            )
+    return buffer.replay_table(config.min_pass_rate, prm)
 
 
 def _check_table(table: ReplayTable) -> None:

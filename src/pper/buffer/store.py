@@ -316,6 +316,7 @@ class ReplayTable:
     logprob: np.ndarray
     num_tokens: np.ndarray
     pass_rate: np.ndarray
+    prm_score: np.ndarray | None = None  # the mean PRM line score of each program (NaN: not scored)
 
     def __len__(self) -> int:
         return int(self.program_id.size)
@@ -852,24 +853,37 @@ class ReplayBuffer:
 
     # -- replay and statistics -----------------------------------------------------------------
 
-    def replay_table(self, min_pass_rate: float | None = None) -> ReplayTable:
-        """The tested programs as column arrays (untested programs are never replayed)."""
+    def replay_table(self, min_pass_rate: float | None = None, prm: str | None = None) -> ReplayTable:
+        """The tested programs as column arrays (untested programs are never replayed); with `prm`, also each
+        program's mean line score from that PRM (NaN where it scored none)."""
         sql = (
-            "SELECT p.id, p.task_id, p.logprob, p.num_tokens, e.pass_rate"
+            "SELECT p.id, p.task_id, p.logprob, p.num_tokens, e.pass_rate, s.mean"
             " FROM programs p JOIN executions e ON e.program_id = p.id"
+            " LEFT JOIN (SELECT program_id, AVG(score) AS mean FROM prm_scores WHERE prm = ? GROUP BY program_id) s"
+            " ON s.program_id = p.id"
         )
-        args: tuple = ()
+        args: tuple = (prm or "",)
         if min_pass_rate is not None:
-            sql, args = sql + " WHERE e.pass_rate >= ?", (min_pass_rate,)
+            sql, args = sql + " WHERE e.pass_rate >= ?", (*args, min_pass_rate)
         rows = self._db.execute(sql + " ORDER BY p.id", args).fetchall()
-        cols = list(zip(*rows, strict=True)) if rows else [(), (), (), (), ()]
+        cols = list(zip(*rows, strict=True)) if rows else [(), (), (), (), (), ()]
         return ReplayTable(
             program_id=np.array(cols[0], dtype=np.int64),
             task_id=np.array(cols[1], dtype=object),
             logprob=np.array(cols[2], dtype=np.float64),
             num_tokens=np.array(cols[3], dtype=np.int64),
             pass_rate=np.array(cols[4], dtype=np.float64),
+            prm_score=np.array([np.nan if x is None else x for x in cols[5]], dtype=np.float64) if prm else None,
         )
+
+    def prm_ids(self) -> set[str]:
+        """The PRMs whose scores the buffer holds."""
+        return {r[0] for r in self._db.execute("SELECT DISTINCT prm FROM prm_scores")}
+
+    def latest_prm(self) -> str | None:
+        """The id of the PRM whose scores were stored last, if any."""
+        row = self._db.execute("SELECT prm FROM prm_scores ORDER BY rowid DESC LIMIT 1").fetchone()
+        return row[0] if row else None
 
     def stats(self) -> dict[str, Any]:
         """Counts and the pass-rate distribution of the tested programs."""

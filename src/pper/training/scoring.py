@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..buffer import ReplayBuffer, ReplayTable
-from ..buffer.replay import Replay
+from ..buffer.replay import Replay, replay_table
 from ..generation.prompts import program_tokens, prompt_for
 from ..tasks import Task
 from .examples import Example, build_example, pack
@@ -131,7 +131,7 @@ def replay_for_round(buffer: ReplayBuffer, config: PperConfig, model: Any, token
     round starts from) in the training examples, in the training precision."""
     from .trainer import autocast_dtype
 
-    table = buffer.replay_table(config.replay.min_pass_rate)
+    table = replay_table(buffer, config.replay)
     if config.replay.rescore and len(table):
         dtype = autocast_dtype(config.training.precision, next(model.parameters()).device.type)
         table = rescore(model, tokenizer, buffer, table, config.training.max_length, dtype)
