@@ -154,5 +154,21 @@ def test_a_prm_trains_on_the_labels_reports_auc_and_scores_the_run(tmp_path):
         scores = buffer.prm_scores()[info["id"]]
         programs = {p.id: p for p in buffer.programs()}
     assert set(scores) == set(programs)
-    assert all(len(v) == len(programs[i].text.splitlines()) and all(0 < x < 1 for x in v) for i, v in scores.items())
+    prompt_lines = {t.id: len(t.prompt.rstrip().splitlines()) for t in tasks}
+    for i, lines in scores.items():  # every line past the given prompt, each in (0, 1)
+        p = programs[i]
+        assert sorted(lines) == list(range(prompt_lines[p.task_id] + 1, len(p.text.splitlines()) + 1))
+        assert all(0 < x < 1 for x in lines.values())
     assert f"{len(programs)} programs" in scored.stderr
+    # the saved PRM, loaded again, scores as the trained one did (its LoRA settings and head came back)
+    from pper.prm.model import PRM, line_input
+
+    loaded = PRM.load(run / "prm")
+    p = programs[min(programs)]
+    item = line_input(next(t for t in tasks if t.id == p.task_id), p.text, loaded.tokenizer)
+    again = loaded.scores(item)
+    assert again.keys() == scores[p.id].keys()
+    assert all(abs(again[k] - scores[p.id][k]) < 1e-5 for k in again)
+    rescored = subprocess.run([sys.executable, "-m", "pper", "prm", "score", str(run)],
+                              capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert "0 programs" in rescored.stderr  # a second call scores only what is not scored yet

@@ -79,7 +79,7 @@ def test_prm_scores_raise_the_priority_of_failing_programs_with_good_lines(tmp_p
         config = ReplayConfig(priority="proportional", alpha=0.0, prm_weight=1.0)
         with pytest.raises(PperError, match="no scores of any PRM"):
             Replay.from_buffer(buffer, config)
-        buffer.add_prm_scores("prm@1", {ids[0]: [0.9, 0.7], ids[1]: [0.1, 0.3]})  # ids[2] not scored
+        buffer.add_prm_scores("prm@1", {ids[0]: {1: 0.9, 2: 0.7}, ids[1]: {1: 0.1, 2: 0.3}})  # ids[2] not scored
         replay = Replay.from_buffer(buffer, config, seed=0)
         assert replay.p2value.tolist() == pytest.approx([0.8, 0.2, 0.0])  # the unscored one keeps its pass rate
         assert replay.probability.tolist() == pytest.approx([0.8, 0.2, 0.0])
@@ -88,3 +88,42 @@ def test_prm_scores_raise_the_priority_of_failing_programs_with_good_lines(tmp_p
             Replay.from_buffer(buffer, config.model_copy(update={"prm": "other"}))
         plain = Replay.from_buffer(buffer, ReplayConfig(priority="rank", alpha=0.5), seed=0)
         assert plain.table.prm_score is None  # without prm_weight the table and the values are the paper's
+
+
+def test_indentation_is_part_of_a_line_when_comparing_with_a_reference():
+    from pper.prm.completers import normalised
+
+    assert normalised("    return  x ") == "    return x" and normalised("\treturn x") == "    return x"
+    assert shared_lines(["def f():", "        return None"], "def f():\n    return None\n") == 1
+
+
+def test_line_input_maps_each_line_to_its_last_token():
+    from pper.generation import load_model
+    from pper.prm.label import model_prefix
+    from pper.prm.model import line_input
+    from pper.prm.train import split_tasks
+
+    _, tokenizer, _ = load_model("default")
+    task = load_tasks("humaneval", limit=1)[0]
+    program = task.solutions[0]
+    item = line_input(task, program, tokenizer)
+    lines = program.splitlines()
+    given = len(task.prompt.rstrip().splitlines())
+    assert len(item.positions) == len(lines) and item.positions[:given] == (None,) * given  # the prompt: given
+    offsets = tokenizer(program, return_offsets_mapping=True).offset_mapping
+    at = 0
+    for i, line in enumerate(lines):
+        end = at + len(line)
+        if i >= given and line.strip():  # the token holding the line's last character
+            begin, finish = offsets[item.positions[i]]
+            assert begin < end <= finish or (begin < end and finish >= end - 1), (i, line)
+            assert begin >= at or i == 0
+        at = end + 1
+    cut = line_input(task, program, tokenizer, max_length=20)  # the start goes first: early lines unscored
+    assert len(cut.ids) == 20 and cut.positions[-1] is not None and cut.positions[given] is None
+    # the model completer's prefix: after the prompt for a completion task, the lines themselves otherwise
+    assert model_prefix(task, lines[: given + 2]) == "\n" + "\n".join(lines[given : given + 2])
+    assert model_prefix(task, ["def other():"]) is None
+    train, val = split_tasks([f"t{i}" for i in range(8)], 0.25, seed=0)
+    assert len(val) == 2 and sorted(train + val) == sorted(f"t{i}" for i in range(8))
+    assert split_tasks([f"t{i}" for i in range(8)], 0.25, seed=0) == (train, val)  # seeded

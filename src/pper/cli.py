@@ -667,7 +667,9 @@ def prm_label(
     s = label_run(run_dir, overrides, which, model)
     balance = f"{s.balance:.1%} of lines good" if s.balance is not None else "no line"
     err.print(
-        f"labelled {s.labelled} programs ({s.already} already labelled) with {s.probes} probes in {s.seconds:.1f} s; "
+        f"labelled {s.labelled} programs ({s.already} already labelled"
+        + (f", {s.skipped} without a reference skipped" if s.skipped else "")
+        + f") with {s.probes} probes in {s.seconds:.1f} s; "
         f"labels: {s.good_lines} good, {s.bad_lines} bad ({balance})"
         + (f"; stopped by prm.{s.stopped_by}" if s.stopped_by else ""),
         highlight=False,
@@ -718,7 +720,10 @@ def prm_score(run_dir: str, prm_dir: str | None) -> None:
     from .prm.train import score_run
 
     s = score_run(run_dir, prm_dir)
-    err.print(f"{s['programs']} programs, {s['lines']} lines scored by {s['prm']}", highlight=False)
+    err.print(
+        f"{s['programs']} programs, {s['lines']} lines scored by {s['prm']} ({s['already']} programs already scored)",
+        highlight=False,
+    )
 
 
 @cli.group()

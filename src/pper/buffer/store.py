@@ -719,26 +719,26 @@ class ReplayBuffer:
             for r in rows
         }
 
-    def add_prm_scores(self, prm: str, scores: dict[int, Sequence[float]]) -> None:
-        """Store a PRM's line scores of programs (program id -> one score per line), in one transaction; scores
-        a program already has from this PRM are replaced."""
+    def add_prm_scores(self, prm: str, scores: dict[int, dict[int, float]]) -> None:
+        """Store a PRM's line scores of programs (program id -> 1-based line -> score), in one transaction;
+        scores a program already has from this PRM are replaced."""
         with self._write():
             self._db.executemany(
                 "INSERT OR REPLACE INTO prm_scores (prm, program_id, line, score) VALUES (?, ?, ?, ?)",
-                [(prm, pid, i, float(x)) for pid, values in scores.items() for i, x in enumerate(values, 1)],
+                [(prm, pid, line, float(x)) for pid, values in scores.items() for line, x in values.items()],
             )
 
-    def prm_scores(self, prm: str | None = None) -> dict[str, dict[int, list[float]]]:
-        """PRM id -> program id -> its line scores (1-based order); with `prm`, that PRM's only."""
-        sql = "SELECT prm, program_id, score FROM prm_scores"
+    def prm_scores(self, prm: str | None = None) -> dict[str, dict[int, dict[int, float]]]:
+        """PRM id -> program id -> 1-based line -> score; with `prm`, that PRM's only."""
+        sql = "SELECT prm, program_id, line, score FROM prm_scores"
         rows = (
             self._db.execute(sql + " WHERE prm = ? ORDER BY program_id, line", (prm,))
             if prm
             else self._db.execute(sql + " ORDER BY prm, program_id, line")
         )
-        out: dict[str, dict[int, list[float]]] = {}
-        for name, pid, score in rows:
-            out.setdefault(name, {}).setdefault(pid, []).append(score)
+        out: dict[str, dict[int, dict[int, float]]] = {}
+        for name, pid, line, score in rows:
+            out.setdefault(name, {}).setdefault(pid, {})[line] = score
         return out
 
     # -- online-RL groups ---------------------------------------------------------------------------

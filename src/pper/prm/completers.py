@@ -2,10 +2,10 @@
 c(j) of `pper.prm.search`.
 
 `reference`: where the prefix's lines equal the first lines of one of the task's reference solutions, compared
-line by line with whitespace normalised (runs of spaces and tabs are one space, leading and trailing ones
-dropped), the rest of that reference completes it; the completed program is run in pper's sandbox. A prefix that
-matches no reference gets no completion from it (the model completer, which samples completions of the prefix,
-is the other source).
+line by line with whitespace normalised (indentation kept, tabs as 4 columns; other runs of spaces and tabs one
+space; trailing ones dropped), the rest of that reference completes it; the completed program is run in pper's
+sandbox. A prefix that matches no reference gets no completion from it (the model completer, which samples
+completions of the prefix, is the other source).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from ..tasks import Task
 
 
 def normalised(line: str) -> str:
-    return " ".join(line.split())
+    """The line with its indentation kept (tabs as 4 columns) and other runs of whitespace made one space."""
+    indent = len(line.expandtabs(4)) - len(line.expandtabs(4).lstrip())
+    return " " * indent + " ".join(line.split())
 
 
 def shared_lines(program_lines: list[str], reference: str) -> int:

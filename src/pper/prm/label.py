@@ -10,9 +10,10 @@ first j lines can still be completed into a program that passes", is probed with
 
 and c(j) holds when any completion passes every test in the sandbox. Lines up to `known` need no probe: a
 completion task's prompt lines (the task is taken as solvable) and the lines the program shares with a
-reference that passes. Each program's search and labels are one transaction, so a killed labelling resumes
-with the programs it had not finished; `max_programs` and `max_probes` bound one invocation (a program the
-probe budget cuts short is not stored).
+reference that passes. A model completion counts only if it keeps the prefix's lines (it may not rewrite line
+j). Each program's search and labels are one transaction, so a killed labelling resumes with the programs it had
+not finished; `max_programs` and `max_probes` bound one invocation (the probe budget is checked between
+programs: the last program may overrun it by its own 1 + ceil(log2 m) probes).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class LabelSummary:
 
     labelled: int = 0
     already: int = 0
+    skipped: int = 0  # programs of tasks without a reference, with the reference completer alone
     probes: int = 0
     good_lines: int = 0
     bad_lines: int = 0
@@ -59,10 +61,6 @@ class LabelSummary:
         """The share of labels that are 1."""
         total = self.good_lines + self.bad_lines
         return self.good_lines / total if total else None
-
-
-class _OutOfProbes(Exception):
-    pass
 
 
 def selected(buffer: ReplayBuffer, which: Filter) -> list[Program]:
@@ -99,11 +97,11 @@ def label_program(
     executor: Any,
     config: PrmConfig,
     sampler: Any = None,
-    budget: Callable[[], None] = lambda: None,
+    count: Callable[[], None] = lambda: None,
     reference_passes: bool | None = None,
 ) -> LineSearch:
-    """The line search of one tested program (see the module's docstring); `budget()` is called before each
-    probe and raises to stop; `reference_passes`: whether the task's first reference passes (None: run it)."""
+    """The line search of one tested program (see the module's docstring); `count()` is called at each probe;
+    `reference_passes`: whether the task's first reference passes (None: run it)."""
     start = time.perf_counter()
     lines = program.text.splitlines()
     use_reference = config.completer in ("reference", "reference+model") or (
@@ -115,11 +113,11 @@ def label_program(
         known = len(task.prompt.rstrip().splitlines())
     if reference_passes is None and use_reference and task.solutions:
         reference_passes = executor.run(task, task.solutions[0]).all_passed
-    if use_reference and reference_passes:
-        known = max(known, max(shared_lines(lines, r) for r in task.solutions))
+    if use_reference and reference_passes:  # lines shared with the reference that passes need no probe
+        known = max(known, shared_lines(lines, task.solutions[0]))
 
     def completable(j: int) -> bool:
-        budget()
+        count()
         prefix = lines[:j]
         if use_reference:
             completed = reference_completion(task, prefix)
@@ -129,7 +127,9 @@ def label_program(
             given = model_prefix(task, prefix)
             if given is not None:
                 for _, candidates in sampler.sample([task], "sample", config.completions, prefixes={task.id: given}):
-                    if any(executor.run(task, c.program).all_passed for c in candidates):
+                    # a completion that rewrites line j (it may continue it) does not complete this prefix
+                    kept = [c for c in candidates if shared_lines(c.program.splitlines(), "\n".join(prefix)) >= j]
+                    if any(executor.run(task, c.program).all_passed for c in kept):
                         return True
         return False
 
@@ -165,9 +165,7 @@ def label_programs(
         todo, summary.stopped_by = todo[: config.max_programs], "max_programs"
     tasks = {t.id: t for t in buffer.tasks()}
 
-    def budget() -> None:
-        if config.max_probes is not None and summary.probes >= config.max_probes:
-            raise _OutOfProbes
+    def count() -> None:
         summary.probes += 1
 
     items: Any = todo
@@ -176,15 +174,18 @@ def label_programs(
 
         items = progress(todo, len(todo), "labelling", "programs")
     passes: dict[str, bool] = {}  # task id -> its reference passes, run once per task
+    uses_reference = config.completer in ("reference", "reference+model", "auto")
     for program in items:
-        task = tasks[program.task_id]
-        if task.solutions and task.id not in passes:
-            passes[task.id] = executor.run(task, task.solutions[0]).all_passed
-        try:
-            search = label_program(task, program, executor, config, sampler, budget, passes.get(task.id))
-        except _OutOfProbes:
-            summary.stopped_by = "max_probes"
+        if config.max_probes is not None and summary.probes >= config.max_probes:  # checked between programs:
+            summary.stopped_by = "max_probes"  # the last one may overrun by its own 1 + ceil(log2 m) probes
             break
+        task = tasks[program.task_id]
+        if config.completer == "reference" and not task.solutions:
+            summary.skipped += 1  # nothing could complete its prefixes
+            continue
+        if uses_reference and task.solutions and task.id not in passes:
+            passes[task.id] = executor.run(task, task.solutions[0]).all_passed
+        search = label_program(task, program, executor, config, sampler, count, passes.get(task.id))
         buffer.add_line_labels(search)
         summary.labelled += 1
         summary.good_lines += sum(search.labels)

@@ -30,35 +30,47 @@ BACKBONE_FILE = "backbone.safetensors"
 
 @dataclass(frozen=True)
 class LineInput:
-    """A program as the PRM reads it: token ids, and for each line the position of its last token."""
+    """A program as the PRM reads it: token ids; for each program line the position of its last token, or None
+    where the line is not scored (a completion task's prompt line, given and so good by construction, or a line
+    cut off by `max_length`); and `start`, the position of the program's first token."""
 
     ids: tuple[int, ...]
-    positions: tuple[int, ...]
+    positions: tuple[int | None, ...]
+    start: int
+
+    @property
+    def scored(self) -> list[int]:
+        """The 0-based indices of the lines with a position."""
+        return [i for i, p in enumerate(self.positions) if p is not None]
 
 
 def line_input(task: Task, program: str, tokenizer: Any, max_length: int = 2048) -> LineInput:
-    """The PRM's input for `program` (see the module's docstring); lines past `max_length` tokens get the
-    last position."""
+    """The PRM's input for `program` (see the module's docstring). A line's last token is the last one that
+    starts inside it (before its newline); a blank line's is the one holding its newline. Past `max_length`
+    tokens the text is cut from its start (the prompt first)."""
+    prompt_lines = 0
     if task.prompt_style == "completion" and program.startswith(task.prompt.rstrip()):
-        head, text = "", program
+        head = ""
+        prompt_lines = len(task.prompt.rstrip().splitlines())
+    elif task.prompt_style == "completion":  # not a continuation of the prompt: written after it, on a new line
+        head = build_prompt(task, tokenizer).text + "\n"
     else:
-        head = build_prompt(task, tokenizer).text + ("" if task.prompt_style == "completion" else FENCE_OPEN)
-        text = head + program
-    encoded = tokenizer(text, return_offsets_mapping=True)
-    ids, offsets = list(encoded.input_ids)[:max_length], list(encoded.offset_mapping)[:max_length]
-    starts = [start if end > start else -1 for start, end in offsets]  # special tokens: never a line's last
-    ends_of_lines = []
-    position = len(head)
-    for line in program.splitlines(keepends=True):  # the lines `pper.prm.search` labels
-        ends_of_lines.append(position + len(line.rstrip("\r\n")))  # the line's newline, or the text's end
-        position += len(line)
-    positions = []
-    ordered = sorted((s, t) for t, s in enumerate(starts) if s >= 0)
-    keys = [s for s, _ in ordered]
-    for end in ends_of_lines:
-        k = bisect.bisect_right(keys, end) - 1  # the last token starting at or before the line's end
-        positions.append(ordered[max(k, 0)][1] if ordered else 0)
-    return LineInput(tuple(ids), tuple(positions))
+        head = build_prompt(task, tokenizer).text + FENCE_OPEN
+    encoded = tokenizer(head + program, return_offsets_mapping=True)
+    cut = max(0, len(encoded.input_ids) - max_length)
+    ids, offsets = list(encoded.input_ids)[cut:], list(encoded.offset_mapping)[cut:]
+    tokens = [(begin, t) for t, (begin, finish) in enumerate(offsets) if finish > begin]  # no special tokens
+    starts = [begin for begin, _ in tokens]
+    positions: list[int | None] = []
+    at = len(head)
+    for i, line in enumerate(program.splitlines(keepends=True)):  # the lines `pper.prm.search` labels
+        body = line.splitlines()[0] if line.splitlines() else ""
+        end = at + len(body)  # where its line break starts
+        k = (bisect.bisect_left(starts, end) if body.strip() else bisect.bisect_right(starts, end)) - 1
+        positions.append(None if i < prompt_lines or k < 0 else tokens[k][1])
+        at += len(line)
+    first = bisect.bisect_right(starts, len(head)) - 1
+    return LineInput(tuple(ids), tuple(positions), tokens[max(first, 0)][1] if tokens else 0)
 
 
 class PRM:
@@ -67,13 +79,14 @@ class PRM:
     def __init__(self, model: Any, tokenizer: Any, method: str = "lora", lora: Any = None, head: Any = None):
         import torch
 
-        self.tokenizer, self.method = tokenizer, method
+        from ..training.config import LoraSettings
+
+        self.tokenizer, self.method, self.lora = tokenizer, method, lora or LoraSettings()
+        self.info: dict[str, Any] = {}
         if method == "lora":
             from peft import get_peft_model
 
-            from ..training.config import LoraSettings
-
-            model = get_peft_model(model, (lora or LoraSettings()).peft_config())
+            model = get_peft_model(model, self.lora.peft_config())
         else:
             for p in model.parameters():
                 p.requires_grad_(True)
@@ -86,20 +99,24 @@ class PRM:
         return [p for p in self.model.parameters() if p.requires_grad] + list(self.head.parameters())
 
     def logits(self, item: LineInput) -> Any:
-        """One logit per line of `item` (a 1-D tensor)."""
+        """One logit per scored line of `item` (`LineInput.scored`, a 1-D tensor)."""
         import torch
 
         device = next(self.model.parameters()).device
         ids = torch.tensor([item.ids], device=device)
         out = self.model(input_ids=ids, output_hidden_states=True, logits_to_keep=1)
-        hidden = out.hidden_states[-1][0, list(item.positions)]
+        hidden = out.hidden_states[-1][0, [item.positions[i] for i in item.scored]]
         return self.head(hidden.float()).squeeze(-1)
 
-    def scores(self, item: LineInput) -> list[float]:
+    def scores(self, item: LineInput) -> dict[int, float]:
+        """1-based line -> the PRM's probability that it is good, for the scored lines."""
         import torch
 
+        if not item.scored:
+            return {}
         with torch.no_grad():
-            return torch.sigmoid(self.logits(item)).tolist()
+            values = torch.sigmoid(self.logits(item)).tolist()
+        return {i + 1: v for i, v in zip(item.scored, values, strict=True)}
 
     def save(self, path: str | Path, info: dict[str, Any]) -> None:
         from safetensors.torch import save_file
@@ -111,7 +128,9 @@ class PRM:
         trained = {n: p.detach().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
         save_file(trained, path / BACKBONE_FILE)
         save_file({n: p.detach().contiguous() for n, p in self.head.state_dict().items()}, path / HEAD_FILE)
-        write_atomic(path / INFO_FILE, json.dumps({"method": self.method, **info}, indent=2) + "\n")
+        info = {"method": self.method, "lora": self.lora.model_dump(), **info}
+        write_atomic(path / INFO_FILE, json.dumps(info, indent=2) + "\n")
+        self.info = info
 
     @classmethod
     def load(cls, path: str | Path) -> PRM:
@@ -127,8 +146,10 @@ class PRM:
             info = json.loads((path / INFO_FILE).read_text())
         except (OSError, ValueError) as e:
             raise PperError(f"{path} is not a PRM directory ({INFO_FILE}: {e})") from None
-        model, tokenizer, _ = load_model(info["base_model"])
-        prm = cls(model, tokenizer, info["method"])
+        from ..training.config import LoraSettings
+
+        model, tokenizer, _ = load_model(info["base_model"], info.get("dtype", "float32"))
+        prm = cls(model, tokenizer, info["method"], LoraSettings(**info.get("lora", {})))
         weights = load_file(path / BACKBONE_FILE)
         params = dict(prm.model.named_parameters())
         with torch.no_grad():

@@ -9,7 +9,9 @@ mean token log-probability of the line, measured before training on the same tex
 position; with each set's class balance. The PRM is saved as `RUN/prm/` (or `out`).
 
 Scoring writes the PRM's score of every line of the run's tested programs into the buffer (`prm_scores`, under
-the PRM's id: its directory's name and training time).
+the PRM's id: its directory's name and training time), 64 programs per transaction; a second call scores only
+the programs not scored yet. Lines that are not scored (a completion task's prompt lines, lines cut off by
+`prm.max_length`) get no score and no loss, and do not enter the AUCs.
 """
 
 from __future__ import annotations
@@ -50,20 +52,21 @@ def split_tasks(task_ids: list[str], fraction: float, seed: int) -> tuple[list[s
     return [t for t in ids if t not in set(val)], val
 
 
-def line_logprobs(prm: PRM, item: LineInput) -> list[float]:
-    """The policy's mean token log-probability of each line of `item`: the tokens after the previous line's last
-    token up to this line's (a line without its own token gets its last token's)."""
+def line_logprobs(prm: PRM, item: LineInput) -> dict[int, float]:
+    """The policy's mean token log-probability of each scored line of `item` (1-based line -> value): over the
+    tokens after the previous scored line's last token (or from the program's first token) up to this line's."""
     import torch
 
     device = next(prm.model.parameters()).device
     ids = torch.tensor([item.ids], device=device)
     with torch.no_grad():
         logp = prm.model(input_ids=ids).logits[0].float().log_softmax(-1)
-    token = [0.0] + [float(logp[t - 1, item.ids[t]]) for t in range(1, len(item.ids))]
-    out, previous = [], -1
-    for position in item.positions:
-        span = token[previous + 1 : position + 1] or [token[position]]
-        out.append(sum(span) / len(span))
+    token = [float("nan")] + [float(logp[t - 1, item.ids[t]]) for t in range(1, len(item.ids))]
+    out, previous = {}, max(item.start, 1) - 1
+    for i in item.scored:
+        position = item.positions[i]
+        span = [x for x in token[previous + 1 : position + 1] if x == x] or [token[position]]
+        out[i + 1] = sum(span) / len(span)
         previous = max(previous, position)
     return out
 
@@ -113,26 +116,30 @@ def train_prm(
         if not items["train"]:
             raise PperError("every labelled task fell in the PRM's validation split: label more tasks")
         batch = [items["train"][i] for i in rng.integers(0, len(items["train"]), config.batch_size)]
-        lines = sum(len(labels) for _, labels in batch)
+        lines = max(1, sum(len(item.scored) for item, _ in batch))
         total = 0.0
         for item, labels in batch:
+            if not item.scored:
+                continue
             logits = prm.logits(item)
-            target = torch.tensor(labels, dtype=logits.dtype, device=logits.device)
+            target = torch.tensor([labels[i] for i in item.scored], dtype=logits.dtype, device=logits.device)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum") / lines
             loss.backward()
             total += loss.item()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(total)
-    flat = {"labels": [], "prm": [], "logprob": [], "position": []}
+    flat: dict[str, list[float]] = {"labels": [], "prm": [], "logprob": [], "position": []}
     for (item, labels), logprobs in zip(items["validation"], baseline, strict=True):
-        flat["labels"] += labels
-        flat["prm"] += prm.scores(item)
-        flat["logprob"] += logprobs
-        flat["position"] += position_scores(len(labels))
+        scores, position = prm.scores(item), position_scores(len(labels))
+        for line in scores:  # the scored lines: not a completion task's given prompt, not cut off
+            flat["labels"].append(labels[line - 1])
+            flat["prm"].append(scores[line])
+            flat["logprob"].append(logprobs[line])
+            flat["position"].append(position[line - 1])
 
     def balance(split: str) -> dict[str, Any]:
-        labels = [x for _, ls in items[split] for x in ls]
+        labels = [ls[i] for item, ls in items[split] for i in item.scored]
         return {"programs": len(items[split]), "lines": len(labels), "good": sum(labels),
                 "good_share": sum(labels) / len(labels) if labels else None}  # fmt: skip
 
@@ -140,6 +147,7 @@ def train_prm(
     info = {
         "id": f"{target.name}@{int(time.time())}",
         "base_model": run_config.generation.model,
+        "dtype": run_config.generation.dtype,
         "model_name": name,
         "steps": config.steps,
         "batch_size": config.batch_size,
@@ -163,7 +171,8 @@ def score_run(run_dir: str | Path, prm_dir: str | Path | None = None, show_progr
     max_length = run_config.prm.max_length
     with ReplayBuffer(run_dir / BUFFER_FILE) as buffer:
         tasks = {t.id: t for t in buffer.tasks()}
-        todo = [p for p in buffer.programs() if p.result is not None]
+        done = set(buffer.prm_scores(prm.info["id"]).get(prm.info["id"], {}))  # a killed scoring resumes
+        todo = [p for p in buffer.programs() if p.result is not None and p.id not in done]
         items: Any = todo
         if show_progress:
             from ..progress import progress
@@ -177,4 +186,4 @@ def score_run(run_dir: str | Path, prm_dir: str | Path | None = None, show_progr
                 buffer.add_prm_scores(prm.info["id"], scores)
                 scores = {}
         buffer.add_prm_scores(prm.info["id"], scores)
-    return {"prm": prm.info["id"], "programs": len(todo), "lines": lines}
+    return {"prm": prm.info["id"], "programs": len(todo), "already": len(done), "lines": lines}
