@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +17,12 @@ from pper.buffer import Execution, NewProgram, ReplayBuffer, export_rows
 from pper.config import validate_config
 from pper.execution import Executor
 from pper.tasks import load_tasks
+
+
+def _tasks_with_bodies(limit: int, n: int):
+    """The first `n` of the first `limit` HumanEval tasks whose reference body has 3 lines or more."""
+    tasks = load_tasks("humaneval", limit=limit)
+    return [t for t in tasks if len(t.solutions[0].splitlines()) - len(t.prompt.splitlines()) >= 3][:n]
 
 
 def _buggy(task):
@@ -55,11 +60,7 @@ def _label(run, *args, **popen):
 
 
 def test_labels_find_each_known_bug_and_a_second_call_resumes(tmp_path):
-    tasks = [
-        t
-        for t in load_tasks("humaneval", limit=12)
-        if len(t.solutions[0].splitlines()) - len(t.prompt.splitlines()) >= 3
-    ][:5]
+    tasks = _tasks_with_bodies(12, 5)
     run, bugs = _run_dir(tmp_path, tasks)
     first = _label(run, "--completer", "reference", "--max-programs", "4")
     assert first.returncode == 0, first.stderr
@@ -95,11 +96,7 @@ def test_labels_find_each_known_bug_and_a_second_call_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_labelling_with_the_model_resumes_after_kill_9(tmp_path):
-    tasks = [
-        t
-        for t in load_tasks("humaneval", limit=12)
-        if len(t.solutions[0].splitlines()) - len(t.prompt.splitlines()) >= 3
-    ][:3]
+    tasks = _tasks_with_bodies(12, 3)
     run, _ = _run_dir(tmp_path, tasks, {"max_new_tokens": 24, "batch_size": 2})
     args = ("--completer", "model", "--completions", "1", "--min-pass-rate", "0", "--max-pass-rate", "0.99")
     proc = subprocess.Popen([sys.executable, "-m", "pper", "prm", "label", str(run), *args],
@@ -123,16 +120,11 @@ def test_labelling_with_the_model_resumes_after_kill_9(tmp_path):
     assert len(after) == len(tasks) and all(after[p] == t for p, t in before.items())  # finished ones not redone
     labels = sqlite3.connect(db).execute("SELECT program_id, COUNT(*) FROM line_labels GROUP BY program_id")
     assert all(n >= 1 for _, n in labels)
-    assert os.path.exists(db)
 
 
 @pytest.mark.slow
 def test_a_prm_trains_on_the_labels_reports_auc_and_scores_the_run(tmp_path):
-    tasks = [
-        t
-        for t in load_tasks("humaneval", limit=20)
-        if len(t.solutions[0].splitlines()) - len(t.prompt.splitlines()) >= 3
-    ][:6]
+    tasks = _tasks_with_bodies(20, 6)
     run, _ = _run_dir(tmp_path, tasks)
     assert _label(run, "--completer", "reference").returncode == 0
     trained = _label(run, "--completer", "reference")  # nothing left to label

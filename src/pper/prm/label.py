@@ -65,12 +65,13 @@ class LabelSummary:
 
 def selected(buffer: ReplayBuffer, which: Filter) -> list[Program]:
     """The tested programs `which` selects, oldest first."""
+    programs = buffer.programs()
     stages: dict[tuple[str, int], int] = {}
     if which.stage is not None:
-        for r in {p.round for p in buffer.programs()}:
+        for r in {p.round for p in programs}:
             stages.update({(task, r): s for task, s in buffer.stages(r).items()})
     out = []
-    for p in buffer.programs():
+    for p in programs:
         if p.result is None or not which.min_pass_rate <= p.pass_rate <= which.max_pass_rate:
             continue
         if which.model is not None and which.model not in p.model:
@@ -157,7 +158,7 @@ def label_programs(
     """Label the selected programs not labelled yet, within the budget of `config`; see the module's docstring."""
     start = time.perf_counter()
     summary = LabelSummary()
-    done = set(buffer.line_labels()) | set(buffer.line_searches())
+    done = set(buffer.line_searches())
     programs = selected(buffer, which)
     summary.already = sum(p.id in done for p in programs)
     todo = [p for p in programs if p.id not in done]
