@@ -28,3 +28,4 @@ class PrmConfig(BaseModel):
     learning_rate: float = Field(1e-4, gt=0)
     validation: float = Field(0.25, ge=0.0, lt=1.0)
     max_length: int = Field(2048, ge=16)
+    model: str | None = None

@@ -163,27 +163,46 @@ def train_prm(
     return {"dir": str(target), **info}
 
 
-def score_run(run_dir: str | Path, prm_dir: str | Path | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Write the PRM's line scores of every tested program of the run into its buffer; returns a summary."""
+def prm_dir(config: Any, run_dir: str | Path) -> Path:
+    """The PRM a run uses: `prm.model`, else RUN/prm; a clear error when it is not a trained PRM."""
+    from .model import INFO_FILE
+
+    path = Path(config.prm.model) if config.prm.model else Path(run_dir) / PRM_DIR
+    if not (path / INFO_FILE).is_file():
+        raise PperError(
+            f"no trained PRM at {path} (no {INFO_FILE}): set prm.model to a `pper prm train` output, "
+            f"or run `pper prm label` and `pper prm train` on {run_dir} first"
+        )
+    return path
+
+
+def score_programs(buffer: ReplayBuffer, prm: PRM, max_length: int, show_progress: bool = False) -> dict[str, Any]:
+    """Store `prm`'s line scores of the buffer's tested programs it has not scored yet, 64 programs per
+    transaction (a killed scoring keeps what it stored and a second call resumes); returns a summary."""
+    tasks = {t.id: t for t in buffer.tasks()}
+    done = set(buffer.prm_scores(prm.info["id"]).get(prm.info["id"], {}))
+    todo = [p for p in buffer.programs() if p.result is not None and p.id not in done]
+    items: Any = todo
+    if show_progress:
+        from ..progress import progress
+
+        items = progress(todo, len(todo), "scoring", "programs")
+    scores, lines = {}, 0
+    for p in items:
+        scores[p.id] = prm.scores(line_input(tasks[p.task_id], p.text, prm.tokenizer, max_length))
+        lines += len(scores[p.id])
+        if len(scores) >= 64:
+            buffer.add_prm_scores(prm.info["id"], scores)
+            scores = {}
+    buffer.add_prm_scores(prm.info["id"], scores)
+    return {"prm": prm.info["id"], "programs": len(todo), "already": len(done), "lines": lines}
+
+
+def score_run(run_dir: str | Path, path: str | Path | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Write the line scores of the PRM at `path` (default: the run's, `prm_dir`) of every tested program of the
+    run into its buffer; returns a summary."""
     run_dir = Path(run_dir)
     run_config = _run_config(run_dir)
-    prm = PRM.load(prm_dir or run_dir / PRM_DIR)
-    max_length = run_config.prm.max_length
+    prm = PRM.load(path or prm_dir(run_config, run_dir))
     with ReplayBuffer(run_dir / BUFFER_FILE) as buffer:
-        tasks = {t.id: t for t in buffer.tasks()}
-        done = set(buffer.prm_scores(prm.info["id"]).get(prm.info["id"], {}))  # a killed scoring resumes
-        todo = [p for p in buffer.programs() if p.result is not None and p.id not in done]
-        items: Any = todo
-        if show_progress:
-            from ..progress import progress
-
-            items = progress(todo, len(todo), "scoring", "programs")
-        scores, lines = {}, 0
-        for p in items:
-            scores[p.id] = prm.scores(line_input(tasks[p.task_id], p.text, prm.tokenizer, max_length))
-            lines += len(scores[p.id])
-            if len(scores) >= 64:  # a killed scoring keeps what it stored
-                buffer.add_prm_scores(prm.info["id"], scores)
-                scores = {}
-        buffer.add_prm_scores(prm.info["id"], scores)
-    return {"prm": prm.info["id"], "programs": len(todo), "already": len(done), "lines": lines}
+        return score_programs(buffer, prm, run_config.prm.max_length, show_progress)
