@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pper.buffer import Execution, NewProgram, ReplayBuffer, program_hash
+from pper.buffer import Execution, LineSearch, NewProgram, ReplayBuffer, program_hash
 from pper.errors import PperError
 from pper.execution.results import ProgramResult, TestResult
 from pper.tasks import load_tasks
@@ -49,6 +49,14 @@ def test_the_same_program_for_the_same_task_is_stored_once(buffer):
     stored = buffer.program(ids[0])
     assert (stored.text, stored.logprob, stored.num_tokens, stored.model) == (a.text, -2.5, 9, "smol")
     assert buffer.stats()["programs"] == 2
+
+
+def test_a_line_search_is_stored_once_with_its_labels_and_contradictions(buffer):
+    (pid,) = buffer.add_programs([NewProgram("HumanEval/0", "a = 1\nb = 2\nc = 3\n", -2.0, 9, "m")])
+    search = LineSearch(pid, 2, ((3, False), (1, True), (2, False)), "model", 4, 0.5, (1, 0, 0), ((2, 1),))
+    buffer.add_line_labels(search)
+    buffer.add_line_labels(LineSearch(pid, 4, (), "model", 4, 0.1, (1, 1, 1)))  # labelled once: the first stays
+    assert buffer.line_searches() == {pid: search} and buffer.line_labels() == {pid: [1, 0, 0]}
 
 
 def test_untested_programs_are_never_replayed(buffer):

@@ -7,7 +7,7 @@ import pytest
 
 from pper.execution import Executor
 from pper.prm.completers import reference_probe, shared_lines
-from pper.prm.search import first_bad_line, max_probes
+from pper.prm.search import contradictions, first_bad_line, max_probes
 from pper.tasks import load_tasks
 
 
@@ -127,3 +127,16 @@ def test_line_input_maps_each_line_to_its_last_token():
     train, val = split_tasks([f"t{i}" for i in range(8)], 0.25, seed=0)
     assert len(val) == 2 and sorted(train + val) == sorted(f"t{i}" for i in range(8))
     assert split_tasks([f"t{i}" for i in range(8)], 0.25, seed=0) == (train, val)  # seeded
+
+
+def test_a_passing_completion_that_kept_lines_a_false_probe_had_contradicts_it():
+    # c(8) false, yet the passing completion of the prefix 4 kept the first 9 lines: c(8) and c(6) contradicted
+    probes = ((8, False), (4, True), (6, False), (5, True))
+    assert contradictions(probes, {4: 9, 5: 5}) == ((8, 4), (6, 4))
+    assert contradictions(probes, {4: 4, 5: 5}) == ()  # kept only its own prefix: no evidence past it
+    assert contradictions(probes, {5: 6}) == ((6, 5),)
+    # the bisection's own probes never contradict: each true one lies below each false one
+    for m in range(1, 40):
+        for b in range(1, m + 2):
+            s = first_bad_line(m, lambda j, b=b: j < b)
+            assert contradictions(s.probes, {j: j for j, ok in s.probes if ok}) == ()

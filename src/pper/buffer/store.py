@@ -33,7 +33,7 @@ from ..execution.results import PASSED, ProgramResult, TestResult
 from ..tasks import Task
 from ..tasks.rows import RowError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BUFFER_FILE = "buffer.sqlite"
 
 _SCHEMA = """
@@ -129,7 +129,9 @@ CREATE TABLE line_searches (
     completer TEXT NOT NULL,         -- what completed the prefixes: reference, model, reference+model
     completions INTEGER NOT NULL,    -- sampled completions per probe (0: the reference's only)
     seconds REAL NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    contradictions TEXT NOT NULL DEFAULT '[]'  -- JSON: [[j, j'], ...]: c(j) probed false, yet a passing
+                                               -- completion of the prefix j' kept the program's first j lines
 );
 CREATE TABLE line_labels (
     program_id INTEGER NOT NULL REFERENCES line_searches(program_id),
@@ -206,7 +208,8 @@ class Turn:
 class LineSearch:
     """A program's line labels and how they were found (`pper.prm.search`): `first_bad` (its line count + 1 when
     every line is good), the probes (prefix lines, completable) in order, the completer, the sampled completions
-    per probe, the seconds it took, and `labels`, one per line."""
+    per probe, the seconds it took, `labels`, one per line, and `contradictions` of the monotonicity the search
+    assumes (`pper.prm.search.contradictions`)."""
 
     program_id: int
     first_bad: int
@@ -215,6 +218,7 @@ class LineSearch:
     completions: int
     seconds: float
     labels: tuple[int, ...]
+    contradictions: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -687,9 +691,9 @@ class ReplayBuffer:
         with self._write():
             done = self._db.execute(
                 "INSERT OR IGNORE INTO line_searches (program_id, first_bad, probes, completer, completions, seconds,"
-                " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " created, contradictions) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (search.program_id, search.first_bad, json.dumps([list(p) for p in search.probes]), search.completer,
-                 search.completions, search.seconds, time.time()),
+                 search.completions, search.seconds, time.time(), json.dumps([list(c) for c in search.contradictions])),
             ).rowcount  # fmt: skip
             if done:
                 self._db.executemany(
@@ -710,11 +714,18 @@ class ReplayBuffer:
         """Program id -> its stored line search."""
         labels = self.line_labels()
         rows = self._db.execute(
-            "SELECT program_id, first_bad, probes, completer, completions, seconds FROM line_searches"
+            "SELECT program_id, first_bad, probes, completer, completions, seconds, contradictions FROM line_searches"
         )
         return {
             r[0]: LineSearch(
-                r[0], r[1], tuple(tuple(p) for p in json.loads(r[2])), r[3], r[4], r[5], tuple(labels.get(r[0], ()))
+                r[0],
+                r[1],
+                tuple(tuple(p) for p in json.loads(r[2])),
+                r[3],
+                r[4],
+                r[5],
+                tuple(labels.get(r[0], ())),
+                tuple(tuple(c) for c in json.loads(r[6])),
             )
             for r in rows
         }
@@ -1105,12 +1116,18 @@ CREATE TABLE prm_scores (
     )
 
 
+def _v6_to_v7(db: sqlite3.Connection) -> None:
+    """A line search records the probes that contradict the monotonicity it assumes (`contradictions`)."""
+    db.execute("ALTER TABLE line_searches ADD COLUMN contradictions TEXT NOT NULL DEFAULT '[]'")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _v1_to_v2,
     _v2_to_v3,
     _v3_to_v4,
     _v4_to_v5,
     _v5_to_v6,
+    _v6_to_v7,
 )
 
 

@@ -28,7 +28,7 @@ from ..buffer import LineSearch, Program, ReplayBuffer
 from ..tasks import Task
 from .completers import reference_completion, shared_lines
 from .config import PrmConfig
-from .search import first_bad_line
+from .search import contradictions, first_bad_line
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class LabelSummary:
     probes: int = 0
     good_lines: int = 0
     bad_lines: int = 0
+    contradicted: int = 0  # programs with a probe contradicting monotonicity (`pper.prm.search.contradictions`)
     seconds: float = 0.0
     stopped_by: str | None = None
 
@@ -117,6 +118,8 @@ def label_program(
     if use_reference and reference_passes:  # lines shared with the reference that passes need no probe
         known = max(known, shared_lines(lines, task.solutions[0]))
 
+    witnesses: dict[int, int] = {}  # probe j -> the program's lines its passing model completion kept
+
     def completable(j: int) -> bool:
         count()
         prefix = lines[:j]
@@ -130,7 +133,9 @@ def label_program(
                 for _, candidates in sampler.sample([task], "sample", config.completions, prefixes={task.id: given}):
                     # a completion that rewrites line j (it may continue it) does not complete this prefix
                     kept = [c for c in candidates if shared_lines(c.program.splitlines(), "\n".join(prefix)) >= j]
-                    if any(executor.run(task, c.program).all_passed for c in kept):
+                    passing = [c for c in kept if executor.run(task, c.program).all_passed]
+                    if passing:
+                        witnesses[j] = max(shared_lines(lines, c.program) for c in passing)
                         return True
         return False
 
@@ -144,6 +149,7 @@ def label_program(
         config.completions if use_model else 0,
         time.perf_counter() - start,
         tuple(search.labels),
+        contradictions(search.probes, witnesses),
     )
 
 
@@ -191,6 +197,7 @@ def label_programs(
         summary.labelled += 1
         summary.good_lines += sum(search.labels)
         summary.bad_lines += len(search.labels) - sum(search.labels)
+        summary.contradicted += bool(search.contradictions)
     summary.seconds = time.perf_counter() - start
     return summary
 

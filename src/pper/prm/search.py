@@ -15,6 +15,13 @@ may still be completed by appending lines), then bisects the interval (lo, hi) w
     b = hi
 
 which takes at most 1 + ceil(log2(m - known)) probes.
+
+The bisection alone can never see monotonicity fail: every probe it finds true lies below every probe it finds
+false, whatever c is. A completion can: a completion of the prefix j' that passes and keeps the program's first
+j >= j' lines (it wrote line j' + 1 onwards as the program did) shows c(j) true. When an earlier probe found c(j)
+false, that is a contradiction, recorded as (j, j') (`contradictions`); the labels stay as the search left them.
+With the reference completer this cannot happen (lines shared with the passing reference are `known`, never
+probed), so contradictions come from sampled completions, where c is a random test that may miss.
 """
 
 from __future__ import annotations
@@ -67,3 +74,10 @@ def first_bad_line(m: int, completable: Callable[[int], bool], known: int = 0, p
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if probe(mid) else (lo, mid)
     return Search(m, hi, tuple(probes))
+
+
+def contradictions(probes: tuple[tuple[int, bool], ...], witnesses: dict[int, int]) -> tuple[tuple[int, int], ...]:
+    """(j, j') for each probe c(j) found false while the passing completion of the prefix j' kept the program's
+    first `witnesses[j']` >= j lines (see the module's docstring); `witnesses`: probe j' -> program lines its
+    passing completion kept."""
+    return tuple((j, w) for j, ok in probes if not ok for w, kept in sorted(witnesses.items()) if kept >= j)
