@@ -249,3 +249,35 @@ def test_greedy_requests_are_temperature_0_and_go_one_at_a_time_in_task_order(ov
     _Overlap.hold, _Overlap.expect, _Overlap.peak, _Overlap.bodies = 30.0, 6, 0, []
     assert len(list(sampler.sample(tasks[:2], "sample", 3))) == 2
     assert 2 <= _Overlap.peak <= 3 and len(_Overlap.bodies) == 6
+
+
+@pytest.mark.slow  # 150 s on 2 loaded cores: every probe is a chat request of up to 64 tokens
+def test_a_teacher_completes_the_prefixes_of_prm_probes_in_a_chat(llama_server, mbpp_path, tmp_path):
+    """`prm.completer: teacher`: an instruction task's prefix cannot be prefilled over a chat API (the sampler refuses
+    it), so each probe asks for the program's continuation in a chat; the search ends within its probe bound."""
+    from pper.buffer import Execution, NewProgram, ReplayBuffer
+    from pper.execution import Executor
+    from pper.generation.prompts import continuation_prompt
+    from pper.prm.config import PrmConfig
+    from pper.prm.label import label_program
+    from pper.prm.search import max_probes
+
+    task = load_tasks(f"mbpp:{mbpp_path}", split="test", limit=1)[0]
+    lines = task.solutions[0].splitlines()
+    wrong = "\n".join(lines[:-1] + [lines[-1][: len(lines[-1]) - len(lines[-1].lstrip())] + "return None"]) + "\n"
+    sampler = OpenAISampler(llama_server, "smollm2", max_new_tokens=64, temperature=0.8, seed=0)
+    with pytest.raises(PperError, match="cannot continue a prefilled answer"):
+        list(sampler.sample([task], "sample", 1, prefixes={task.id: lines[0]}))
+    prompt = continuation_prompt(task, lines[0])
+    assert prompt.messages[-1]["content"].endswith(f"```python\n{lines[0]}\n```") and not prompt.continues
+    with ReplayBuffer(tmp_path / "b.sqlite") as buffer, Executor(workers=1) as executor:
+        buffer.add_tasks([task])
+        (pid,) = buffer.add_programs([NewProgram(task.id, wrong, -1.0, 5, "m")])
+        buffer.add_executions([Execution(pid, executor.run(task, wrong))])
+        program = buffer.program(pid)
+        assert not program.result.all_passed
+        probes = []
+        search = label_program(task, program, executor, PrmConfig(completer="teacher", completions=1), sampler,
+                               lambda: probes.append(1))  # fmt: skip
+    assert search.completer == "teacher" and search.completions == 1
+    assert len(search.labels) == len(wrong.splitlines()) and 1 <= len(probes) <= max_probes(len(search.labels))

@@ -32,6 +32,11 @@ template:
 
 Completion stop strings do not apply there; P(t) and the loss cover the code of the reply (`program_tokens`), and
 the conversation up to the reply is the prompt (`Prompt.messages`).
+
+A chat model that cannot be prefilled (a teacher behind a chat API) continues a program's first lines when asked
+to (`continuation_prompt`, used by the PRM's teacher completer): one user message, `task_message(task)` then
+`CONTINUE_REQUEST` with the lines in a ```python block; the program is the code of the reply, which counts as a
+continuation only where it keeps those lines (`pper.prm.label`).
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ COMPLETE_TASK = (
     "Complete this Python function. Answer with the whole function in a ```python block.\n\n```python\n{prompt}\n```"
 )
 REPAIR_REQUEST = "{feedback}\n\nFix the program. Answer with the whole corrected program in a ```python block."
+CONTINUE_REQUEST = (
+    "The program starts with the lines below. Answer with the whole program in a ```python block: these lines "
+    "unchanged, then the rest.\n\n```python\n{prefix}\n```"
+)
 COMPLETION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```", "\nassert ")
 SHOWN_TESTS = 3
 FENCE_OPEN = "```python\n"
@@ -117,6 +126,12 @@ def task_message(task: Task) -> str:
     if task.prompt_style == "completion":
         return COMPLETE_TASK.format(prompt=task.prompt.rstrip())
     return instruction(task)
+
+
+def continuation_prompt(task: Task, prefix: str, tokenizer: Any = None) -> Prompt:
+    """The chat prompt that asks for the whole program starting with `prefix` (see the module docstring)."""
+    request = CONTINUE_REQUEST.format(prefix=prefix.strip("\n"))
+    return chat_prompt(task, ({"role": "user", "content": task_message(task) + "\n\n" + request},), tokenizer)
 
 
 def repair_messages(task: Task, turns: Sequence[tuple[str, str]]) -> tuple[dict[str, str], ...]:

@@ -7,6 +7,9 @@ first j lines can still be completed into a program that passes", is probed with
 * reference: the rest of a reference whose first lines equal the prefix (`completers.reference_completion`);
 * model: `completions` samples of the prefix, given to the model as a curriculum prefix is (after the task's
   code prompt for a completion task, after the opening fence of the answer for an instruction task);
+* teacher: `completions` samples from a model behind an OpenAI-compatible API: a completion task's prefix is
+  continued by the completions endpoint, an instruction task's is asked for in a chat
+  (`generation.prompts.continuation_prompt`), the program being the code of the reply;
 
 and c(j) holds when any completion passes every test in the sandbox. Lines up to `known` need no probe: a
 completion task's prompt lines (the task is taken as solvable) and the lines the program shares with a
@@ -93,6 +96,17 @@ def model_prefix(task: Task, prefix_lines: list[str]) -> str | None:
     return text[len(head) :] if text.startswith(head) else None
 
 
+def completions(sampler: Any, task: Task, given: str, n: int, chat: bool = False) -> Any:
+    """`n` sampled completions of the prefix `given` (`model_prefix`): continued by the model, or, with `chat`
+    (a teacher's chat API, which cannot be prefilled), for an instruction task with a prefix, asked for in a
+    chat (`continuation_prompt`); (task, candidates) pairs as the samplers give them."""
+    if chat and given and task.prompt_style != "completion":
+        from ..generation.prompts import continuation_prompt
+
+        return ((task, c) for _, c in sampler.sample_prompts([continuation_prompt(task, given)], "sample", n))
+    return sampler.sample([task], "sample", n, prefixes={task.id: given})
+
+
 def label_program(
     task: Task,
     program: Program,
@@ -106,10 +120,9 @@ def label_program(
     `reference_passes`: whether the task's first reference passes (None: run it)."""
     start = time.perf_counter()
     lines = program.text.splitlines()
-    use_reference = config.completer in ("reference", "reference+model") or (
-        config.completer == "auto" and bool(task.solutions)
-    )
-    use_model = config.completer in ("model", "reference+model") or (config.completer == "auto" and sampler is not None)
+    use_reference = config.completer.startswith("reference") or (config.completer == "auto" and bool(task.solutions))
+    sampled = "teacher" if "teacher" in config.completer else "model"
+    use_model = config.completer != "reference" and (config.completer != "auto" or sampler is not None)
     known = 0
     if task.prompt_style == "completion" and program.text.startswith(task.prompt.rstrip()):
         known = len(task.prompt.rstrip().splitlines())
@@ -130,7 +143,7 @@ def label_program(
         if use_model and sampler is not None:
             given = model_prefix(task, prefix)
             if given is not None:
-                for _, candidates in sampler.sample([task], "sample", config.completions, prefixes={task.id: given}):
+                for _, candidates in completions(sampler, task, given, config.completions, chat=sampled == "teacher"):
                     # a completion that rewrites line j (it may continue it) does not complete this prefix
                     kept = [c for c in candidates if shared_lines(c.program.splitlines(), "\n".join(prefix)) >= j]
                     passing = [c for c in kept if executor.run(task, c.program).all_passed]
@@ -140,7 +153,7 @@ def label_program(
         return False
 
     search = first_bad_line(len(lines), completable, known, passes=program.result.all_passed)
-    completer = "+".join(name for name, used in (("reference", use_reference), ("model", use_model)) if used)
+    completer = "+".join(name for name, used in (("reference", use_reference), (sampled, use_model)) if used)
     return LineSearch(
         program.id,
         search.first_bad,
@@ -181,7 +194,7 @@ def label_programs(
 
         items = progress(todo, len(todo), "labelling", "programs")
     passes: dict[str, bool] = {}  # task id -> its reference passes, run once per task
-    uses_reference = config.completer in ("reference", "reference+model", "auto")
+    uses_reference = config.completer.startswith("reference") or config.completer == "auto"
     for program in items:
         if config.max_probes is not None and summary.probes >= config.max_probes:  # checked between programs:
             summary.stopped_by = "max_probes"  # the last one may overrun by its own 1 + ceil(log2 m) probes
@@ -211,13 +224,13 @@ def label_run(
 ) -> LabelSummary:
     """`pper prm label RUN`: label the run's selected programs with its `prm` settings (`overrides` replace some),
     the run's execution settings, and, where the completer samples, `model` (default: the run's kept model once
-    it has one, else its configured model)."""
+    it has one, else its configured model) or the teacher (`prm.teacher`, else `generation.teacher`)."""
     import yaml
 
     from ..config import validate_config
     from ..errors import PperError
     from ..execution import open_executor
-    from ..generation import load_model, transformers_sampler
+    from ..generation import load_model, teacher_sampler, transformers_sampler
     from ..pipeline import BUFFER_FILE, CONFIG_FILE, MODEL_DIR, read_kept
 
     run_dir = Path(run_dir)
@@ -227,7 +240,15 @@ def label_run(
     config = run_config.prm.model_copy(update={k: v for k, v in (overrides or {}).items() if v is not None})
     config = PrmConfig.model_validate(config.model_dump())
     sampler = None
-    if config.completer != "reference":
+    if "teacher" in config.completer:
+        teacher = config.teacher or run_config.generation.teacher
+        if teacher is None:
+            raise PperError(
+                f"prm.completer {config.completer} needs a teacher: set prm.teacher (base_url, model) or "
+                "generation.teacher in the run's config"
+            )
+        sampler = teacher_sampler(run_config.generation.model_copy(update={"teacher": teacher}), run_config.seed)
+    elif config.completer != "reference":
         if model is None:
             model = str(run_dir / MODEL_DIR) if read_kept(run_dir) else run_config.generation.model
         sampler = transformers_sampler(
