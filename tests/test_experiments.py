@@ -332,3 +332,43 @@ def test_a_bound_at_zero_up_to_rounding_is_noise():
     assert _diff_cell({"mean": -0.05, "ci": [-0.103, -3.3e-18]}).endswith("noise")  # the small run's btp - sft
     assert _diff_cell({"mean": -0.04, "ci": [-0.08, -0.01]}).endswith("**down**")
     assert _diff_cell({"mean": 0.05, "ci": [1e-12, 0.1]}).endswith("noise")
+
+
+def test_an_arm_that_uses_a_prm_needs_the_protocols_prm_recipe_or_its_own(tmp_path):
+    prm_arm = {"buffer": "b", "replay": {"prm_weight": 0.5}}
+    with pytest.raises(PperError, match=r"arm p uses a PRM \(replay.prm_weight\) but the protocol has no `prm`"):
+        validate_protocol(protocol_dict(tmp_path, p=prm_arm))
+    validate_protocol(protocol_dict(tmp_path, p={**prm_arm, "prm": {"model": str(tmp_path / "mine")}}))
+    for recipe, message in [({"buffer": "nope"}, "prm.buffer: no buffer named 'nope'"),
+                            ({"buffer": "b", "stesp": 2}, "unknown key 'stesp'")]:  # fmt: skip
+        with pytest.raises(PperError, match=message):
+            validate_protocol({**protocol_dict(tmp_path, p=prm_arm), "prm": recipe})
+    protocol = validate_protocol({**protocol_dict(tmp_path, p=prm_arm), "prm": {"buffer": "b", "steps": 2}})
+    assert protocol.arm_config("p", 0).prm.model == str(tmp_path / "t" / "prm" / "model")
+    assert protocol.prm_config().prm.steps == 2 and protocol.prm_config().run_dir == tmp_path / "t" / "prm" / "labels"
+
+
+@pytest.mark.slow  # 174 s on 2 loaded cores (80 s of CPU): samples a buffer, labels it, trains a PRM 2 steps
+def test_the_protocols_prm_labels_a_copy_of_its_buffer_and_is_trained_once(tmp_path):
+    from pper.buffer import ReplayBuffer
+    from pper.experiments.arms import buffer_dir, make_prm, prm_stats
+    from pper.experiments.report import prm_lines
+
+    data = protocol_dict(tmp_path, p={"buffer": "b", "replay": {"prm_weight": 0.5}})
+    data["common"] = {"tasks": {"source": "humaneval", "limit": 4, "holdout": 0.5}, "execution": {"workers": 1},
+                      "generation": {"max_new_tokens": 24, "batch_size": 2}}  # fmt: skip
+    data["prm"] = {"buffer": "b", "completer": "reference", "steps": 2, "batch_size": 2, "validation": 0.5}
+    protocol = validate_protocol(data)
+    model = make_prm(protocol)
+    info = json.loads((model / "prm.json").read_text())
+    assert len(info["losses"]) == 2 and info["train_tasks"] and info["validation_tasks"]
+    with ReplayBuffer.in_run(buffer_dir(protocol, "b")) as shared:
+        programs = {p.id for p in shared.programs()}
+        assert shared.line_searches() == {}  # the shared buffer itself is never labelled
+    with ReplayBuffer.in_run(protocol.prm_config().run_dir) as labelled:
+        assert set(labelled.line_searches()) == programs
+    stats = prm_stats(protocol, 12.0)
+    assert stats["programs"] == len(programs) and stats["probes"] >= 1 and stats["completer"] == ["reference"]
+    assert stats["auc"] == info["auc"] and "The PRM: " in prm_lines(stats)[0]
+    made = (model / "prm.json").stat().st_mtime_ns
+    assert make_prm(protocol) == model and (model / "prm.json").stat().st_mtime_ns == made  # trained once

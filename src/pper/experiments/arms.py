@@ -326,6 +326,63 @@ def fill_buffer(protocol: Protocol, buffer: str) -> Path:
     return target
 
 
+def prm_trained(protocol: Protocol) -> bool:
+    from ..prm.model import INFO_FILE
+
+    return (protocol.prm_model / INFO_FILE).exists()
+
+
+def make_prm(protocol: Protocol) -> Path:
+    """Label the programs of the protocol's PRM buffer and train the PRM on them, once (resumable: labelling
+    continues with the programs not labelled yet, training restarts); the trained PRM's directory. The shared
+    buffer is filled first if needed; its copy under ROOT/prm/labels is labelled, never the buffer itself."""
+    import yaml
+
+    from ..prm.label import label_run
+    from ..prm.train import train_prm
+
+    assert protocol.prm is not None
+    if prm_trained(protocol):
+        return protocol.prm_model
+    source = fill_buffer(protocol, protocol.prm.buffer)
+    config = protocol.prm_config()
+    labels = config.run_dir
+    labels.mkdir(parents=True, exist_ok=True)
+    write_atomic(labels / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    if not (labels / BUFFER_FILE).exists():
+        with ReplayBuffer(source / BUFFER_FILE) as store:
+            store.copy_to(labels / BUFFER_FILE)
+    label_run(labels, show_progress=True)
+    train_prm(labels, out=protocol.prm_model)
+    return protocol.prm_model
+
+
+def prm_stats(protocol: Protocol, seconds: float) -> dict[str, Any] | None:
+    """The protocol's PRM once trained: what labelling it cost (programs, probes, seconds of labelling and
+    training), its labels' class balance and its validation ROC AUC against the baselines."""
+    if not prm_trained(protocol):
+        return None
+    from ..prm.model import INFO_FILE
+
+    info = json.loads((protocol.prm_model / INFO_FILE).read_text())
+    with ReplayBuffer(protocol.prm_config().run_dir / BUFFER_FILE) as store:
+        searches = store.line_searches()
+    labels = [x for s in searches.values() for x in s.labels]
+    return {
+        "buffer": protocol.prm.buffer if protocol.prm else None,
+        "programs": len(searches),
+        "probes": sum(len(s.probes) for s in searches.values()),
+        "contradicted": sum(bool(s.contradictions) for s in searches.values()),
+        "lines": len(labels),
+        "good_share": sum(labels) / len(labels) if labels else None,
+        "label_seconds": sum(s.seconds for s in searches.values()),
+        "seconds": seconds,
+        "auc": info["auc"],
+        "balance": info["balance"],
+        "completer": sorted({s.completer for s in searches.values()}),
+    }
+
+
 def _executor(config: PperConfig) -> Any:
     from ..execution import open_executor
 

@@ -14,6 +14,7 @@ A protocol is a YAML file (configs/experiments/ has examples):
       base: {kind: base}            # the model before training (evaluated, never trained)
       btp-rank: {buffer: beam, seeds: [0, 1, 2], replay: {priority: rank, alpha: 0.5}}
       references-sft: {kind: references-sft}
+    prm: {buffer: beam, completer: reference, steps: 200}   # optional: the protocol's PRM (below)
     compare: [[btp-rank, references-sft]]   # pairs a, b whose paired difference a - b is reported
     alpha_sweep: [btp-rank, ...]            # arms that make the alpha plot (each sets replay.alpha)
 
@@ -22,6 +23,12 @@ the common configuration (any section of a pper config but name, runs_dir and se
 Every arm is compared with the base model; arms compared with each other (`compare`, the alpha sweep) must
 train with equal rounds, steps and batch size, hence equal examples: a protocol that breaks this is refused.
 Arms ship their last round, so `tasks.validation` is 0 in every arm (set by the runner).
+
+An arm that uses a process reward model (`replay.prm_weight`, `generation.rerank: prm`, `rl.prm_weight`) uses the
+protocol's PRM (`prm`: its `prm.model` is set to it unless the arm names another): the runner labels the programs
+of the shared buffer `prm.buffer` once (`pper prm label`, with the `prm` settings given beside `buffer`) and trains
+the PRM on them (`pper prm train`), under ROOT/prm, before the first arm that needs it; the report gives its cost
+and quality. Only training tasks are ever labelled, as a shared buffer holds only training tasks' programs.
 """
 
 from __future__ import annotations
@@ -74,6 +81,42 @@ class BufferRecipe(BaseModel):
     def generation(self) -> dict[str, Any]:
         """The generation settings of a `model` buffer."""
         return dict(self.model_extra or {})
+
+
+class PrmRecipe(BaseModel):
+    """How the protocol's PRM is made: the programs of the shared buffer `buffer` are labelled and a PRM trained on
+    their labels, with the `prm` settings given beside `buffer` (completer, completions, steps, ...; the rest from
+    `common`'s `prm` section)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    buffer: str
+
+    @model_validator(mode="after")
+    def _prm_keys(self) -> PrmRecipe:
+        from ..prm.config import PrmConfig
+
+        known = [k for k in PrmConfig.model_fields if k != "model"]
+        unknown = [k for k in self.model_extra or {} if k not in known]
+        if unknown:
+            raise ValueError(f"unknown key {unknown[0]!r} (the PRM recipe takes buffer and: {', '.join(known)})")
+        return self
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The recipe's `prm` settings."""
+        return dict(self.model_extra or {})
+
+
+def uses_prm(config: PperConfig) -> str | None:
+    """The option through which a configuration uses a PRM, if it does."""
+    if config.replay.prm_weight > 0:
+        return "replay.prm_weight"
+    if getattr(config.generation, "rerank", "none") == "prm":
+        return "generation.rerank"
+    if getattr(config.rl, "prm_weight", 0) > 0:
+        return "rl.prm_weight"
+    return None
 
 
 class ArmSpec(BaseModel):
@@ -132,6 +175,7 @@ class Protocol(BaseModel):
     arms: dict[str, ArmSpec]
     compare: list[tuple[str, str]] = []
     alpha_sweep: list[str] = []
+    prm: PrmRecipe | None = None
     _source: str = PrivateAttr("protocol")
 
     @model_validator(mode="after")
@@ -147,6 +191,8 @@ class Protocol(BaseModel):
             for arm in (a, b):
                 if arm not in self.arms:
                     raise ValueError(f"compare [{a}, {b}]: no arm named {arm!r}")
+        if self.prm is not None and self.prm.buffer not in self.buffers and self.prm.buffer != "references":
+            raise ValueError(f"prm.buffer: no buffer named {self.prm.buffer!r} (buffers: {', '.join(self.buffers)})")
         for name in self.alpha_sweep:
             if name not in self.arms:
                 raise ValueError(f"alpha_sweep: no arm named {name!r}")
@@ -190,11 +236,39 @@ class Protocol(BaseModel):
 
         spec = self.arms[arm]
         kind = KINDS[spec.kind]
-        data = deep_merge(deep_merge(self.common, kind.overrides(self, arm, spec)), spec.overrides)
+        data = deep_merge(self.common, kind.overrides(self, arm, spec))
+        if self.prm is not None:
+            data = deep_merge(data, {"prm": {"model": str(self.prm_model)}})
+        data = deep_merge(data, spec.overrides)
         data.update(name=f"{arm}/seed-{seed}", runs_dir=str(self.root), seed=seed)
         config = validate_config(no_validation(data, f"{self.source}: arm {arm}"), f"{self.source}: arm {arm}")
         kind.verify(f"{self.source}: arm {arm}", config)
+        option = uses_prm(config)
+        if option and self.prm is None and config.prm.model is None:
+            raise PperError(
+                f"{self.source}: arm {arm} uses a PRM ({option}) but the protocol has no `prm` recipe "
+                "(prm: {buffer: NAME, ...}) and the arm names no prm.model"
+            )
         return config
+
+    @property
+    def prm_dir(self) -> Path:
+        """Where the protocol's PRM is made: labels/ (a run directory holding the labelled copy of the buffer)
+        and model/ (the trained PRM)."""
+        return self.root / "prm"
+
+    @property
+    def prm_model(self) -> Path:
+        return self.prm_dir / "model"
+
+    def prm_config(self) -> PperConfig:
+        """The configuration of the PRM's labelling run (ROOT/prm/labels): the buffer's, with the recipe's
+        `prm` settings."""
+        assert self.prm is not None
+        data = deep_merge(self.common, {"generation": self.recipe(self.prm.buffer).generation})
+        data = deep_merge(data, {"prm": self.prm.settings})
+        data.update(name="prm/labels", runs_dir=str(self.root), seed=0)
+        return validate_config(no_validation(data), f"{self.source}: prm")
 
     def comparisons(self) -> list[tuple[str, str]]:
         """Every pair of arms compared: each arm against the base model, then `compare`."""

@@ -29,7 +29,7 @@ from ..evaluation.stats import bootstrap_mean, paired_bootstrap
 from ..files import write_atomic
 from ..jsonl import read_jsonl
 from ..pipeline import eval_paths
-from .arms import Unit, buffer_dir, buffer_filled
+from .arms import Unit, buffer_dir, buffer_filled, prm_stats
 from .protocol import Protocol
 from .runner import TIMINGS, ledger, not_run, spent
 
@@ -197,6 +197,7 @@ def summarize(protocol: Protocol, units: Sequence[Unit]) -> dict[str, Any]:
         "not_run": {a: why for a, why in skipped.items() if a not in done},
         "working_seconds": sum(spent(ledger(protocol.root)).values()),
         "buffers": buffer_stats(protocol),
+        "prm": prm_stats(protocol, spent(ledger(protocol.root)).get("prm", 0.0)),
         "replay": replay_stats(protocol, done),
         "machine": machine(),
         "turns": turn_curves([u for us in done.values() for u in us]),
@@ -364,6 +365,23 @@ def context_tables(summary: dict) -> list[str]:
     return lines
 
 
+def prm_lines(prm: dict[str, Any] | None) -> list[str]:
+    """The protocol's PRM: its cost and its quality on the validation tasks' lines."""
+    if prm is None:
+        return []
+    val = prm["balance"]["validation"]
+    share = "-" if prm["good_share"] is None else pct(prm["good_share"])
+    auc = {k: "-" if v is None else f"{v:.3f}" for k, v in prm["auc"].items()}
+    return [
+        f"The PRM: {prm['programs']} programs of the {prm['buffer']} buffer labelled "
+        f"({'/'.join(prm['completer'])} completer) with {prm['probes']} probes ({prm['contradicted']} programs with a "
+        f"contradicted probe); {prm['lines']} lines, {share} labelled good; labelling and training took "
+        f"{prm['seconds'] / 60:.1f} min. ROC AUC on {val['lines']} lines of the validation tasks ({val['good']} good): "
+        f"PRM {auc['prm']}, the policy's line log-probability {auc['logprob']}, the line's position {auc['position']}.",
+        "",
+    ]
+
+
 def markdown(summary: dict) -> str:
     seeds, seed_diffs = seeds_table(summary), seed_differences_table(summary)
     hours = summary["working_seconds"] / 3600
@@ -388,6 +406,7 @@ def markdown(summary: dict) -> str:
         "",
         *context_tables(summary),
         "",
+        *prm_lines(summary.get("prm")),
         *[
             f"{arm} (at the wall-clock of its budget arm): "
             + "; ".join(

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from ..errors import PperError
 from ..jsonl import append_jsonl, read_jsonl
-from .arms import Unit, buffer_dir, buffer_filled, fill_buffer
-from .protocol import Protocol
+from .arms import Unit, buffer_dir, buffer_filled, fill_buffer, make_prm, prm_trained
+from .protocol import Protocol, uses_prm
 
 TIMINGS = "timings.jsonl"
 NOT_RUN = "not-run.txt"  # in a unit's run directory: why it could not run (a pper error, e.g. nothing to replay)
@@ -100,6 +100,15 @@ def run_unit(unit: Unit, echo: Callable[[str], None] = print) -> bool:
             fill_buffer(unit.protocol, buffer)
     if unit.done():
         return True
+    if unit.protocol.prm is not None and uses_prm(unit.config) and not prm_trained(unit.protocol):
+        source = unit.protocol.prm.buffer
+        if not buffer_filled(unit.protocol, source):
+            echo(f"== buffer {source}")
+            with timed(root, f"buffer {source}"):
+                fill_buffer(unit.protocol, source)
+        echo("== prm")
+        with timed(root, "prm"):
+            make_prm(unit.protocol)
     echo(f"== {unit.label}")
     marker = unit.run_dir / NOT_RUN
     try:
@@ -153,6 +162,10 @@ def status(protocol: Protocol) -> list[UnitStatus]:
         estimate = mean([f"buffer {o}" for o in buffers if filled[o] and protocol.recipe(o).source == source])
         state = "partial" if buffer_dir(protocol, b).exists() else "not started"
         out.append(UnitStatus(label, state, seconds.get(label, 0.0), _left(estimate, seconds.get(label, 0.0))))
+    if protocol.prm is not None and any(uses_prm(u.config) for u in all_units):
+        have = seconds.get("prm", 0.0)
+        state = "done" if prm_trained(protocol) else "partial" if protocol.prm_dir.exists() else "not started"
+        out.append(UnitStatus("prm", state, have, 0.0 if state == "done" else None))
     done = {u.label: u.done() for u in all_units}
     for u in all_units:
         have = seconds.get(u.label, 0.0)
