@@ -37,6 +37,8 @@ class RLConfig(BaseModel):
     later ones after feedback on the public tests (`feedback.max_chars`), rewarded on the last. On a GPU, `use_vllm`
     passes through to TRL (vLLM installed by the user). `replay`: prioritized
     replay of stored groups (`GroupReplayConfig`; every group is stored in the run's buffer when it is on).
+    `prm_weight` w > 0: the process reward model of `prm.model` (default RUN/prm, trained by `pper prm train`) adds
+    a dense term to each program line's tokens, A_it = A_i + w * D_il(t) (`pper.rl.dense`); 0: plain GRPO.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -55,3 +57,4 @@ class RLConfig(BaseModel):
     max_seconds: float | None = Field(None, gt=0)
     turns: int = Field(1, ge=1)
     replay: GroupReplayConfig = GroupReplayConfig()
+    prm_weight: float = Field(0.0, ge=0.0, le=1.0)

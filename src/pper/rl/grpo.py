@@ -12,7 +12,8 @@ The training tasks become a `datasets.Dataset` (`rl_dataset`: pper's prompts, an
 `ExecutionReward` over the same tasks (`rl.reward`), and TRL does the rest: `rl.prompts_per_step` prompts x
 `rl.group_size` completions per step, advantages normalised within each group, `rl.beta` the KL coefficient.
 With `rl.replay.fraction` > 0 the trainer is `pper.rl.replay`'s, which stores every group in the run's buffer and
-replays prioritized ones. Validation tasks are not used: the run ships its last step (there is one round).
+replays prioritized ones; with `rl.prm_weight` > 0 it adds a PRM's dense term to the advantages (`pper.rl.dense`,
+on either). Validation tasks are not used: the run ships its last step (there is one round).
 """
 
 from __future__ import annotations
@@ -103,6 +104,21 @@ def _checkpoint_step(checkpoint: str) -> int:
     return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
 
 
+def check_rl(config: PperConfig, run_dir: Path) -> Path | None:
+    """Refuse an `rl` section that cannot run, before any model is loaded; the PRM's directory where
+    `rl.prm_weight` > 0 (`prm.model`, default RUN/prm: a clear error where there is none)."""
+    turns = config.rl.turns
+    if turns > 1 and config.rl.replay.fraction > 0:
+        raise PperError("rl.turns > 1 and rl.replay: group replay of multi-turn rollouts is not supported; use one")
+    if config.rl.prm_weight == 0:
+        return None
+    if turns > 1:
+        raise PperError("rl.turns > 1 and rl.prm_weight: a multi-turn rollout is not one program to score; use one")
+    from ..prm.train import prm_dir
+
+    return prm_dir(config, run_dir)
+
+
 def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Events) -> Path:
     """Train (or resume) GRPO; the trained policy as a plain transformers directory (`checkpoints/round-1/model`)."""
     import trl
@@ -116,6 +132,7 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
     final = checkpoint_dir(run_dir, 1)
     if (final / DONE).exists():
         return final / "model"
+    prm_path = check_rl(config, run_dir)
     model, tokenizer, _ = load_model(config.generation.model, config.generation.dtype)
     tokenizer.padding_side = "left"
     output = run_dir / RL_DIR
@@ -130,8 +147,6 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
     clock = Budget(output / ELAPSED, config.rl.max_seconds)
 
     turns = config.rl.turns
-    if turns > 1 and config.rl.replay.fraction > 0:
-        raise PperError("rl.turns > 1 and rl.replay: group replay of multi-turn rollouts is not supported; use one")
     with ExecutionReward(train_tasks, kind=config.rl.reward, execution=config.execution) as reward:
         data = rl_dataset(train_tasks, tokenizer, chat=turns > 1)
         common = {
@@ -148,19 +163,26 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
 
             common["rollout_func"] = repair_rollout(train_tasks, turns, config.feedback.max_chars, reward.executor())
         resume = get_last_checkpoint(str(output))
+        trainer_class: type = trl.GRPOTrainer
         if config.rl.replay.fraction > 0:
             from ..buffer import ReplayBuffer
-            from .replay import trainer_class
+            from .replay import trainer_class as replay_trainer
 
             buffer = ReplayBuffer.in_run(run_dir)
             buffer.add_tasks(train_tasks)
             # groups stored after the checkpoint are sampled again from its step on: drop them, never store twice
             buffer.drop_groups(_checkpoint_step(resume) if resume else 0)
             task_ids = dict(zip(data["prompt"], data["task_id"], strict=True))
-            trainer = trainer_class()(buffer=buffer, replay=config.rl.replay, task_ids=task_ids,
-                                      model_name=config.generation.model, **common)  # fmt: skip
-        else:
-            trainer = trl.GRPOTrainer(**common)
+            trainer_class = replay_trainer()
+            common.update(buffer=buffer, replay=config.rl.replay, task_ids=task_ids, model_name=config.generation.model)
+        if prm_path is not None:  # rl.prm_weight > 0: the PRM's dense term, on TRL's trainer or the replaying one
+            from ..prm.model import PRM
+            from .dense import trainer_class as dense_trainer
+
+            trainer_class = dense_trainer(trainer_class)
+            common.update(prm=PRM.load(prm_path), prm_weight=config.rl.prm_weight,
+                          tasks={t.id: t for t in train_tasks}, max_length=config.prm.max_length)  # fmt: skip
+        trainer = trainer_class(**common)
         trainer.train(resume_from_checkpoint=resume)
     policy = trainer.model
     if hasattr(policy, "merge_and_unload"):
@@ -189,6 +211,8 @@ def run_rl(config: PperConfig, force: bool = False, show_progress: bool = True) 
 
     prepared = prepare(config, force=force)
     run_dir = prepared.dir
+    if not (checkpoint_dir(run_dir, 1) / DONE).exists():
+        check_rl(config, run_dir)  # before the evaluation: a missing PRM fails now
     events = Events(run_dir / EVENTS_FILE)
     events.log(event="run", command="rl")
     e = config.evaluation

@@ -93,6 +93,7 @@ def trainer_class() -> type:
             self.fresh_groups = 0
             self._rounding = np.random.default_rng(self.args.seed)
             self._fresh_old: dict[str, Any] | None = None
+            self.batch_rows: list[tuple[str | None, str]] = []
 
         def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
             g = self.num_generations
@@ -107,10 +108,15 @@ def trainer_class() -> type:
             self.fresh_groups += len(fresh) // g
             mode = "train" if self.model.training else "eval"
             self._metrics[mode]["replay/groups"].append(float(len(drawn)))
+            groups = [self.buffer.group(i) for i in drawn]
+            # (task id, prompt) of each row of the batch returned, replayed rows last (what `pper.rl.dense` scores)
+            self.batch_rows = [(x.get("task_id") or self.task_ids.get(x["prompt"]), x["prompt"]) for x in fresh] + [
+                (gr.task_id, gr.prompt) for gr in groups for _ in gr.members
+            ]
             if not drawn:
                 return out
             self.replayed_groups += len(drawn)
-            return self._append(out, sampling, [self.buffer.group(i) for i in drawn])
+            return self._append(out, sampling, groups)
 
         def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> Any:
             old = inputs.get("old_per_token_logps")

@@ -90,14 +90,15 @@ def build_example(
 
 
 def token_ends(tokenizer: Any, text: str, ids: Sequence[int]) -> list[int]:
-    """Where each token of `ids` (the tokenization of `text`) ends in `text`: from the tokenizer's offset
-    mapping where it has one (fast tokenizers), else by decoding prefixes."""
+    """Where each token of `ids` (whose decoding is `text`) ends in `text`: from the tokenizer's offset mapping
+    where it has one (fast tokenizers) and `ids` are the text's own tokenization, else by decoding prefixes (as
+    for sampled tokens, which need not be the tokenizer's own split of their text)."""
     try:
-        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     except (NotImplementedError, TypeError, ValueError):
-        offsets = None
-    if offsets is not None and len(offsets) == len(ids):
-        return [end for _, end in offsets]
+        encoded = None
+    if encoded is not None and list(encoded.input_ids) == list(ids):  # `ids` are the text's own tokenization
+        return [end for _, end in encoded.offset_mapping]
     return [len(tokenizer.decode(list(ids[: j + 1]))) for j in range(len(ids))]
 
 
@@ -111,18 +112,22 @@ def executed_weights(
 ) -> list[float]:
     """The FGO loss weight of each target token: 0 for a token that ends inside the program's code (`span`
     of `target`) on a program line not in `executed_lines`, else 1. Target character i is program character
-    i + `offset`; a token counts for the line its last character is on."""
-    line_starts = [0] + [i + 1 for i, c in enumerate(program) if c == "\n"]
+    i + `offset`; a token counts for the line its last character is on (`token_lines`)."""
     ran = set(executed_lines)
-    weights = []
+    return [0.0 if line is not None and line not in ran else 1.0 for line in token_lines(ends, span, offset, program)]
+
+
+def token_lines(ends: Sequence[int], span: tuple[int, int], offset: int, program: str) -> list[int | None]:
+    """The 1-based program line of each token of a text (`ends[j]`: where token j ends in it): the line its last
+    character is on, for a token that ends inside the program's code (`span` of the text, text character i being
+    program character i + `offset`); None for the others (prose, fences, end of text, past the program)."""
+    line_starts = [0] + [i + 1 for i, c in enumerate(program) if c == "\n"]
+    lines: list[int | None] = []
     for end in ends:
         last = end - 1
-        if span[0] <= last < span[1] and 0 <= last + offset < len(program):
-            line = bisect.bisect_right(line_starts, last + offset)  # 1-based
-            weights.append(1.0 if line in ran else 0.0)
-        else:
-            weights.append(1.0)
-    return weights
+        inside = span[0] <= last < span[1] and 0 <= last + offset < len(program)
+        lines.append(bisect.bisect_right(line_starts, last + offset) if inside else None)
+    return lines
 
 
 def pack(examples: list[Example]) -> tuple[list[int], list[int], list[int]]:
