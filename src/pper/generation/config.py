@@ -29,7 +29,9 @@ class GenerationConfig(BaseModel):
     the buffer from a teacher model over an API instead (mode sample or greedy); `model` is still the
     model trained and evaluated. backend: "local" (this process) or "ray": `replicas` copies of the model in
     Ray actors share each round's tasks (`pper.generation.ray_sampler`; each asks Ray for `replica_cpus`
-    CPUs and `replica_gpus` GPUs), on the cluster `execution.ray.address` names."""
+    CPUs and `replica_gpus` GPUs), on the cluster `execution.ray.address` names. rerank: "prm" samples
+    `candidates` programs per task (more than `k`; beam width `candidates` in beam mode) and keeps the k the
+    run's process reward model ranks best (`pper.prm.rerank`); "none" keeps what is sampled."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -46,6 +48,8 @@ class GenerationConfig(BaseModel):
     replicas: int = Field(2, ge=1)
     replica_cpus: float = Field(1.0, ge=0)
     replica_gpus: float = Field(0.0, ge=0)
+    rerank: Literal["none", "prm"] = "none"
+    candidates: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _teacher_mode(self) -> GenerationConfig:
@@ -53,4 +57,14 @@ class GenerationConfig(BaseModel):
             raise ValueError("an OpenAI-compatible API has no beam search: use mode sample or greedy with a teacher")
         if self.teacher is not None and self.backend == "ray":
             raise ValueError("backend 'ray' fans out a local model: a teacher's API has its own `concurrency`")
+        if self.rerank == "prm":
+            if self.mode == "greedy":
+                raise ValueError("rerank 'prm' chooses among several candidates: use mode beam or sample, not greedy")
+            if self.candidates is None or self.candidates <= self.k:
+                raise ValueError(
+                    f"rerank 'prm' keeps the k = {self.k} best of `candidates` programs per task: set "
+                    f"generation.candidates above k (got {self.candidates})"
+                )
+        elif self.candidates is not None:
+            raise ValueError("generation.candidates is the number sampled before reranking: set rerank to 'prm'")
         return self

@@ -1,0 +1,187 @@
+"""Reranking by the PRM: the order (`pper.prm.rerank`), `generation.rerank: prm` in `pper run` (the buffer keeps
+the PRM's top k of `candidates` programs per task), and best-of-n evaluation (`pper eval --select`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pper.config import load_config
+from pper.errors import PperError
+from pper.evaluation import evaluate_best_of_n
+from pper.execution import Executor
+from pper.generation import Candidate, load_model, transformers_sampler
+from pper.generation.config import GenerationConfig
+from pper.pipeline import run
+from pper.prm.model import PRM, line_input
+from pper.prm.rerank import mean_logprob, mean_score, ranking, top_k
+from pper.tasks import load_tasks
+
+MODEL = "smollm2-135m-instruct"
+
+
+def _candidate(name: str, logprob: float, num_tokens: int = 10) -> Candidate:
+    return Candidate("t", name, name, logprob, num_tokens, "m")
+
+
+def test_top_k_keeps_the_best_mean_scores_unscored_last_ties_by_mean_token_logprob():
+    a, b, c, d, e = (_candidate(n, lp, t) for n, lp, t in
+                     [("a", -5.0, 10), ("b", -1.0, 10), ("c", -9.0, 10), ("d", -3.0, 2), ("e", 0.0, 10)])  # fmt: skip
+    scores = [{1: 0.9, 2: 0.1}, {1: 0.2}, {1: 0.7, 3: 0.8}, {2: 0.5}, {}]  # means 0.5, 0.2, 0.75, 0.5, none
+    # c first (0.75); a and d tie at 0.5: a's -5/10 = -0.5 beats d's -3/2 = -1.5; then b; e, unscored, last
+    assert [x.program for x in top_k([a, b, c, d, e], scores, 5)] == ["c", "a", "d", "b", "e"]
+    assert [x.program for x in top_k([a, b, c, d, e], scores, 2)] == ["c", "a"]
+    assert top_k([e, b], [{}, {1: 0.0}], 1) == [b]  # a score of 0 still ranks before no score
+    assert top_k([a], [{1: 0.3}], 3) == [a]  # fewer candidates than k: all of them
+    assert mean_score({}) is None and mean_score({1: 0.25, 4: 0.75}) == 0.5
+    assert mean_logprob(-4.0, 8) == -0.5 and mean_logprob(None, 8) is None and mean_logprob(-4.0, 0) is None
+    assert ranking([None, None, None], [None, -2.0, -1.0]) == [2, 1, 0]  # by log-probability; none last
+    assert ranking([0.5, 0.5], [-1.0, -1.0]) == [0, 1]  # a full tie: the earlier sample
+    with pytest.raises(ValueError, match="one set of line scores per candidate"):
+        top_k([a, b], [{}], 1)
+
+
+def test_rerank_prm_needs_more_candidates_than_k_and_a_sampling_mode():
+    assert GenerationConfig(rerank="prm", candidates=4, k=3).candidates == 4
+    assert GenerationConfig().rerank == "none" and GenerationConfig().candidates is None
+    with pytest.raises(ValueError, match="set generation.candidates above k"):
+        GenerationConfig(rerank="prm", k=3)
+    with pytest.raises(ValueError, match=r"set generation.candidates above k \(got 3\)"):
+        GenerationConfig(rerank="prm", k=3, candidates=3)
+    with pytest.raises(ValueError, match="use mode beam or sample, not greedy"):
+        GenerationConfig(rerank="prm", mode="greedy", k=1, candidates=3)
+    with pytest.raises(ValueError, match="set rerank to 'prm'"):
+        GenerationConfig(candidates=5)
+    with pytest.raises(PperError, match="generation.candidates above k"):
+        load_config(overrides={"generation.rerank": "prm", "generation.k": 2})
+
+
+@pytest.fixture(scope="module")
+def saved_prm(tmp_path_factory):
+    """A PRM on the default model with an untrained head, saved: its scores are what the claims are about."""
+    import torch
+
+    torch.manual_seed(0)
+    model, tokenizer, _ = load_model(MODEL)
+    path = tmp_path_factory.mktemp("prm") / "prm"
+    PRM(model, tokenizer).save(path, {"id": "test-prm", "base_model": MODEL, "dtype": "float32"})
+    return path
+
+
+def _expected_top(prm, task, candidates, k):
+    """The top k by the PRM's mean line score, ties by mean token log-probability, written out here."""
+    means = []
+    for c in candidates:
+        s = prm.scores(line_input(task, c.program, prm.tokenizer, 2048))
+        means.append(sum(s.values()) / len(s) if s else None)
+    lps = [c.logprob / c.num_tokens for c in candidates]
+    order = sorted(range(len(candidates)), key=lambda i: (means[i] is None, -(means[i] or 0), -lps[i], i))
+    return [candidates[i].program for i in order[:k]], means
+
+
+def test_a_reranked_run_stores_the_prms_top_k_of_the_candidates(tmp_path, saved_prm):
+    generation = {"k": 2, "candidates": 3, "rerank": "prm", "max_new_tokens": 16, "batch_size": 1}
+    overrides = {
+        "runs_dir": str(tmp_path), "name": "rerank", "tasks.source": "humaneval", "tasks.limit": 2,
+        "tasks.holdout": 0, "tasks.validation": 0, "execution.workers": 1, "training.steps": 0, "rounds": 1,
+        "prm.model": str(saved_prm), **{f"generation.{key}": v for key, v in generation.items()},
+    }  # fmt: skip
+    done = run(load_config(overrides=overrides), show_progress=False)
+    from pper.buffer import ReplayBuffer
+
+    with ReplayBuffer(done.dir / "buffer.sqlite") as buffer:
+        programs = buffer.programs()
+    # the candidates again, sampled as the run did (beam search of width 3 on the base model, one task a batch)
+    tasks = load_tasks("humaneval", limit=2)
+    sampler = transformers_sampler(GenerationConfig(k=3, max_new_tokens=16, batch_size=1), 0)
+    candidates = {t.id: c for t, c in sampler.sample(tasks, "beam", 3)}
+    prm = PRM.load(saved_prm)
+    reordered = 0
+    for t in tasks:
+        assert len(candidates[t.id]) == 3
+        kept, _ = _expected_top(prm, t, candidates[t.id], 2)
+        assert sorted(p.text for p in programs if p.task_id == t.id) == sorted(kept)
+        reordered += sorted(kept) != sorted(c.program for c in candidates[t.id][:2])
+    assert reordered  # the PRM keeps another pair than the two best beams somewhere: reranking made a difference
+    events = [json.loads(line) for line in (done.dir / "events.jsonl").read_text().splitlines()]
+    logged = [e for e in events if e.get("event") == "rerank"]
+    assert [(e["round"], e["tasks"], e["sampled"], e["kept"], e["prm"]) for e in logged] == [(1, 2, 6, 4, "test-prm")]
+
+
+def _eval(tmp_path, *args):
+    cmd = [sys.executable, "-m", "pper", "eval", "--tasks", "humaneval", "--limit", "2", "--out", str(tmp_path)]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=900)
+
+
+def test_pper_eval_select_prm_without_a_prm_is_refused_before_loading_anything(tmp_path):
+    done = _eval(tmp_path, "--n", "3", "--select", "prm")
+    assert done.returncode != 0 and "--select prm needs --prm DIR" in done.stderr
+    done = _eval(tmp_path, "--select", "logprob")
+    assert done.returncode != 0 and "--select chooses one of --n N >= 2" in done.stderr
+    assert not (tmp_path / "samples.jsonl").exists()
+
+
+def test_best_of_n_picks_each_criterions_argmax_on_the_same_samples(tmp_path, saved_prm):
+    tasks = [t for t in load_tasks("humaneval", limit=54) if t.id in ("HumanEval/2", "HumanEval/53")]
+    sampler = transformers_sampler(GenerationConfig(max_new_tokens=24, temperature=1.0), 0)
+    prm = PRM.load(saved_prm)
+    with Executor(workers=1) as executor:
+        result = evaluate_best_of_n(tasks, tmp_path / "samples.jsonl", executor, sampler, 3, "prm", prm,
+                                    metrics_path=tmp_path / "metrics.json", show_progress=False)  # fmt: skip
+    assert json.loads((tmp_path / "metrics.json").read_text()) == result
+    b = result["best_of_n"]
+    assert (b["n"], b["select"], b["prm"]) == (3, "prm", "test-prm")
+    results = [json.loads(line) for line in (tmp_path / "samples.jsonl_results.jsonl").read_text().splitlines()]
+    by_task: dict[str, list[dict]] = {}
+    for row in sorted(results, key=lambda r: r["sample"]):
+        by_task.setdefault(row["task_id"], []).append(row)
+    assert sorted(by_task) == ["HumanEval/2", "HumanEval/53"] and all(len(rows) == 3 for rows in by_task.values())
+    lines = (tmp_path / "samples.best_of_n.jsonl").read_text().splitlines()
+    choices = {c["task_id"]: c for c in map(json.loads, lines)}
+    by_id = {t.id: t for t in tasks}
+    chosen: dict[str, list[dict]] = {"logprob": [], "prm": [], "oracle": []}
+    differ = 0
+    for task_id, rows in by_task.items():
+        # a sample without a program (no log-probability, no scored line) can never be chosen over one with
+        lps = [r["logprob"] / r["num_tokens"] if r.get("num_tokens") else float("-inf") for r in rows]
+        means = [mean_score(prm.scores(line_input(by_id[task_id], r["program"], prm.tokenizer, 2048))) for r in rows]
+        means = [float("-inf") if m is None else m for m in means]
+        picked = choices[task_id]["chosen"]  # the argmax; ties: the PRM's by log-probability, then the earlier
+        assert picked["logprob"] == max(range(3), key=lambda i: (lps[i], -i))
+        assert picked["prm"] == max(range(3), key=lambda i: (means[i], lps[i], -i))
+        differ += picked["logprob"] != picked["prm"]
+        assert rows[picked["oracle"]]["pass_rate"] == max(r["pass_rate"] for r in rows)
+        for criterion in chosen:
+            chosen[criterion].append(rows[picked[criterion]])
+    assert differ  # the two criteria are not the same choice here
+    fractions = [sum(r["passed"] for r in rows) / 3 for rows in by_task.values()]
+    assert 0 < sum(fractions) < 2  # some samples pass and some fail: pass@1 is not 0 or 1 by default
+    assert b["pass@1"] == pytest.approx(sum(fractions) / 2) == result["overall"]["pass@1"]
+    assert b["pass@3"] == pytest.approx(sum(any(r["passed"] for r in rows) for rows in by_task.values()) / 2)
+    for criterion, rows in chosen.items():  # each choice scored on its chosen programs alone
+        assert b["chosen_by"][criterion]["strict_accuracy"] == pytest.approx(sum(r["passed"] for r in rows) / 2)
+        assert b["chosen_by"][criterion]["pass_rate"] == pytest.approx(sum(r["pass_rate"] for r in rows) / 2)
+        assert b["chosen_by"][criterion]["samples"] == 2
+    assert b["chosen_by"]["oracle"]["strict_accuracy"] == pytest.approx(b["pass@3"])
+
+
+def test_select_without_a_prm_or_with_one_sample_is_refused(saved_prm):
+    with pytest.raises(PperError, match="needs a trained PRM: give --prm DIR"):
+        evaluate_best_of_n([], "unused.jsonl", None, None, 3, "prm")
+    with pytest.raises(PperError, match="n must be 2 or more"):
+        evaluate_best_of_n([], "unused.jsonl", None, None, 1, "logprob")
+
+
+@pytest.mark.slow
+def test_pper_eval_select_prints_the_best_of_n_table(tmp_path, saved_prm):
+    done = _eval(tmp_path, "--n", "2", "--select", "prm", "--prm", str(saved_prm), "--max-new-tokens", "16",
+                 "--workers", "1")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for row in ("pass@1 (mean of the 2 samples)", "best of 2 by log-probability", "best of 2 by PRM test-prm",
+                "best of 2 by oracle", "oracle pass@2"):  # fmt: skip
+        assert row in done.stdout
+    b = json.loads((tmp_path / "metrics.json").read_text())["best_of_n"]
+    assert set(b["chosen_by"]) == {"logprob", "prm", "oracle"} and b["chosen_by"]["prm"]["tasks"] == 2
