@@ -29,8 +29,12 @@ OVERRIDES = {
 }
 
 
-def test_a_run_without_a_trained_prm_is_refused_before_sampling(tmp_path):
-    config = load_config(overrides={**OVERRIDES, "runs_dir": str(tmp_path), "name": "no-prm"})
+@pytest.mark.parametrize(
+    "option", [{"replay.prm_weight": 0.5}, {"generation.rerank": "prm", "generation.candidates": 3}]
+)
+def test_a_run_without_a_trained_prm_is_refused_before_sampling(tmp_path, option):
+    config = load_config(overrides={**OVERRIDES, "replay.prm_weight": 0.0, **option, "runs_dir": str(tmp_path),
+                                    "name": "no-prm"})  # fmt: skip
     with pytest.raises(PperError, match="no trained PRM at .*prm.*pper prm train"):
         run(config, show_progress=False)
     with ReplayBuffer(tmp_path / "no-prm" / "buffer.sqlite") as buffer:

@@ -436,7 +436,7 @@ def _run(config: PperConfig, force: bool, show_progress: bool, group: Any) -> Ru
         group.send({"ready": True})  # the model is in the cache now: the other ranks load it
     done = [r for r in range(1, config.rounds + 1) if read_info(checkpoint_dir(run_dir, r))]
     validation, held_out = prepared.validation, prepared.eval
-    if config.replay.prm_weight > 0:
+    if config.replay.prm_weight > 0 or g.rerank == "prm":
         prm_dir(config, run_dir)  # no trained PRM: refused now, not after a round's sampling
     prm = lru_cache(maxsize=1)(lambda: PRM.load(prm_dir(config, run_dir)))  # loaded once, when first used
     with (
