@@ -335,6 +335,8 @@ def test_a_bound_at_zero_up_to_rounding_is_noise():
 
 
 def test_an_arm_that_uses_a_prm_needs_the_protocols_prm_recipe_or_its_own(tmp_path):
+    from pper.experiments.runner import status
+
     prm_arm = {"buffer": "b", "replay": {"prm_weight": 0.5}}
     with pytest.raises(PperError, match=r"arm p uses a PRM \(replay.prm_weight\) but the protocol has no `prm`"):
         validate_protocol(protocol_dict(tmp_path, p=prm_arm))
@@ -343,8 +345,15 @@ def test_an_arm_that_uses_a_prm_needs_the_protocols_prm_recipe_or_its_own(tmp_pa
                             ({"buffer": "b", "stesp": 2}, "unknown key 'stesp'")]:  # fmt: skip
         with pytest.raises(PperError, match=message):
             validate_protocol({**protocol_dict(tmp_path, p=prm_arm), "prm": recipe})
-    protocol = validate_protocol({**protocol_dict(tmp_path, p=prm_arm), "prm": {"buffer": "b", "steps": 2}})
+    plain = {"buffer": "b", "replay": {"alpha": 0.5}}
+    without = validate_protocol(protocol_dict(tmp_path, p={**prm_arm, "prm": {"model": "x"}}, q=plain))
+    protocol = validate_protocol({**protocol_dict(tmp_path, p=prm_arm, q=plain), "prm": {"buffer": "b", "steps": 2}})
     assert protocol.arm_config("p", 0).prm.model == str(tmp_path / "t" / "prm" / "model")
+    # an arm that uses no PRM keeps its configuration (and so its run directory) when a recipe is added
+    assert protocol.arm_config("q", 0) == without.arm_config("q", 0) and protocol.arm_config("q", 0).prm.model is None
+    assert [s.unit for s in status(protocol) if s.unit == "prm"] == ["prm"]  # p needs the protocol's PRM made
+    own = {**protocol_dict(tmp_path, p={**prm_arm, "prm": {"model": "x"}}, q=plain), "prm": {"buffer": "b"}}
+    assert "prm" not in [s.unit for s in status(validate_protocol(own))]  # an arm with its own PRM does not
     assert protocol.prm_config().prm.steps == 2 and protocol.prm_config().run_dir == tmp_path / "t" / "prm" / "labels"
 
 

@@ -236,20 +236,24 @@ class Protocol(BaseModel):
 
         spec = self.arms[arm]
         kind = KINDS[spec.kind]
-        data = deep_merge(self.common, kind.overrides(self, arm, spec))
-        if self.prm is not None:
-            data = deep_merge(data, {"prm": {"model": str(self.prm_model)}})
-        data = deep_merge(data, spec.overrides)
+        data = deep_merge(deep_merge(self.common, kind.overrides(self, arm, spec)), spec.overrides)
         data.update(name=f"{arm}/seed-{seed}", runs_dir=str(self.root), seed=seed)
         config = validate_config(no_validation(data, f"{self.source}: arm {arm}"), f"{self.source}: arm {arm}")
         kind.verify(f"{self.source}: arm {arm}", config)
         option = uses_prm(config)
-        if option and self.prm is None and config.prm.model is None:
-            raise PperError(
-                f"{self.source}: arm {arm} uses a PRM ({option}) but the protocol has no `prm` recipe "
-                "(prm: {buffer: NAME, ...}) and the arm names no prm.model"
-            )
+        if option and config.prm.model is None:  # only an arm that uses a PRM gets the protocol's: the others'
+            if self.prm is None:  # configurations (and so their run directories) do not change with a recipe
+                raise PperError(
+                    f"{self.source}: arm {arm} uses a PRM ({option}) but the protocol has no `prm` recipe "
+                    "(prm: {buffer: NAME, ...}) and the arm names no prm.model"
+                )
+            data = deep_merge(data, {"prm": {"model": str(self.prm_model)}})
+            config = validate_config(no_validation(data, f"{self.source}: arm {arm}"), f"{self.source}: arm {arm}")
         return config
+
+    def needs_prm(self, config: PperConfig) -> bool:
+        """Whether an arm's `config` uses the protocol's PRM (not one the arm names), which is made before it."""
+        return self.prm is not None and uses_prm(config) is not None and config.prm.model == str(self.prm_model)
 
     @property
     def prm_dir(self) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import PperError
 from ..jsonl import append_jsonl, read_jsonl
 from .arms import Unit, buffer_dir, buffer_filled, fill_buffer, make_prm, prm_trained
-from .protocol import Protocol, uses_prm
+from .protocol import Protocol
 
 TIMINGS = "timings.jsonl"
 NOT_RUN = "not-run.txt"  # in a unit's run directory: why it could not run (a pper error, e.g. nothing to replay)
@@ -100,7 +100,7 @@ def run_unit(unit: Unit, echo: Callable[[str], None] = print) -> bool:
             fill_buffer(unit.protocol, buffer)
     if unit.done():
         return True
-    if unit.protocol.prm is not None and uses_prm(unit.config) and not prm_trained(unit.protocol):
+    if unit.protocol.needs_prm(unit.config) and not prm_trained(unit.protocol):
         source = unit.protocol.prm.buffer
         if not buffer_filled(unit.protocol, source):
             echo(f"== buffer {source}")
@@ -162,7 +162,7 @@ def status(protocol: Protocol) -> list[UnitStatus]:
         estimate = mean([f"buffer {o}" for o in buffers if filled[o] and protocol.recipe(o).source == source])
         state = "partial" if buffer_dir(protocol, b).exists() else "not started"
         out.append(UnitStatus(label, state, seconds.get(label, 0.0), _left(estimate, seconds.get(label, 0.0))))
-    if protocol.prm is not None and any(uses_prm(u.config) for u in all_units):
+    if any(protocol.needs_prm(u.config) for u in all_units):
         have = seconds.get("prm", 0.0)
         state = "done" if prm_trained(protocol) else "partial" if protocol.prm_dir.exists() else "not started"
         out.append(UnitStatus("prm", state, have, 0.0 if state == "done" else None))
