@@ -164,3 +164,24 @@ def test_a_prm_trains_on_the_labels_reports_auc_and_scores_the_run(tmp_path):
     rescored = subprocess.run([sys.executable, "-m", "pper", "prm", "score", str(run)],
                               capture_output=True, text=True, timeout=900)  # fmt: skip
     assert "0 programs" in rescored.stderr  # a second call scores only what is not scored yet
+
+
+def test_a_save_killed_over_a_trained_prm_leaves_no_trained_prm(tmp_path):
+    """`prm.json` is written last; over an earlier PRM, the earlier one goes first, so a save that dies writing the
+    weights (here: a directory where the backbone file goes) leaves a directory `prm_dir` refuses."""
+    from pper.errors import PperError
+    from pper.generation import load_model
+    from pper.prm.model import BACKBONE_FILE, PRM
+    from pper.prm.train import prm_dir, save_prm
+
+    model, tokenizer, _ = load_model("default")
+    prm, target = PRM(model, tokenizer), tmp_path / "prm"
+    save_prm(prm, target, {"id": "first", "base_model": "default", "dtype": "float32"})
+    config = validate_config({"prm": {"model": str(target)}})
+    assert prm_dir(config, tmp_path) == target
+    (target / BACKBONE_FILE).unlink()
+    (target / BACKBONE_FILE).mkdir()
+    with pytest.raises(Exception):  # noqa: B017 - whatever safetensors raises for it
+        save_prm(prm, target, {"id": "second", "base_model": "default", "dtype": "float32"})
+    with pytest.raises(PperError, match="no trained PRM"):
+        prm_dir(config, tmp_path)

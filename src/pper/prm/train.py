@@ -26,7 +26,7 @@ from ..buffer import BUFFER_FILE, ReplayBuffer
 from ..errors import PperError
 from .config import PrmConfig
 from .metrics import position_scores, roc_auc
-from .model import PRM, LineInput, line_input
+from .model import INFO_FILE, PRM, LineInput, line_input
 
 PRM_DIR = "prm"
 
@@ -159,14 +159,20 @@ def train_prm(
         "auc": {k: roc_auc(flat[k], flat["labels"]) for k in ("prm", "logprob", "position")},
         "seconds": round(time.perf_counter() - start, 1),
     }
-    prm.save(target, info)
+    save_prm(prm, target, info)
     return {"dir": str(target), **info}
+
+
+def save_prm(prm: PRM, target: Path, info: dict[str, Any]) -> None:
+    """`prm.save(target, info)`, an earlier PRM's `prm.json` there removed first: `save` writes it last, so a save
+    killed half-way over an earlier PRM leaves a directory `prm_dir` refuses, never the earlier `prm.json` beside
+    half-written weights."""
+    (target / INFO_FILE).unlink(missing_ok=True)
+    prm.save(target, info)
 
 
 def prm_dir(config: Any, run_dir: str | Path) -> Path:
     """The PRM a run uses: `prm.model`, else RUN/prm; a clear error when it is not a trained PRM."""
-    from .model import INFO_FILE
-
     path = Path(config.prm.model) if config.prm.model else Path(run_dir) / PRM_DIR
     if not (path / INFO_FILE).is_file():
         raise PperError(
