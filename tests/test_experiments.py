@@ -341,8 +341,11 @@ def test_an_arm_that_uses_a_prm_needs_the_protocols_prm_recipe_or_its_own(tmp_pa
     with pytest.raises(PperError, match=r"arm p uses a PRM \(replay.prm_weight\) but the protocol has no `prm`"):
         validate_protocol(protocol_dict(tmp_path, p=prm_arm))
     validate_protocol(protocol_dict(tmp_path, p={**prm_arm, "prm": {"model": str(tmp_path / "mine")}}))
+    invalid = r"prm: invalid configuration\n  prm."  # a recipe's values are checked with the protocol
     for recipe, message in [({"buffer": "nope"}, "prm.buffer: no buffer named 'nope'"),
-                            ({"buffer": "b", "stesp": 2}, "unknown key 'stesp'")]:  # fmt: skip
+                            ({"buffer": "b", "stesp": 2}, "unknown key 'stesp'"),
+                            ({"buffer": "b", "steps": 0}, invalid + "steps"),
+                            ({"buffer": "b", "completer": "x"}, invalid + "completer")]:  # fmt: skip
         with pytest.raises(PperError, match=message):
             validate_protocol({**protocol_dict(tmp_path, p=prm_arm), "prm": recipe})
     plain = {"buffer": "b", "replay": {"alpha": 0.5}}

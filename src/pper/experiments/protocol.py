@@ -354,5 +354,7 @@ def validate_protocol(data: dict[str, Any], source: str = "protocol") -> Protoco
     for arm, spec in protocol.arms.items():
         for seed in spec.seeds:
             protocol.arm_config(arm, seed)
+    if protocol.prm is not None:
+        protocol.prm_config()  # the recipe's values too, now rather than once its buffer is filled
     protocol.check_budgets()
     return protocol
