@@ -185,3 +185,13 @@ def test_pper_eval_select_prints_the_best_of_n_table(tmp_path, saved_prm):
         assert row in done.stdout
     b = json.loads((tmp_path / "metrics.json").read_text())["best_of_n"]
     assert set(b["chosen_by"]) == {"logprob", "prm", "oracle"} and b["chosen_by"]["prm"]["tasks"] == 2
+
+
+def test_best_of_n_refuses_a_samples_file_written_with_another_n(tmp_path):
+    # `pper eval` writes a greedy evaluation and a best of n to the same OUT/samples.jsonl by default: the tasks the
+    # first one sampled once must not be taken as sampled n times
+    (task,) = load_tasks("humaneval", limit=1)
+    path = tmp_path / "samples.jsonl"
+    path.write_text(json.dumps({"task_id": task.id, "program": task.solutions[0]}) + "\n")
+    with Executor(workers=1) as executor, pytest.raises(PperError, match=r"holds 1 samples of task .*, not 3"):
+        evaluate_best_of_n([task], path, executor, None, 3, "logprob", show_progress=False)

@@ -70,6 +70,20 @@ def choose(rows: Sequence[dict[str, Any]], criterion: str, prm_means: Sequence[f
     raise ValueError(f"criterion must be logprob, prm or oracle, got {criterion!r}")
 
 
+def check_samples(samples_path: str | Path, n: int) -> None:
+    """Refuse a samples file (one being resumed) that holds a task with other than `n` samples: another evaluation
+    (greedy, or another --n) wrote it, and its tasks would count as sampled."""
+    counts: dict[str, int] = defaultdict(int)
+    for row in read_jsonl(samples_path):
+        counts[row.get("task_id")] += 1
+    wrong = next(((t, c) for t, c in counts.items() if c != n), None)
+    if wrong is not None:
+        raise PperError(
+            f"{samples_path} holds {wrong[1]} samples of task {wrong[0]}, not {n}: another evaluation wrote it; "
+            "give another --out (or remove it)"
+        )
+
+
 def scored(row: dict[str, Any]) -> Scored:
     return Scored(row["task_id"], float(row["pass_rate"]), bool(row["passed"]))
 
@@ -97,6 +111,7 @@ def evaluate_best_of_n(
         raise PperError("best of n by the PRM needs a trained PRM: give --prm DIR (a `pper prm train` output)")
     if n < 2:
         raise PperError(f"best of n chooses among several samples per task: n must be 2 or more, got {n}")
+    check_samples(samples_path, n)
     base = evaluate(tasks, samples_path, executor, sampler, "sample", n, (1, n), None, info, show_progress)
     groups = by_task(read_jsonl(results_path(samples_path)))
     ids = {t.id: t for t in tasks}
