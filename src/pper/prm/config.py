@@ -19,7 +19,9 @@ class PrmConfig(BaseModel):
     budget for one `pper prm label` (None: no bound).
     Training (`pper prm train`): `method` (LoRA adapters on the policy's architecture, or every weight), `steps`
     of `batch_size` labelled programs at `learning_rate`, `validation`: the fraction of the labelled tasks held
-    out (a task-level split, seeded by the run's seed) on which the ROC AUC is measured."""
+    out (a task-level split, seeded by the run's seed) on which the ROC AUC is measured. `max_length`: the PRM's
+    input in tokens (a longer one is cut from its start). `model`: the trained PRM a run uses (`replay.prm_weight`,
+    `generation.rerank: prm`, `rl.prm_weight`; default RUN/prm, `pper.prm.train.prm_dir`)."""
 
     model_config = ConfigDict(extra="forbid")
 
