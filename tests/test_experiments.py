@@ -384,3 +384,15 @@ def test_the_protocols_prm_labels_a_copy_of_its_buffer_and_is_trained_once(tmp_p
     assert stats["auc"] == info["auc"] and "The PRM: " in prm_lines(stats)[0]
     made = (model / "prm.json").stat().st_mtime_ns
     assert make_prm(protocol) == model and (model / "prm.json").stat().st_mtime_ns == made  # trained once
+
+
+def test_a_prm_that_cannot_be_made_leaves_its_arm_not_run_with_the_reason(tmp_path):
+    from pper.experiments.runner import not_run, run_unit
+
+    data = protocol_dict(tmp_path, p={"buffer": "references", "replay": {"prm_weight": 0.5}})
+    data["common"] = {"tasks": {"source": "humaneval", "limit": 4, "holdout": 0.5}, "execution": {"workers": 1}}
+    data["prm"] = {"buffer": "references", "completer": "teacher"}  # and no teacher anywhere
+    protocol = validate_protocol(data)
+    unit = next(u for u in units(protocol) if u.arm == "p")
+    assert run_unit(unit, echo=lambda _: None) is False
+    assert "prm.completer teacher needs a teacher" in not_run(unit)

@@ -89,9 +89,10 @@ def not_run(unit: Unit) -> str | None:
 
 
 def run_unit(unit: Unit, echo: Callable[[str], None] = print) -> bool:
-    """Fill the unit's shared buffer if needed, then prepare and run the unit; whether it is done. A pper
-    error (e.g. a pass-rate filter that leaves nothing to replay) is recorded in the run directory as the
-    reason the unit did not run, and tried again on the next invocation."""
+    """Fill the unit's shared buffer if needed (and make the protocol's PRM if the unit uses it), then prepare and
+    run the unit; whether it is done. A pper error (e.g. a pass-rate filter that leaves nothing to replay, a PRM
+    whose buffer has nothing to label) is recorded in the run directory as the reason the unit did not run, and
+    tried again on the next invocation."""
     root = unit.protocol.root
     buffer = unit.kind.buffer(unit.spec)
     if buffer is not None and not buffer_filled(unit.protocol, buffer):
@@ -100,18 +101,18 @@ def run_unit(unit: Unit, echo: Callable[[str], None] = print) -> bool:
             fill_buffer(unit.protocol, buffer)
     if unit.done():
         return True
-    if unit.protocol.needs_prm(unit.config) and not prm_trained(unit.protocol):
-        source = unit.protocol.prm.buffer
-        if not buffer_filled(unit.protocol, source):
-            echo(f"== buffer {source}")
-            with timed(root, f"buffer {source}"):
-                fill_buffer(unit.protocol, source)
-        echo("== prm")
-        with timed(root, "prm"):
-            make_prm(unit.protocol)
-    echo(f"== {unit.label}")
     marker = unit.run_dir / NOT_RUN
     try:
+        if unit.protocol.needs_prm(unit.config) and not prm_trained(unit.protocol):
+            source = unit.protocol.prm.buffer
+            if not buffer_filled(unit.protocol, source):
+                echo(f"== buffer {source}")
+                with timed(root, f"buffer {source}"):
+                    fill_buffer(unit.protocol, source)
+            echo("== prm")
+            with timed(root, "prm"):  # a PRM that cannot be made leaves this unit not run, not the others
+                make_prm(unit.protocol)
+        echo(f"== {unit.label}")
         with timed(root, unit.label):
             unit.kind.prepare(unit)
             unit.kind.execute(unit)
