@@ -315,14 +315,19 @@ class Models:
         return sampler_name(self.name, self.config.name, round)
 
 
-def train(models: Models, buffer: ReplayBuffer, round: int, events: Events, show_progress: bool = True) -> None:
-    """Train round `round` from the buffer (resuming its in-round checkpoint) and write its checkpoint."""
+def train(
+    models: Models, buffer: ReplayBuffer, round: int, events: Events, show_progress: bool = True, prm: str | None = None
+) -> None:
+    """Train round `round` from the buffer (resuming its in-round checkpoint) and write its checkpoint; `prm`: the
+    PRM whose scores P2Value reads (`replay.prm_weight`) where `replay.prm` names none."""
     from .progress import progress
     from .training import replay_for_round
     from .training.trainer import read_info
 
     config = models.config
     trainer = models.trainer()
+    if prm is not None and config.replay.prm is None:
+        config = config.model_copy(update={"replay": config.replay.model_copy(update={"prm": prm})})
     replay = replay_for_round(buffer, config, trainer.model, models.tokenizer, seed=config.seed + round)
     final = checkpoint_dir(models.run_dir, round)
     partial = final.with_name(final.name + ".partial")
@@ -492,7 +497,8 @@ def _run(config: PperConfig, force: bool, show_progress: bool, group: Any) -> Ru
                         scored = score_programs(buffer, prm(), config.prm.max_length, show_progress)
                         events.log(event="prm_scores", round=r, **scored)
                 with events.phase("training", r):
-                    train(models, buffer, r, events, show_progress)
+                    run_prm = prm().info["id"] if config.replay.prm_weight > 0 else None  # its own, not the last stored
+                    train(models, buffer, r, events, show_progress, run_prm)
             if validation and not eval_paths(run_dir, r, validation=True)[1].exists():
                 models.at(r)
                 with events.phase("validation", r):
