@@ -185,3 +185,52 @@ def test_a_save_killed_over_a_trained_prm_leaves_no_trained_prm(tmp_path):
         save_prm(prm, target, {"id": "second", "base_model": "default", "dtype": "float32"})
     with pytest.raises(PperError, match="no trained PRM"):
         prm_dir(config, tmp_path)
+
+
+@pytest.mark.slow
+def test_prm_training_killed_9_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path):
+    from safetensors.torch import load_file
+
+    from pper.prm.model import BACKBONE_FILE, HEAD_FILE
+    from pper.prm.train import train_prm
+
+    tasks = _tasks_with_bodies(20, 6)
+    run, _ = _run_dir(tmp_path, tasks)
+    assert _label(run, "--completer", "reference").returncode == 0
+    settings = {"steps": 8, "batch_size": 2, "validation": 0.34, "checkpoint_every": 2}
+    whole = train_prm(run, settings, tmp_path / "whole", show_progress=False)
+    assert whole["resumed_at"] is None and not (tmp_path / "whole.checkpoint").exists()
+    args = ["--steps", "8", "--batch-size", "2", "--validation", "0.34", "--checkpoint-every", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "pper", "prm", "train", str(run), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    info = run / "prm.checkpoint" / "checkpoint.json"
+    deadline = time.time() + 600
+    try:
+        while not info.exists():
+            assert proc.poll() is None, "the training ended before the kill"
+            assert time.time() < deadline
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    step = json.loads(info.read_text())["step"]
+    assert step in (2, 4, 6) and not (run / "prm" / "prm.json").exists()
+    done = subprocess.run([sys.executable, "-m", "pper", "prm", "train", str(run), *args],
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"resumed at step {step}; 8 steps" in done.stderr, done.stderr[-600:]
+    resumed = json.loads((run / "prm" / "prm.json").read_text())
+    assert resumed["resumed_at"] == step and not (run / "prm.checkpoint").exists()
+    assert resumed["losses"] == pytest.approx(whole["losses"], rel=1e-5)  # the same batches, the same updates
+    assert resumed["auc"] == pytest.approx(whole["auc"], rel=1e-4)
+    for name in (BACKBONE_FILE, HEAD_FILE):
+        a, b = load_file(run / "prm" / name), load_file(tmp_path / "whole" / name)
+        assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
+    # a checkpoint of other settings is not resumed: the training starts over
+    with pytest.warns(UserWarning, match="other labels or settings"):
+        import shutil
+
+        shutil.copytree(tmp_path / "whole", tmp_path / "other.checkpoint")
+        (tmp_path / "other.checkpoint" / "checkpoint.json").write_text(json.dumps({"fingerprint": "x", "step": 2}))
+        again = train_prm(run, {**settings, "steps": 2}, tmp_path / "other", show_progress=False)
+    assert again["resumed_at"] is None and len(again["losses"]) == 2

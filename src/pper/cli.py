@@ -733,6 +733,9 @@ def prm_label(
 @click.option(
     "--validation", type=click.FloatRange(0, 1, max_open=True), help="Labelled tasks held out (prm.validation)."
 )
+@click.option(
+    "--checkpoint-every", type=click.IntRange(min=0), help="Steps between resumable checkpoints (prm.checkpoint_every)."
+)
 @click.option("--out", type=click.Path(file_okay=False), help="Where to save the PRM (default: RUN_DIR/prm).")
 def prm_train(
     run_dir: str,
@@ -741,21 +744,24 @@ def prm_train(
     learning_rate: float | None,
     method: str | None,
     validation: float | None,
+    checkpoint_every: int | None,
     out: str | None,
 ) -> None:
     """Train a PRM on RUN_DIR's line labels and report its ROC AUC on held-out labelled tasks against the policy's
-    line log-probability and the line's position."""
+    line log-probability and the line's position. A killed training run again resumes from its last checkpoint
+    (RUN_DIR/prm.checkpoint)."""
     from .prm.train import train_prm
 
     overrides = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "method": method,
-                 "validation": validation}  # fmt: skip
+                 "validation": validation, "checkpoint_every": checkpoint_every}  # fmt: skip
     info = train_prm(run_dir, overrides, out)
     auc = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in info["auc"].items())
     val = info["balance"]["validation"]
     share = f"{val['good_share']:.1%} good" if val["good_share"] is not None else "no line"
+    resumed = f"resumed at step {info['resumed_at']}; " if info["resumed_at"] is not None else ""
     err.print(
-        f"PRM saved in {info['dir']} ({info['seconds']} s); validation: {val['programs']} programs, {val['lines']} "
-        f"lines ({share}); ROC AUC: {auc}",
+        f"PRM saved in {info['dir']} ({resumed}{info['steps']} steps, {info['seconds']} s); validation: "
+        f"{val['programs']} programs, {val['lines']} lines ({share}); ROC AUC: {auc}",
         highlight=False,
     )
 

@@ -18,7 +18,8 @@ class PrmConfig(BaseModel):
     first), or "auto" (reference+model where the task has a reference, else model). max_programs / max_probes: a
     budget for one `pper prm label` (None: no bound).
     Training (`pper prm train`): `method` (LoRA adapters on the policy's architecture, or every weight), `steps`
-    of `batch_size` labelled programs at `learning_rate`, `validation`: the fraction of the labelled tasks held
+    of `batch_size` labelled programs at `learning_rate`, a resumable checkpoint every `checkpoint_every` steps
+    (0: none), `validation`: the fraction of the labelled tasks held
     out (a task-level split, seeded by the run's seed) on which the ROC AUC is measured. `max_length`: the PRM's
     input in tokens (a longer one is cut from its start). `model`: the trained PRM a run uses (`replay.prm_weight`,
     `generation.rerank: prm`, `rl.prm_weight`; default RUN/prm, `pper.prm.train.prm_dir`)."""
@@ -33,6 +34,7 @@ class PrmConfig(BaseModel):
     steps: int = Field(200, ge=1)
     batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
+    checkpoint_every: int = Field(50, ge=0)
     validation: float = Field(0.25, ge=0.0, lt=1.0)
     max_length: int = Field(2048, ge=16)
     model: str | None = None

@@ -8,6 +8,12 @@ tasks' lines it reports the ROC AUC of the PRM's scores and of two baselines (`p
 mean token log-probability of the line, measured before training on the same text, and the line's relative
 position; with each set's class balance. The PRM is saved as `RUN/prm/` (or `out`).
 
+Every `prm.checkpoint_every` steps the training state (trained weights, head, optimizer, both generators, the
+losses so far, the seconds spent) is written atomically beside the target, `RUN/prm.checkpoint/`; a killed
+`pper prm train` run again resumes from it and ends where an uninterrupted one would have, provided the labels
+and settings are the same (a fingerprint of them is kept with it; a checkpoint of other ones is set aside and the
+training starts over). The checkpoint is removed once the PRM is saved.
+
 Scoring writes the PRM's score of every line of the run's tested programs into the buffer (`prm_scores`, under
 the PRM's id: its directory's name and training time), 64 programs per transaction; a second call scores only
 the programs not scored yet. Lines that are not scored (a completion task's prompt lines, lines cut off by
@@ -16,6 +22,9 @@ the programs not scored yet. Lines that are not scored (a completion task's prom
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +38,9 @@ from .metrics import position_scores, roc_auc
 from .model import INFO_FILE, PRM, LineInput, line_input
 
 PRM_DIR = "prm"
+CHECKPOINT_SUFFIX = ".checkpoint"
+CHECKPOINT_STATE = "state.pt"
+CHECKPOINT_INFO = "checkpoint.json"
 
 
 def _run_config(run_dir: Path) -> Any:
@@ -106,15 +118,23 @@ def train_prm(
     baseline = [line_logprobs(prm, item) for item, _ in items["validation"]]  # the policy, before training
     optimizer = torch.optim.AdamW(prm.parameters(), lr=config.learning_rate)
     rng = np.random.default_rng(run_config.seed)
-    losses = []
-    steps: Any = range(config.steps)
+    target = Path(out) if out else run_dir / PRM_DIR
+    checkpoint = target.with_name(target.name + CHECKPOINT_SUFFIX)
+    fingerprint = _fingerprint(config, run_config, searches)
+    losses: list[float] = []
+    earlier = 0.0  # seconds spent by killed attempts up to their checkpoint
+    resumed = _load_checkpoint(checkpoint, fingerprint, prm, optimizer, rng)
+    if resumed:
+        losses, earlier = list(resumed["losses"]), resumed["seconds"]
+    if not items["train"]:
+        raise PperError("every labelled task fell in the PRM's validation split: label more tasks")
+    steps: Any = range(len(losses), config.steps)
     if show_progress:
         from ..progress import progress
 
-        steps = progress(steps, config.steps, "training the PRM", "steps", lambda _: f"loss {losses[-1]:.4f}")
-    for _ in steps:
-        if not items["train"]:
-            raise PperError("every labelled task fell in the PRM's validation split: label more tasks")
+        status = lambda _: f"loss {losses[-1]:.4f}"  # noqa: E731
+        steps = progress(steps, config.steps, "training the PRM", "steps", status, done=len(losses))
+    for step in steps:
         batch = [items["train"][i] for i in rng.integers(0, len(items["train"]), config.batch_size)]
         lines = max(1, sum(len(item.scored) for item, _ in batch))
         total = 0.0
@@ -122,13 +142,18 @@ def train_prm(
             if not item.scored:
                 continue
             logits = prm.logits(item)
-            target = torch.tensor([labels[i] for i in item.scored], dtype=logits.dtype, device=logits.device)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum") / lines
+            target_labels = torch.tensor([labels[i] for i in item.scored], dtype=logits.dtype, device=logits.device)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target_labels, reduction="sum")
+            loss = loss / lines
             loss.backward()
             total += loss.item()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(total)
+        every = config.checkpoint_every
+        if every and (step + 1) % every == 0 and step + 1 < config.steps:
+            seconds = earlier + time.perf_counter() - start
+            _save_checkpoint(checkpoint, fingerprint, prm, optimizer, rng, losses, seconds)
     flat: dict[str, list[float]] = {"labels": [], "prm": [], "logprob": [], "position": []}
     for (item, labels), logprobs in zip(items["validation"], baseline, strict=True):
         scores, position = prm.scores(item), position_scores(len(labels))
@@ -143,7 +168,6 @@ def train_prm(
         return {"programs": len(items[split]), "lines": len(labels), "good": sum(labels),
                 "good_share": sum(labels) / len(labels) if labels else None}  # fmt: skip
 
-    target = Path(out) if out else run_dir / PRM_DIR
     info = {
         "id": f"{target.name}@{int(time.time())}",
         "base_model": run_config.generation.model,
@@ -157,10 +181,75 @@ def train_prm(
         "validation_tasks": val_ids,
         "balance": {"train": balance("train"), "validation": balance("validation")},
         "auc": {k: roc_auc(flat[k], flat["labels"]) for k in ("prm", "logprob", "position")},
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(earlier + time.perf_counter() - start, 1),
+        "resumed_at": resumed["step"] if resumed else None,
     }
     save_prm(prm, target, info)
+    shutil.rmtree(checkpoint, ignore_errors=True)
     return {"dir": str(target), **info}
+
+
+def _fingerprint(config: PrmConfig, run_config: Any, searches: dict[int, Any]) -> str:
+    """What a checkpoint must match to be resumed: the training's settings, the model and the labels."""
+    keep = config.model_dump(include={"method", "steps", "batch_size", "learning_rate", "validation", "max_length"})
+    data = {
+        "prm": keep,
+        "lora": run_config.training.lora.model_dump(),
+        "seed": run_config.seed,
+        "model": [run_config.generation.model, run_config.generation.dtype],
+        "labels": sorted([pid, list(s.labels)] for pid, s in searches.items()),
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _save_checkpoint(path: Path, fingerprint: str, prm: PRM, optimizer: Any, rng: Any, losses: list[float],
+                     seconds: float) -> None:  # fmt: skip
+    """The training state at the end of step len(losses), written aside and renamed into `path`."""
+    import torch
+
+    from ..training.trainer import replace_dir
+
+    staging = path.with_name(path.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    prm.save(staging, {})
+    state = {"optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+    torch.save(state, staging / CHECKPOINT_STATE)
+    info = {"fingerprint": fingerprint, "step": len(losses), "losses": losses, "seconds": seconds}
+    (staging / CHECKPOINT_INFO).write_text(json.dumps(info))
+    replace_dir(staging, path)
+
+
+def _load_checkpoint(path: Path, fingerprint: str, prm: PRM, optimizer: Any, rng: Any) -> dict[str, Any] | None:
+    """Restore the checkpoint at `path` into `prm`, `optimizer` and `rng` when it matches `fingerprint`; its info
+    (step, losses, seconds), or None (no checkpoint, or one of other labels or settings, which is removed)."""
+    import torch
+    from safetensors.torch import load_file
+
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and old.exists():  # a `replace_dir` killed between its renames
+        old.rename(path)
+    try:
+        info = json.loads((path / CHECKPOINT_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    if info.get("fingerprint") != fingerprint:
+        import warnings
+
+        warnings.warn(f"{path} was written for other labels or settings: training from the start", stacklevel=3)
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+    from .model import BACKBONE_FILE, HEAD_FILE
+
+    params = {n: p for n, p in prm.model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for name, value in load_file(path / BACKBONE_FILE).items():
+            params[name].copy_(value)
+    prm.head.load_state_dict(load_file(path / HEAD_FILE))
+    state = torch.load(path / CHECKPOINT_STATE, weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    rng.bit_generator.state = state["rng"]
+    torch.set_rng_state(state["torch_rng"])
+    return info
 
 
 def save_prm(prm: PRM, target: Path, info: dict[str, Any]) -> None:
