@@ -11,6 +11,7 @@ from pper.errors import PperError
 from pper.rl.dense import EPS, completion_ends, completion_lines, line_advantages, token_advantages
 from pper.rl.reward import program_for
 from pper.tasks import AssertTests, Task
+from tiny_grpo import tiny_grpo
 
 W = 0.5
 
@@ -161,16 +162,10 @@ def test_the_loss_receives_per_token_advantages_a_i_plus_w_d(tmp_path):
     trl = pytest.importorskip("trl")
     import torch
 
-    from pper.generation import load_model
-    from pper.rl import rl_dataset
     from pper.rl.dense import trainer_class
-    from pper.tasks import load_tasks
 
     prm = _prm()
-    model, tokenizer, _ = load_model("default")
-    tokenizer.padding_side = "left"
-    tasks = load_tasks("humaneval", limit=2)
-    data = rl_dataset(tasks, tokenizer)
+    setup = tiny_grpo(tmp_path, completion_length=24, steps=2)
     generated, trl_advantages, losses = [], [], []
     weights = [W, 0.0]  # the first step with the PRM's term, the second without
 
@@ -192,11 +187,9 @@ def test_the_loss_receives_per_token_advantages_a_i_plus_w_d(tmp_path):
             losses.append({k: v.detach().clone() if torch.is_tensor(v) else v for k, v in inputs.items()})
             return super()._compute_loss(model, inputs)
 
-    config = trl.GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_generations=2,
-                            max_completion_length=24, max_steps=2, learning_rate=1e-12, beta=0.0, report_to=[],
-                            use_cpu=True, save_strategy="no", logging_steps=1, seed=0, bf16=False)  # fmt: skip
-    trainer = Capture(model=model, reward_funcs=_length_reward, args=config, train_dataset=data,
-                      processing_class=tokenizer, prm=prm, prm_weight=W, tasks={t.id: t for t in tasks})  # fmt: skip
+    trainer = Capture(model=setup.model, reward_funcs=_length_reward, args=setup.config, train_dataset=setup.data,
+                      processing_class=setup.tokenizer, prm=prm, prm_weight=W,
+                      tasks={t.id: t for t in setup.tasks})  # fmt: skip
     trainer.train()
     assert len(generated) == len(losses) == 2
 
@@ -224,22 +217,16 @@ def test_the_loss_receives_per_token_advantages_a_i_plus_w_d(tmp_path):
 
 @pytest.mark.slow
 def test_group_replay_and_the_prm_term_compose(tmp_path):
-    trl = pytest.importorskip("trl")
+    pytest.importorskip("trl")
     import torch
 
     from pper.buffer import ReplayBuffer
-    from pper.generation import load_model
-    from pper.rl import rl_dataset
     from pper.rl.config import GroupReplayConfig
     from pper.rl.dense import trainer_class
     from pper.rl.replay import trainer_class as replay_class
-    from pper.tasks import load_tasks
 
     prm = _prm()
-    model, tokenizer, _ = load_model("default")
-    tokenizer.padding_side = "left"
-    tasks = load_tasks("humaneval", limit=2)
-    data = rl_dataset(tasks, tokenizer)
+    setup = tiny_grpo(tmp_path, completion_length=16, steps=3)
     outcome, generated = [], []
 
     class ReplayCapture(replay_class()):  # below the dense hook: the replaying trainer's advantages and rows
@@ -254,15 +241,12 @@ def test_group_replay_and_the_prm_term_compose(tmp_path):
             generated.append({k: v.clone() if torch.is_tensor(v) else v for k, v in out.items()})
             return out
 
-    config = trl.GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_generations=2,
-                            max_completion_length=16, max_steps=3, learning_rate=1e-12, beta=0.0, report_to=[],
-                            use_cpu=True, save_strategy="no", logging_steps=1, seed=0, bf16=False)  # fmt: skip
     with ReplayBuffer(tmp_path / "b.sqlite") as buffer:
-        buffer.add_tasks(tasks)
-        trainer = Capture(model=model, reward_funcs=_length_reward, args=config, train_dataset=data,
-                          processing_class=tokenizer, buffer=buffer, replay=GroupReplayConfig(fraction=0.5),
-                          task_ids=dict(zip(data["prompt"], data["task_id"], strict=True)), prm=prm, prm_weight=W,
-                          tasks={t.id: t for t in tasks})  # fmt: skip
+        buffer.add_tasks(setup.tasks)
+        trainer = Capture(model=setup.model, reward_funcs=_length_reward, args=setup.config, train_dataset=setup.data,
+                          processing_class=setup.tokenizer, buffer=buffer, replay=GroupReplayConfig(fraction=0.5),
+                          task_ids=setup.task_ids, prm=prm, prm_weight=W,
+                          tasks={t.id: t for t in setup.tasks})  # fmt: skip
         trainer.train()
     assert trainer.replayed_groups >= 1 and len(generated) == 3
     replayed_rows = 0

@@ -9,6 +9,7 @@ import pytest
 from pper.buffer import Group, GroupReplay, Member, ReplayBuffer
 from pper.buffer.priority import p2value, priorities
 from pper.tasks import AssertTests, Task
+from tiny_grpo import tiny_grpo
 
 
 def _group(task: str, rewards: list[float], logp: float) -> Group:
@@ -63,19 +64,14 @@ def _length_reward(completions, **kwargs):
 
 @pytest.mark.slow
 def test_replayed_groups_through_a_real_grpo_trainer(tmp_path):
-    trl = pytest.importorskip("trl")
+    pytest.importorskip("trl")
     import torch
 
-    from pper.generation import load_model
-    from pper.rl import rl_dataset
     from pper.rl.config import GroupReplayConfig
     from pper.rl.replay import trainer_class
-    from pper.tasks import load_tasks
 
-    model, tokenizer, _ = load_model("default")
-    tokenizer.padding_side = "left"
-    tasks = load_tasks("humaneval", limit=2)
-    data = rl_dataset(tasks, tokenizer)
+    setup = tiny_grpo(tmp_path, completion_length=8, steps=3)
+    tasks = setup.tasks
     scored: list[list[float]] = []
 
     def reward(completions, **kwargs):
@@ -90,14 +86,11 @@ def test_replayed_groups_through_a_real_grpo_trainer(tmp_path):
             seen.append({k: v.detach().clone() if torch.is_tensor(v) else v for k, v in inputs.items()})
             return super()._compute_loss(model, inputs)
 
-    config = trl.GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_generations=2,
-                            max_completion_length=8, max_steps=3, learning_rate=1e-12, beta=0.0, report_to=[],
-                            use_cpu=True, save_strategy="no", logging_steps=1, seed=0, bf16=False)  # fmt: skip
     with ReplayBuffer(tmp_path / "b.sqlite") as buffer:
         buffer.add_tasks(tasks)
-        trainer = Capturing(model=model, reward_funcs=reward, args=config, train_dataset=data,
-                            processing_class=tokenizer, buffer=buffer, replay=GroupReplayConfig(fraction=0.5),
-                            task_ids=dict(zip(data["prompt"], data["task_id"], strict=True)))  # fmt: skip
+        trainer = Capturing(model=setup.model, reward_funcs=reward, args=setup.config, train_dataset=setup.data,
+                            processing_class=setup.tokenizer, buffer=buffer, replay=GroupReplayConfig(fraction=0.5),
+                            task_ids=setup.task_ids)  # fmt: skip
         trainer.train()
         stored = [buffer.group(i) for i in range(1, buffer.group_count() + 1)]
     # two groups of 2 per step; from the second step on, one of them is replayed when an eligible group is stored
