@@ -16,6 +16,8 @@ from pper.errors import PperError
 from pper.evaluation.multiturn import turn_path
 from pper.experiments import load_protocol, units, validate_protocol
 from pper.experiments.report import (
+    density_stats,
+    density_table,
     differences_table,
     publish,
     seed_differences_table,
@@ -396,3 +398,42 @@ def test_a_prm_that_cannot_be_made_leaves_its_arm_not_run_with_the_reason(tmp_pa
     unit = next(u for u in units(protocol) if u.arm == "p")
     assert run_unit(unit, echo=lambda _: None) is False
     assert "prm.completer teacher needs a teacher" in not_run(unit)
+
+
+def test_the_report_gives_each_self_sampling_arms_density_and_stages_round_by_round(tmp_path):
+    from pper.buffer import Execution, NewProgram, ReplayBuffer
+    from pper.execution.results import ProgramResult, TestResult
+    from pper.tasks import load_tasks
+
+    protocol = validate_protocol(protocol_dict(tmp_path, own={}, shared={"buffer": "b"}))
+    a, b = load_tasks("humaneval", limit=2)
+
+    def result(*verdicts):
+        return ProgramResult(tuple(TestResult(v) for v in verdicts))
+
+    made = {}
+    for arm, rounds in (("own", (1, 2)), ("shared", (1,))):
+        unit = next(u for u in units(protocol) if u.arm == arm)
+        unit.run_dir.mkdir(parents=True)
+        with ReplayBuffer.in_run(unit.run_dir) as buffer:
+            buffer.add_tasks([a, b])
+            programs = [NewProgram(a.id, "x = 1", -1.0, 3, "m", 1), NewProgram(b.id, "x = 2", -1.0, 3, "m", 1),
+                        NewProgram(b.id, "x = 3", -1.0, 3, "m", 1), NewProgram(a.id, "x = 4", -1.0, 3, "m", 2),
+                        NewProgram(b.id, "x = 5", -1.0, 3, "m", 2)][: 3 if rounds == (1,) else 5]  # fmt: skip
+            results = [result("passed", "passed"), result("failed", "failed"), result("passed", "failed"),
+                       result("failed", "passed"), result("failed", "failed")]  # fmt: skip
+            ids = buffer.add_programs(programs)
+            buffer.add_executions(Execution(i, r) for i, r in zip(ids, results, strict=False))
+            for r in rounds:
+                buffer.set_stages(r, {a.id: r, b.id: 1})
+        made[arm] = [unit]
+    density = density_stats(made)
+    assert set(density) == {"own"}  # "shared" sampled nothing itself: its one round is the shared buffer's
+    rounds = density["own"]["0"]["density"]
+    assert rounds["1"] == {"tasks": 2, "tasks_with_passing_program": 1, "programs": 3,
+                           "share_passing_a_test": pytest.approx(2 / 3)}  # fmt: skip
+    assert rounds["2"] == {"tasks": 2, "tasks_with_passing_program": 0, "programs": 2, "share_passing_a_test": 0.5}
+    table = "\n".join(density_table({"density": density}))
+    assert "| own | 0 | 1 | 1 of 2 | 3 | 0.667 | 1: 2 |" in table
+    assert "| own | 0 | 2 | 0 of 2 | 2 | 0.500 | 1: 1, 2: 1 |" in table
+    assert density_table({"density": {}}) == []

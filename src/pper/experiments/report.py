@@ -199,6 +199,7 @@ def summarize(protocol: Protocol, units: Sequence[Unit]) -> dict[str, Any]:
         "buffers": buffer_stats(protocol),
         "prm": prm_stats(protocol, spent(ledger(protocol.root)).get("prm", 0.0)),
         "replay": replay_stats(protocol, done),
+        "density": density_stats(done),
         "machine": machine(),
         "turns": turn_curves([u for us in done.values() for u in us]),
         "wall_clock": wall_clock_runs([u for us in done.values() for u in us]),
@@ -259,6 +260,43 @@ def replay_stats(protocol: Protocol, done: dict[str, list[Unit]]) -> dict[str, d
             "minutes_per_seed": sum(seconds.get(u.label, 0.0) for u in us) / 60 / len(us),
         }
     return out
+
+
+def density_stats(done: dict[str, list[Unit]]) -> dict[str, dict[str, dict]]:
+    """Per trained arm that sampled programs itself (more than one round in its buffer, or no shared buffer to
+    start from) and per seed: its buffer's density per round (`ReplayBuffer.density`) and, with a curriculum, how
+    many tasks sat at each stage (`ReplayBuffer.stage_counts`)."""
+    out: dict[str, dict[str, dict]] = {}
+    for arm, us in done.items():
+        for u in us:
+            if not u.kind.trains or not (u.run_dir / BUFFER_FILE).exists():
+                continue
+            with ReplayBuffer.in_run(u.run_dir) as buffer:
+                stats = buffer.stats()
+            density = stats["density_by_round"]
+            if len(density) > 1 or u.kind.buffer(u.spec) is None:
+                out.setdefault(arm, {})[str(u.seed)] = {"density": density, "stages": stats["stages_by_round"]}
+    return out
+
+
+def density_table(summary: dict) -> list[str]:
+    """The programs each arm sampled, round by round: tasks with a program passing every test, the share of
+    programs passing at least one, and the tasks at each curriculum stage."""
+    rows = summary.get("density", {})
+    if not rows:
+        return []
+    lines = ["The programs each arm sampled, round by round (buffer density; stage: tasks at that curriculum "
+             "stage):", "", "| arm | seed | round | tasks with a passing program | programs | share passing a test |"
+             " tasks per stage |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for arm, seeds in rows.items():
+        for seed, d in seeds.items():
+            for r, x in d["density"].items():
+                share = "-" if x["share_passing_a_test"] is None else f"{x['share_passing_a_test']:.3f}"
+                counts = d["stages"].get(r, {})
+                stages = ", ".join(f"{k}: {counts[k]}" for k in sorted(counts, key=int)) if counts else "-"
+                lines.append(f"| {arm} | {seed} | {r} | {x['tasks_with_passing_program']} of {x['tasks']} | "
+                             f"{x['programs']} | {share} | {stages} |")  # fmt: skip
+    return [*lines, ""]
 
 
 def machine() -> str:
@@ -406,6 +444,7 @@ def markdown(summary: dict) -> str:
         "",
         *context_tables(summary),
         "",
+        *density_table(summary),
         *prm_lines(summary.get("prm")),
         *[
             f"{arm} (at the wall-clock of its budget arm): "
