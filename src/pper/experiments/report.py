@@ -452,10 +452,9 @@ def markdown(summary: dict) -> str:
                 f"seed {r['seed']} ran {r['steps']} steps in {r['seconds']:.0f} s of {r['max_seconds']:.0f} s"
                 for r in runs
             )  # fmt: skip
-            + "."
+            + ".\n"
             for arm, runs in summary.get("wall_clock", {}).items()
         ],
-        "",
         f"Protocol `{summary['protocol']}`; working time {hours:.1f} h (summed from `{TIMINGS}`) on "
         f"{summary['machine']}.",
     ]
