@@ -345,6 +345,8 @@ def test_an_arm_that_uses_a_prm_needs_the_protocols_prm_recipe_or_its_own(tmp_pa
     validate_protocol(protocol_dict(tmp_path, p={**prm_arm, "prm": {"model": str(tmp_path / "mine")}}))
     invalid = r"prm: invalid configuration\n  prm."  # a recipe's values are checked with the protocol
     for recipe, message in [({"buffer": "nope"}, "prm.buffer: no buffer named 'nope'"),
+                            ({"buffer": ["b", "nope"]}, "prm.buffer: no buffer named 'nope'"),
+                            ({"buffer": []}, "prm.buffer: name at least one"),
                             ({"buffer": "b", "stesp": 2}, "unknown key 'stesp'"),
                             ({"buffer": "b", "steps": 0}, invalid + "steps"),
                             ({"buffer": "b", "completer": "x"}, invalid + "completer")]:  # fmt: skip
@@ -363,7 +365,7 @@ def test_an_arm_that_uses_a_prm_needs_the_protocols_prm_recipe_or_its_own(tmp_pa
 
 
 @pytest.mark.slow  # 174 s on 2 loaded cores (80 s of CPU): samples a buffer, labels it, trains a PRM 2 steps
-def test_the_protocols_prm_labels_a_copy_of_its_buffer_and_is_trained_once(tmp_path):
+def test_the_protocols_prm_labels_a_copy_of_its_buffers_and_is_trained_once(tmp_path):
     from pper.buffer import ReplayBuffer
     from pper.experiments.arms import buffer_dir, make_prm, prm_stats
     from pper.experiments.report import prm_lines
@@ -371,19 +373,27 @@ def test_the_protocols_prm_labels_a_copy_of_its_buffer_and_is_trained_once(tmp_p
     data = protocol_dict(tmp_path, p={"buffer": "b", "replay": {"prm_weight": 0.5}})
     data["common"] = {"tasks": {"source": "humaneval", "limit": 4, "holdout": 0.5}, "execution": {"workers": 1},
                       "generation": {"max_new_tokens": 24, "batch_size": 2}}  # fmt: skip
-    data["prm"] = {"buffer": "b", "completer": "reference", "steps": 2, "batch_size": 2, "validation": 0.5}
+    data["prm"] = {"buffer": ["b", "references"], "completer": "reference", "steps": 2, "batch_size": 2,
+                   "validation": 0.5}  # fmt: skip
     protocol = validate_protocol(data)
     model = make_prm(protocol)
     info = json.loads((model / "prm.json").read_text())
     assert len(info["losses"]) == 2 and info["train_tasks"] and info["validation_tasks"]
-    with ReplayBuffer.in_run(buffer_dir(protocol, "b")) as shared:
-        programs = {p.id for p in shared.programs()}
-        assert shared.line_searches() == {}  # the shared buffer itself is never labelled
+    programs = set()
+    for name in ("b", "references"):
+        with ReplayBuffer.in_run(buffer_dir(protocol, name)) as shared:
+            programs |= {(p.task_id, p.text) for p in shared.programs()}
+            assert shared.line_searches() == {}  # a shared buffer itself is never labelled
     with ReplayBuffer.in_run(protocol.prm_config().run_dir) as labelled:
-        assert set(labelled.line_searches()) == programs
+        searches = labelled.line_searches()
+        stored = {p.id: p for p in labelled.programs()}
+    assert {(stored[i].task_id, stored[i].text) for i in searches} == programs  # both buffers' programs, labelled
+    references = [s for i, s in searches.items() if stored[i].model == "references"]
+    assert len(references) == 2 and all(set(s.labels) == {1} for s in references)  # they pass: every line good
     stats = prm_stats(protocol, 12.0)
     assert stats["programs"] == len(programs) and stats["probes"] >= 1 and stats["completer"] == ["reference"]
-    assert stats["auc"] == info["auc"] and "The PRM: " in prm_lines(stats)[0]
+    assert stats["buffer"] == "b + references" and "of the b + references buffers labelled" in prm_lines(stats)[0]
+    assert stats["auc"] == info["auc"]
     made = (model / "prm.json").stat().st_mtime_ns
     assert make_prm(protocol) == model and (model / "prm.json").stat().st_mtime_ns == made  # trained once
 
@@ -437,3 +447,28 @@ def test_the_report_gives_each_self_sampling_arms_density_and_stages_round_by_ro
     assert "| own | 0 | 1 | 1 of 2 | 3 | 0.667 | 1: 2 |" in table
     assert "| own | 0 | 2 | 0 of 2 | 2 | 0.500 | 1: 1, 2: 1 |" in table
     assert density_table({"density": {}}) == []
+
+
+def test_add_tested_adds_the_tested_programs_with_their_results_once(tmp_path):
+    from pper.buffer import Execution, NewProgram, ReplayBuffer
+    from pper.execution.results import ProgramResult, TestResult
+    from pper.experiments.arms import add_tested
+    from pper.tasks import load_tasks
+
+    a, b = load_tasks("humaneval", limit=2)
+    passed = ProgramResult((TestResult("passed"), TestResult("failed")))
+    with ReplayBuffer(tmp_path / "src.sqlite") as source, ReplayBuffer(tmp_path / "dst.sqlite") as target:
+        source.add_tasks([a, b])
+        ids = source.add_programs([NewProgram(a.id, "x = 1", -1.0, 3, "m", 1, "x"),
+                                   NewProgram(b.id, "y", -2.0, 1, "r")])  # fmt: skip
+        source.add_executions([Execution(ids[0], passed)])  # the second is never tested: it is not added
+        target.add_tasks([a])
+        kept = target.add_programs([NewProgram(a.id, "x = 1", -9.0, 9, "other", 2, "x")])
+        assert add_tested(target, source) == 0  # the one tested program is there already, and keeps its own row
+        assert {t.id for t in target.tasks()} == {a.id, b.id}
+        ids = source.add_programs([NewProgram(b.id, "z = 2", -0.5, 2, "m", 3)])
+        source.add_executions([Execution(ids[0], passed)])
+        assert add_tested(target, source) == 1 and add_tested(target, source) == 0
+        new = next(p for p in target.programs() if p.text == "z = 2")
+        assert (new.task_id, new.logprob, new.num_tokens, new.model, new.round) == (b.id, -0.5, 2, "m", 3)
+        assert new.result == passed and target.program(kept[0]).model == "other"

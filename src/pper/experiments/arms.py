@@ -28,7 +28,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..buffer import BUFFER_FILE, NewProgram, ReplayBuffer
+from ..buffer import BUFFER_FILE, Execution, NewProgram, ReplayBuffer
 from ..config import PperConfig
 from ..errors import PperError
 from ..files import write_atomic
@@ -333,9 +333,10 @@ def prm_trained(protocol: Protocol) -> bool:
 
 
 def make_prm(protocol: Protocol) -> Path:
-    """Label the programs of the protocol's PRM buffer and train the PRM on them, once (resumable: labelling
-    continues with the programs not labelled yet, training restarts); the trained PRM's directory. The shared
-    buffer is filled first if needed; its copy under ROOT/prm/labels is labelled, never the buffer itself."""
+    """Label the programs of the protocol's PRM buffers and train the PRM on them, once (resumable: labelling
+    continues with the programs not labelled yet, training from its last checkpoint); the trained PRM's directory.
+    The shared buffers are filled first if needed; a copy of the first under ROOT/prm/labels, the others' tested
+    programs added to it, is labelled, never the buffers themselves."""
     import yaml
 
     from ..prm.label import label_run
@@ -344,17 +345,36 @@ def make_prm(protocol: Protocol) -> Path:
     assert protocol.prm is not None
     if prm_trained(protocol):
         return protocol.prm_model
-    source = fill_buffer(protocol, protocol.prm.buffer)
+    sources = [fill_buffer(protocol, name) for name in protocol.prm.buffers]
     config = protocol.prm_config()
     labels = config.run_dir
     labels.mkdir(parents=True, exist_ok=True)
     write_atomic(labels / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    if not (labels / BUFFER_FILE).exists():
-        with ReplayBuffer(source / BUFFER_FILE) as store:
-            store.copy_to(labels / BUFFER_FILE)
+    if not (labels / BUFFER_FILE).exists():  # made aside and renamed: a killed merge leaves nothing half-made
+        staging = labels / (BUFFER_FILE + ".merging")
+        staging.unlink(missing_ok=True)
+        with ReplayBuffer(sources[0] / BUFFER_FILE) as store:
+            store.copy_to(staging)
+        with ReplayBuffer(staging) as merged:
+            for source in sources[1:]:
+                with ReplayBuffer(source / BUFFER_FILE) as store:
+                    add_tested(merged, store)
+        staging.rename(labels / BUFFER_FILE)
     label_run(labels, show_progress=True)
     train_prm(labels, out=protocol.prm_model)
     return protocol.prm_model
+
+
+def add_tested(target: ReplayBuffer, source: ReplayBuffer) -> int:
+    """Add `source`'s tasks and tested programs, with their results, to `target` (a program `target` holds already
+    keeps its own row, and its own result where it has one); how many programs were new."""
+    target.add_tasks(source.tasks())
+    tested = [p for p in source.programs() if p.result is not None]
+    before = target.stats()["programs"]
+    ids = target.add_programs(NewProgram(p.task_id, p.text, p.logprob, p.num_tokens, p.model, p.round, p.prefix)
+                              for p in tested)  # fmt: skip
+    target.add_executions(Execution(i, p.result) for i, p in zip(ids, tested, strict=True))
+    return target.stats()["programs"] - before
 
 
 def prm_stats(protocol: Protocol, seconds: float) -> dict[str, Any] | None:
@@ -369,7 +389,7 @@ def prm_stats(protocol: Protocol, seconds: float) -> dict[str, Any] | None:
         searches = store.line_searches()
     labels = [x for s in searches.values() for x in s.labels]
     return {
-        "buffer": protocol.prm.buffer if protocol.prm else None,
+        "buffer": " + ".join(protocol.prm.buffers) if protocol.prm else None,
         "programs": len(searches),
         "probes": sum(len(s.probes) for s in searches.values()),
         "contradicted": sum(bool(s.contradictions) for s in searches.values()),

@@ -26,7 +26,8 @@ Arms ship their last round, so `tasks.validation` is 0 in every arm (set by the 
 
 An arm that uses a process reward model (`replay.prm_weight`, `generation.rerank: prm`, `rl.prm_weight`) uses the
 protocol's PRM (`prm`: its `prm.model` is set to it unless the arm names another): the runner labels the programs
-of the shared buffer `prm.buffer` once (`pper prm label`, with the `prm` settings given beside `buffer`) and trains
+of the shared buffer `prm.buffer` (or of several, `buffer: [beam, references]`, their programs together) once
+(`pper prm label`, with the `prm` settings given beside `buffer`) and trains
 the PRM on them (`pper prm train`), under ROOT/prm, before the first arm that needs it; the report gives its cost
 and quality. Only training tasks are ever labelled, as a shared buffer holds only training tasks' programs.
 """
@@ -84,13 +85,19 @@ class BufferRecipe(BaseModel):
 
 
 class PrmRecipe(BaseModel):
-    """How the protocol's PRM is made: the programs of the shared buffer `buffer` are labelled and a PRM trained on
-    their labels, with the `prm` settings given beside `buffer` (completer, completions, steps, ...; the rest from
-    `common`'s `prm` section)."""
+    """How the protocol's PRM is made: the programs of the shared buffer `buffer` (a name, or a list of names whose
+    programs are labelled together: `[beam, references]` adds the references, every line of which is good, to the
+    model's programs) are labelled and a PRM trained on their labels, with the `prm` settings given beside `buffer`
+    (completer, completions, steps, ...; the rest from `common`'s `prm` section)."""
 
     model_config = ConfigDict(extra="allow")
 
-    buffer: str
+    buffer: str | list[str]
+
+    @property
+    def buffers(self) -> list[str]:
+        """The shared buffers whose programs are labelled, the first giving the labelling run's generation."""
+        return [self.buffer] if isinstance(self.buffer, str) else list(self.buffer)
 
     @model_validator(mode="after")
     def _prm_keys(self) -> PrmRecipe:
@@ -191,8 +198,11 @@ class Protocol(BaseModel):
             for arm in (a, b):
                 if arm not in self.arms:
                     raise ValueError(f"compare [{a}, {b}]: no arm named {arm!r}")
-        if self.prm is not None and self.prm.buffer not in self.buffers and self.prm.buffer != "references":
-            raise ValueError(f"prm.buffer: no buffer named {self.prm.buffer!r} (buffers: {', '.join(self.buffers)})")
+        for name in self.prm.buffers if self.prm is not None else []:
+            if name not in self.buffers and name != "references":
+                raise ValueError(f"prm.buffer: no buffer named {name!r} (buffers: {', '.join(self.buffers)})")
+        if self.prm is not None and not self.prm.buffers:
+            raise ValueError("prm.buffer: name at least one shared buffer")
         for name in self.alpha_sweep:
             if name not in self.arms:
                 raise ValueError(f"alpha_sweep: no arm named {name!r}")
@@ -269,7 +279,7 @@ class Protocol(BaseModel):
         """The configuration of the PRM's labelling run (ROOT/prm/labels): the buffer's, with the recipe's
         `prm` settings."""
         assert self.prm is not None
-        data = deep_merge(self.common, {"generation": self.recipe(self.prm.buffer).generation})
+        data = deep_merge(self.common, {"generation": self.recipe(self.prm.buffers[0]).generation})
         data = deep_merge(data, {"prm": self.prm.settings})
         data.update(name="prm/labels", runs_dir=str(self.root), seed=0)
         return validate_config(no_validation(data), f"{self.source}: prm")

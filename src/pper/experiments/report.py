@@ -410,8 +410,9 @@ def prm_lines(prm: dict[str, Any] | None) -> list[str]:
     val = prm["balance"]["validation"]
     share = "-" if prm["good_share"] is None else pct(prm["good_share"])
     auc = {k: "-" if v is None else f"{v:.3f}" for k, v in prm["auc"].items()}
+    buffers = f"{prm['buffer']} buffer" + ("s" if " + " in prm["buffer"] else "")
     return [
-        f"The PRM: {prm['programs']} programs of the {prm['buffer']} buffer labelled "
+        f"The PRM: {prm['programs']} programs of the {buffers} labelled "
         f"({'/'.join(prm['completer'])} completer) with {prm['probes']} probes ({prm['contradicted']} programs with a "
         f"contradicted probe); {prm['lines']} lines, {share} labelled good; labelling and training took "
         f"{prm['seconds'] / 60:.1f} min. ROC AUC on {val['lines']} lines of the validation tasks ({val['good']} good): "

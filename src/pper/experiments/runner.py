@@ -104,11 +104,11 @@ def run_unit(unit: Unit, echo: Callable[[str], None] = print) -> bool:
     marker = unit.run_dir / NOT_RUN
     try:
         if unit.protocol.needs_prm(unit.config) and not prm_trained(unit.protocol):
-            source = unit.protocol.prm.buffer
-            if not buffer_filled(unit.protocol, source):
-                echo(f"== buffer {source}")
-                with timed(root, f"buffer {source}"):
-                    fill_buffer(unit.protocol, source)
+            for source in unit.protocol.prm.buffers:
+                if not buffer_filled(unit.protocol, source):
+                    echo(f"== buffer {source}")
+                    with timed(root, f"buffer {source}"):
+                        fill_buffer(unit.protocol, source)
             echo("== prm")
             with timed(root, "prm"):  # a PRM that cannot be made leaves this unit not run, not the others
                 make_prm(unit.protocol)
