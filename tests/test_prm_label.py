@@ -234,3 +234,46 @@ def test_prm_training_killed_9_resumes_from_its_checkpoint_and_ends_as_an_uninte
         (tmp_path / "other.checkpoint" / "checkpoint.json").write_text(json.dumps({"fingerprint": "x", "step": 2}))
         again = train_prm(run, {**settings, "steps": 2}, tmp_path / "other", show_progress=False)
     assert again["resumed_at"] is None and len(again["losses"]) == 2
+
+
+def test_a_prm_checkpoint_that_does_not_match_or_is_half_deleted_is_moved_aside_not_resumed(tmp_path):
+    import numpy as np
+    import torch
+
+    from pper.files import remove_dir
+    from pper.generation import load_model
+    from pper.prm.model import BACKBONE_FILE, PRM
+    from pper.prm.train import _load_checkpoint, _save_checkpoint
+
+    model, tokenizer, _ = load_model("default")
+    prm = PRM(model, tokenizer)
+    optimizer = torch.optim.AdamW(prm.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    rng.integers(0, 10, 5)  # a generator state past its seed
+    path = tmp_path / "prm.checkpoint"
+    _save_checkpoint(path, "f", prm, optimizer, rng, [0.5, 0.25], 3.0)
+    drawn = rng.integers(0, 10, 5).tolist()
+    fresh = np.random.default_rng(0)
+    info = _load_checkpoint(path, "f", 4, prm, optimizer, fresh)
+    assert info["step"] == 2 and info["losses"] == [0.5, 0.25] and info["seconds"] == 3.0
+    assert fresh.integers(0, 10, 5).tolist() == drawn  # the batch generator goes on where it was
+    path.rename(tmp_path / "prm.checkpoint.old")  # killed between replace_dir's renames: put back, then read
+    assert _load_checkpoint(path, "f", 4, prm, optimizer, np.random.default_rng(0))["step"] == 2
+    for why, args in [("other labels or settings", ("g", 4)), ("not before the 2 steps", ("f", 2))]:
+        with pytest.warns(UserWarning, match=why):
+            assert _load_checkpoint(path, *args, prm, optimizer, np.random.default_rng(0)) is None
+        stale = tmp_path / "prm.checkpoint.stale"
+        assert not path.exists() and (stale / "checkpoint.json").exists()  # kept aside, not deleted
+        stale.rename(path)
+    (path / BACKBONE_FILE).unlink()  # a removal killed part way, before the fix that renames first
+    before = {n: p.detach().clone() for n, p in prm.model.named_parameters() if p.requires_grad}
+    with pytest.warns(UserWarning, match="cannot be read"):
+        assert _load_checkpoint(path, "f", 4, prm, optimizer, np.random.default_rng(0)) is None
+    after = {n: p for n, p in prm.model.named_parameters() if p.requires_grad}
+    assert all(torch.equal(before[n], after[n]) for n in before)  # nothing half-restored
+    assert _load_checkpoint(path, "f", 4, prm, optimizer, np.random.default_rng(0)) is None  # nothing left there
+    for leftover in ("prm.checkpoint", "prm.checkpoint.tmp", "prm.checkpoint.old"):
+        (tmp_path / leftover).mkdir()
+        (tmp_path / leftover / "x").write_text("x")
+    remove_dir(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prm.checkpoint.stale"]

@@ -1,13 +1,16 @@
 """Files written atomically: the whole new content appears under the name at once, or nothing changes.
 
 A killed writer leaves the old file (or none) and, at most, a stray `NAME.tmp` beside it that the next
-write replaces. This is the one place pper writes a whole file; append-only logs are in `jsonl.py`.
+write replaces. This is the one place pper writes a whole file; append-only logs are in `jsonl.py`. Directories
+(checkpoints) are replaced and removed with renames only, the same way (`replace_dir`, `restore_dir`,
+`remove_dir`).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +43,35 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Replace the content of `path` by `data` atomically."""
     with atomic_file(path, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Put the directory `staging` at `target`, replacing what was there, with renames only: killed between its two
+    renames it leaves the old directory at `TARGET.old`, which `restore_dir` puts back."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_dir(path: Path) -> None:
+    """Put back at `path` the directory a `replace_dir` killed between its renames left at `PATH.old`."""
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and old.exists():
+        old.rename(path)
+
+
+def remove_dir(path: Path) -> None:
+    """Remove the directory `path` and what `replace_dir` leaves beside it (`.tmp`, `.old`): renamed away first, so a
+    removal killed part way never leaves a half-deleted directory under `path`."""
+    for p in (path, path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")):
+        gone = p.with_name(p.name + ".removing")
+        shutil.rmtree(gone, ignore_errors=True)
+        if p.exists():
+            p.rename(gone)
+            shutil.rmtree(gone, ignore_errors=True)
 
 
 @contextmanager

@@ -613,7 +613,7 @@ def write_kept(run_dir: Path, config: PperConfig, record: dict[str, Any]) -> Non
     at any point leaves either both consistent or no `kept.json` (no kept model yet: `kept_model` says so
     and the next run writes it). Done already (the same record and a model directory) is a no-op.
     """
-    from .training.trainer import replace_dir
+    from .files import replace_dir
 
     kept_path, target = run_dir / KEPT_FILE, run_dir / MODEL_DIR
     if read_kept(run_dir) == record and (target / "config.json").exists():

@@ -11,8 +11,13 @@ position; with each set's class balance. The PRM is saved as `RUN/prm/` (or `out
 Every `prm.checkpoint_every` steps the training state (trained weights, head, optimizer, both generators, the
 losses so far, the seconds spent) is written atomically beside the target, `RUN/prm.checkpoint/`; a killed
 `pper prm train` run again resumes from it and ends where an uninterrupted one would have, provided the labels
-and settings are the same (a fingerprint of them is kept with it; a checkpoint of other ones is set aside and the
-training starts over). The checkpoint is removed once the PRM is saved.
+and settings are the same (a fingerprint of them is kept with it). More `steps` than the checkpoint's resume it
+(the learning rate is constant and batches are drawn step by step); a checkpoint of other labels or settings, or
+one that cannot be read, is moved aside to `RUN/prm.checkpoint.stale/` with a warning and the training starts
+over. The checkpoint is removed once the PRM is saved. One training at a time per target (a lock beside it).
+
+The validation AUCs are also given per program source (`auc_by_model`: the lines of the programs of each `model`
+in the buffer), since a labelled set may mix sources, such as the model's programs and the references.
 
 Scoring writes the PRM's score of every line of the run's tested programs into the buffer (`prm_scores`, under
 the PRM's id: its directory's name and training time), 64 programs per transaction; a second call scores only
@@ -33,6 +38,7 @@ import numpy as np
 
 from ..buffer import BUFFER_FILE, ReplayBuffer
 from ..errors import PperError
+from ..files import exclusive, remove_dir, replace_dir, restore_dir
 from .config import PrmConfig
 from .metrics import position_scores, roc_auc
 from .model import INFO_FILE, PRM, LineInput, line_input
@@ -111,93 +117,113 @@ def train_prm(
     model, tokenizer, name = load_model(run_config.generation.model, run_config.generation.dtype)
     prm = PRM(model, tokenizer, config.method, run_config.training.lora)
     items: dict[str, list[tuple[LineInput, list[int]]]] = {"train": [], "validation": []}
+    validation_ids = []
     for pid, search in sorted(searches.items()):
         p = programs[pid]
         item = line_input(tasks[p.task_id], p.text, tokenizer, config.max_length)
-        items["train" if p.task_id in train_ids else "validation"].append((item, list(search.labels)))
+        split = "train" if p.task_id in train_ids else "validation"
+        items[split].append((item, list(search.labels)))
+        validation_ids += [pid] if split == "validation" else []
     baseline = [line_logprobs(prm, item) for item, _ in items["validation"]]  # the policy, before training
     optimizer = torch.optim.AdamW(prm.parameters(), lr=config.learning_rate)
     rng = np.random.default_rng(run_config.seed)
-    target = Path(out) if out else run_dir / PRM_DIR
+    target = Path(out).resolve() if out else run_dir / PRM_DIR
     checkpoint = target.with_name(target.name + CHECKPOINT_SUFFIX)
-    fingerprint = _fingerprint(config, run_config, searches)
+    fingerprint = _fingerprint(config, run_config, searches, programs)
     losses: list[float] = []
     earlier = 0.0  # seconds spent by killed attempts up to their checkpoint
-    resumed = _load_checkpoint(checkpoint, fingerprint, prm, optimizer, rng)
-    if resumed:
-        losses, earlier = list(resumed["losses"]), resumed["seconds"]
-    if not items["train"]:
-        raise PperError("every labelled task fell in the PRM's validation split: label more tasks")
-    steps: Any = range(len(losses), config.steps)
-    if show_progress:
-        from ..progress import progress
+    with exclusive(target.with_name(target.name + ".lock"), f"the PRM training of {target}"):
+        resumed = _load_checkpoint(checkpoint, fingerprint, config.steps, prm, optimizer, rng)
+        if resumed:
+            losses, earlier = list(resumed["losses"]), resumed["seconds"]
+        if not items["train"]:
+            raise PperError("every labelled task fell in the PRM's validation split: label more tasks")
+        steps: Any = range(len(losses), config.steps)
+        if show_progress:
+            from ..progress import progress
 
-        status = lambda _: f"loss {losses[-1]:.4f}"  # noqa: E731
-        steps = progress(steps, config.steps, "training the PRM", "steps", status, done=len(losses))
-    for step in steps:
-        batch = [items["train"][i] for i in rng.integers(0, len(items["train"]), config.batch_size)]
-        lines = max(1, sum(len(item.scored) for item, _ in batch))
-        total = 0.0
-        for item, labels in batch:
-            if not item.scored:
-                continue
-            logits = prm.logits(item)
-            target_labels = torch.tensor([labels[i] for i in item.scored], dtype=logits.dtype, device=logits.device)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target_labels, reduction="sum")
-            loss = loss / lines
-            loss.backward()
-            total += loss.item()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(total)
-        every = config.checkpoint_every
-        if every and (step + 1) % every == 0 and step + 1 < config.steps:
-            seconds = earlier + time.perf_counter() - start
-            _save_checkpoint(checkpoint, fingerprint, prm, optimizer, rng, losses, seconds)
-    flat: dict[str, list[float]] = {"labels": [], "prm": [], "logprob": [], "position": []}
-    for (item, labels), logprobs in zip(items["validation"], baseline, strict=True):
-        scores, position = prm.scores(item), position_scores(len(labels))
-        for line in scores:  # the scored lines: not a completion task's given prompt, not cut off
-            flat["labels"].append(labels[line - 1])
-            flat["prm"].append(scores[line])
-            flat["logprob"].append(logprobs[line])
-            flat["position"].append(position[line - 1])
+            status = lambda _: f"loss {losses[-1]:.4f}"  # noqa: E731
+            steps = progress(steps, config.steps, "training the PRM", "steps", status, done=len(losses))
+        for step in steps:
+            batch = [items["train"][i] for i in rng.integers(0, len(items["train"]), config.batch_size)]
+            lines = max(1, sum(len(item.scored) for item, _ in batch))
+            total = 0.0
+            for item, labels in batch:
+                if not item.scored:
+                    continue
+                logits = prm.logits(item)
+                target_labels = torch.tensor([labels[i] for i in item.scored], dtype=logits.dtype, device=logits.device)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target_labels, reduction="sum")
+                loss = loss / lines
+                loss.backward()
+                total += loss.item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(total)
+            every = config.checkpoint_every
+            if every and (step + 1) % every == 0 and step + 1 < config.steps:
+                seconds = earlier + time.perf_counter() - start
+                _save_checkpoint(checkpoint, fingerprint, prm, optimizer, rng, losses, seconds)
+        flat: dict[str, list[Any]] = {"labels": [], "prm": [], "logprob": [], "position": [], "model": []}
+        for (item, labels), logprobs, pid in zip(items["validation"], baseline, validation_ids, strict=True):
+            scores, position = prm.scores(item), position_scores(len(labels))
+            for line in scores:  # the scored lines: not a completion task's given prompt, not cut off
+                flat["labels"].append(labels[line - 1])
+                flat["prm"].append(scores[line])
+                flat["logprob"].append(logprobs[line])
+                flat["position"].append(position[line - 1])
+                flat["model"].append(programs[pid].model)
 
-    def balance(split: str) -> dict[str, Any]:
-        labels = [ls[i] for item, ls in items[split] for i in item.scored]
-        return {"programs": len(items[split]), "lines": len(labels), "good": sum(labels),
-                "good_share": sum(labels) / len(labels) if labels else None}  # fmt: skip
+        def aucs(keep: list[bool]) -> dict[str, float | None]:
+            labels = [x for x, k in zip(flat["labels"], keep, strict=True) if k]
+            return {s: roc_auc([x for x, k in zip(flat[s], keep, strict=True) if k], labels)
+                    for s in ("prm", "logprob", "position")}  # fmt: skip
 
-    info = {
-        "id": f"{target.name}@{int(time.time())}",
-        "base_model": run_config.generation.model,
-        "dtype": run_config.generation.dtype,
-        "model_name": name,
-        "steps": config.steps,
-        "batch_size": config.batch_size,
-        "learning_rate": config.learning_rate,
-        "losses": losses,
-        "train_tasks": train_ids,
-        "validation_tasks": val_ids,
-        "balance": {"train": balance("train"), "validation": balance("validation")},
-        "auc": {k: roc_auc(flat[k], flat["labels"]) for k in ("prm", "logprob", "position")},
-        "seconds": round(earlier + time.perf_counter() - start, 1),
-        "resumed_at": resumed["step"] if resumed else None,
-    }
-    save_prm(prm, target, info)
-    shutil.rmtree(checkpoint, ignore_errors=True)
-    return {"dir": str(target), **info}
+        by_model = {}
+        for m in sorted(set(flat["model"])):
+            keep = [n == m for n in flat["model"]]
+            good = sum(x for x, k in zip(flat["labels"], keep, strict=True) if k)
+            by_model[m] = {"lines": sum(keep), "good": good, "auc": aucs(keep)}
+
+        def balance(split: str) -> dict[str, Any]:
+            labels = [ls[i] for item, ls in items[split] for i in item.scored]
+            return {"programs": len(items[split]), "lines": len(labels), "good": sum(labels),
+                    "good_share": sum(labels) / len(labels) if labels else None}  # fmt: skip
+
+        info = {
+            "id": f"{target.name}@{int(time.time())}",
+            "base_model": run_config.generation.model,
+            "dtype": run_config.generation.dtype,
+            "model_name": name,
+            "steps": config.steps,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "losses": losses,
+            "train_tasks": train_ids,
+            "validation_tasks": val_ids,
+            "balance": {"train": balance("train"), "validation": balance("validation")},
+            "auc": aucs([True] * len(flat["labels"])),
+            "auc_by_model": by_model,
+            "seconds": round(earlier + time.perf_counter() - start, 1),
+            "resumed_at": resumed["step"] if resumed else None,
+        }
+        save_prm(prm, target, info)
+        remove_dir(checkpoint)
+        return {"dir": str(target), **info}
 
 
-def _fingerprint(config: PrmConfig, run_config: Any, searches: dict[int, Any]) -> str:
-    """What a checkpoint must match to be resumed: the training's settings, the model and the labels."""
-    keep = config.model_dump(include={"method", "steps", "batch_size", "learning_rate", "validation", "max_length"})
+def _fingerprint(config: PrmConfig, run_config: Any, searches: dict[int, Any], programs: dict[int, Any]) -> str:
+    """What a checkpoint must match to be resumed: the training's settings but `steps`, the model, the labelled
+    programs and their labels."""
+    keep = config.model_dump(include={"method", "batch_size", "learning_rate", "validation", "max_length"})
     data = {
         "prm": keep,
         "lora": run_config.training.lora.model_dump(),
         "seed": run_config.seed,
         "model": [run_config.generation.model, run_config.generation.dtype],
-        "labels": sorted([pid, list(s.labels)] for pid, s in searches.items()),
+        "labels": sorted(
+            [pid, programs[pid].task_id, programs[pid].text, list(s.labels)] for pid, s in searches.items()
+        ),  # fmt: skip
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -207,49 +233,62 @@ def _save_checkpoint(path: Path, fingerprint: str, prm: PRM, optimizer: Any, rng
     """The training state at the end of step len(losses), written aside and renamed into `path`."""
     import torch
 
-    from ..training.trainer import replace_dir
-
     staging = path.with_name(path.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     prm.save(staging, {})
-    state = {"optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
-    torch.save(state, staging / CHECKPOINT_STATE)
-    info = {"fingerprint": fingerprint, "step": len(losses), "losses": losses, "seconds": seconds}
-    (staging / CHECKPOINT_INFO).write_text(json.dumps(info))
+    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, staging / CHECKPOINT_STATE)
+    info = {"fingerprint": fingerprint, "step": len(losses), "losses": losses, "seconds": seconds,
+            "rng": rng.bit_generator.state}  # fmt: skip
+    (staging / CHECKPOINT_INFO).write_text(json.dumps(info))  # last: a staging directory without it is incomplete
     replace_dir(staging, path)
 
 
-def _load_checkpoint(path: Path, fingerprint: str, prm: PRM, optimizer: Any, rng: Any) -> dict[str, Any] | None:
-    """Restore the checkpoint at `path` into `prm`, `optimizer` and `rng` when it matches `fingerprint`; its info
-    (step, losses, seconds), or None (no checkpoint, or one of other labels or settings, which is removed)."""
+def _load_checkpoint(
+    path: Path, fingerprint: str, steps: int, prm: PRM, optimizer: Any, rng: Any
+) -> dict[str, Any] | None:
+    """Restore the checkpoint at `path` into `prm`, `optimizer` and `rng` when it matches `fingerprint` and is
+    before step `steps`; its info (step, losses, seconds), or None: no checkpoint, or one that does not match or
+    cannot be read, which is moved aside (`PATH.stale`) with a warning."""
+    import warnings
+
     import torch
     from safetensors.torch import load_file
 
-    old = path.with_name(path.name + ".old")
-    if not path.exists() and old.exists():  # a `replace_dir` killed between its renames
-        old.rename(path)
-    try:
-        info = json.loads((path / CHECKPOINT_INFO).read_text())
-    except (OSError, ValueError):
-        return None
-    if info.get("fingerprint") != fingerprint:
-        import warnings
-
-        warnings.warn(f"{path} was written for other labels or settings: training from the start", stacklevel=3)
-        shutil.rmtree(path, ignore_errors=True)
-        return None
     from .model import BACKBONE_FILE, HEAD_FILE
 
-    params = {n: p for n, p in prm.model.named_parameters() if p.requires_grad}
-    with torch.no_grad():
-        for name, value in load_file(path / BACKBONE_FILE).items():
-            params[name].copy_(value)
-    prm.head.load_state_dict(load_file(path / HEAD_FILE))
-    state = torch.load(path / CHECKPOINT_STATE, weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    rng.bit_generator.state = state["rng"]
-    torch.set_rng_state(state["torch_rng"])
-    return info
+    restore_dir(path)
+    if not path.exists():
+        return None
+    why = None
+    try:
+        info = json.loads((path / CHECKPOINT_INFO).read_text())
+        if info.get("fingerprint") != fingerprint:
+            why = "was written for other labels or settings"
+        elif info["step"] >= steps:
+            why = f"is at step {info['step']}, not before the {steps} steps asked for"
+        else:  # everything read before anything is restored
+            params = {n: p for n, p in prm.model.named_parameters() if p.requires_grad}
+            weights, head = load_file(path / BACKBONE_FILE), load_file(path / HEAD_FILE)
+            state = torch.load(path / CHECKPOINT_STATE, weights_only=True)
+            generator = info["rng"]
+            if set(weights) != set(params) or set(head) != set(prm.head.state_dict()):
+                raise ValueError("its weights are not this PRM's")
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        why = f"cannot be read ({e})"
+    if why is None:
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        prm.head.load_state_dict(head)
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = generator
+        torch.set_rng_state(state["torch_rng"])
+        return info
+    stale = path.with_name(path.name + ".stale")
+    remove_dir(stale)
+    path.rename(stale)
+    warnings.warn(f"the PRM checkpoint {path} {why}: moved to {stale}, training from the start", stacklevel=3)
+    return None
 
 
 def save_prm(prm: PRM, target: Path, info: dict[str, Any]) -> None:

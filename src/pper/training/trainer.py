@@ -22,6 +22,7 @@ from typing import Any
 from ..buffer import ReplayBuffer
 from ..buffer.replay import Replay
 from ..errors import PperError
+from ..files import replace_dir, restore_dir
 from .attention import SegmentAttention, segments
 from .config import TrainingConfig
 from .examples import Example, build_example, pack
@@ -395,22 +396,11 @@ def round_half_up(x: float) -> int:
     return int(x + 0.5)
 
 
-def replace_dir(staging: Path, target: Path) -> None:
-    """Put the directory `staging` at `target`, replacing what was there, with renames only."""
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def read_info(path: str | Path) -> dict[str, Any] | None:
     """A checkpoint's info (round, step, ...) if `path` holds a complete checkpoint (one left aside by a
     `replace_dir` killed between its two renames is put back first)."""
-    path, old = Path(path), Path(path).with_name(Path(path).name + ".old")
-    if not path.exists() and old.exists():
-        old.rename(path)
+    path = Path(path)
+    restore_dir(path)
     try:
         return json.loads((Path(path) / INFO_FILE).read_text())
     except (OSError, ValueError):
