@@ -265,3 +265,27 @@ def test_a_stored_result_reads_back_whole(buffer):
     assert p.verdicts == ("passed", "wrong_answer", "timeout") and p.error == "assert f(1) == 2: got None"
     untested = buffer.add_programs([NewProgram("HumanEval/0", "def g(): pass", -1.0, 3, "m")])[0]
     assert buffer.program(untested).result is None and buffer.program(untested).pass_rate is None
+
+
+def test_add_tested_from_adds_the_tested_programs_with_their_results_once(tmp_path):
+    from pper.buffer import Execution, NewProgram, ReplayBuffer
+    from pper.execution.results import ProgramResult, TestResult
+    from pper.tasks import load_tasks
+
+    a, b = load_tasks("humaneval", limit=2)
+    passed = ProgramResult((TestResult("passed"), TestResult("failed")))
+    with ReplayBuffer(tmp_path / "src.sqlite") as source, ReplayBuffer(tmp_path / "dst.sqlite") as target:
+        source.add_tasks([a, b])
+        ids = source.add_programs([NewProgram(a.id, "x = 1", -1.0, 3, "m", 1, "x"),
+                                   NewProgram(b.id, "y", -2.0, 1, "r")])  # fmt: skip
+        source.add_executions([Execution(ids[0], passed)])  # the second is never tested: it is not added
+        target.add_tasks([a])
+        kept = target.add_programs([NewProgram(a.id, "x = 1", -9.0, 9, "other", 2, "x")])
+        assert target.add_tested_from(source) == 0  # the one tested program is there already, and keeps its own row
+        assert {t.id for t in target.tasks()} == {a.id, b.id}
+        ids = source.add_programs([NewProgram(b.id, "z = 2", -0.5, 2, "m", 3)])
+        source.add_executions([Execution(ids[0], passed)])
+        assert target.add_tested_from(source) == 1 and target.add_tested_from(source) == 0
+        new = next(p for p in target.programs() if p.text == "z = 2")
+        assert (new.task_id, new.logprob, new.num_tokens, new.model, new.round) == (b.id, -0.5, 2, "m", 3)
+        assert new.result == passed and target.program(kept[0]).model == "other"

@@ -392,7 +392,11 @@ def test_the_protocols_prm_labels_a_copy_of_its_buffers_and_is_trained_once(tmp_
     assert len(references) == 2 and all(set(s.labels) == {1} for s in references)  # they pass: every line good
     stats = prm_stats(protocol, 12.0)
     assert stats["programs"] == len(programs) and stats["probes"] >= 1 and stats["completer"] == ["reference"]
-    assert stats["buffer"] == "b + references" and "of the b + references buffers labelled" in prm_lines(stats)[0]
+    assert stats["buffers"] == ["b", "references"] and "of the b + references buffers labelled" in prm_lines(stats)[0]
+    assert set(stats["auc_by_model"]) == {"references", *(stored[i].model for i in searches)}
+    data["prm"]["buffer"] = "b"  # a recipe that no longer matches the labelled copy is refused, not reused
+    with pytest.raises(PperError, match=r"made from the buffers b \+ references, but .* now names b: remove"):
+        make_prm(validate_protocol(data))
     assert stats["auc"] == info["auc"]
     made = (model / "prm.json").stat().st_mtime_ns
     assert make_prm(protocol) == model and (model / "prm.json").stat().st_mtime_ns == made  # trained once
@@ -415,14 +419,14 @@ def test_the_report_gives_each_self_sampling_arms_density_and_stages_round_by_ro
     from pper.execution.results import ProgramResult, TestResult
     from pper.tasks import load_tasks
 
-    protocol = validate_protocol(protocol_dict(tmp_path, own={}, shared={"buffer": "b"}))
+    protocol = validate_protocol(protocol_dict(tmp_path, own={}, shared={"buffer": "b"}, later={"buffer": "b"}))
     a, b = load_tasks("humaneval", limit=2)
 
     def result(*verdicts):
         return ProgramResult(tuple(TestResult(v) for v in verdicts))
 
     made = {}
-    for arm, rounds in (("own", (1, 2)), ("shared", (1,))):
+    for arm, rounds in (("own", (1, 2)), ("shared", (1,)), ("later", (1, 2))):
         unit = next(u for u in units(protocol) if u.arm == arm)
         unit.run_dir.mkdir(parents=True)
         with ReplayBuffer.in_run(unit.run_dir) as buffer:
@@ -438,7 +442,7 @@ def test_the_report_gives_each_self_sampling_arms_density_and_stages_round_by_ro
                 buffer.set_stages(r, {a.id: r, b.id: 1})
         made[arm] = [unit]
     density = density_stats(made)
-    assert set(density) == {"own"}  # "shared" sampled nothing itself: its one round is the shared buffer's
+    assert set(density) == {"own", "later"}  # "shared" sampled nothing itself: its one round is the shared buffer's
     rounds = density["own"]["0"]["density"]
     assert rounds["1"] == {"tasks": 2, "tasks_with_passing_program": 1, "programs": 3,
                            "share_passing_a_test": pytest.approx(2 / 3)}  # fmt: skip
@@ -446,29 +450,5 @@ def test_the_report_gives_each_self_sampling_arms_density_and_stages_round_by_ro
     table = "\n".join(density_table({"density": density}))
     assert "| own | 0 | 1 | 1 of 2 | 3 | 0.667 | 1: 2 |" in table
     assert "| own | 0 | 2 | 0 of 2 | 2 | 0.500 | 1: 1, 2: 1 |" in table
+    assert "| later | 0 | 1 (*shared*: b) | 1 of 2 | 3 |" in table and "| later | 0 | 2 | 0 of 2 |" in table
     assert density_table({"density": {}}) == []
-
-
-def test_add_tested_adds_the_tested_programs_with_their_results_once(tmp_path):
-    from pper.buffer import Execution, NewProgram, ReplayBuffer
-    from pper.execution.results import ProgramResult, TestResult
-    from pper.experiments.arms import add_tested
-    from pper.tasks import load_tasks
-
-    a, b = load_tasks("humaneval", limit=2)
-    passed = ProgramResult((TestResult("passed"), TestResult("failed")))
-    with ReplayBuffer(tmp_path / "src.sqlite") as source, ReplayBuffer(tmp_path / "dst.sqlite") as target:
-        source.add_tasks([a, b])
-        ids = source.add_programs([NewProgram(a.id, "x = 1", -1.0, 3, "m", 1, "x"),
-                                   NewProgram(b.id, "y", -2.0, 1, "r")])  # fmt: skip
-        source.add_executions([Execution(ids[0], passed)])  # the second is never tested: it is not added
-        target.add_tasks([a])
-        kept = target.add_programs([NewProgram(a.id, "x = 1", -9.0, 9, "other", 2, "x")])
-        assert add_tested(target, source) == 0  # the one tested program is there already, and keeps its own row
-        assert {t.id for t in target.tasks()} == {a.id, b.id}
-        ids = source.add_programs([NewProgram(b.id, "z = 2", -0.5, 2, "m", 3)])
-        source.add_executions([Execution(ids[0], passed)])
-        assert add_tested(target, source) == 1 and add_tested(target, source) == 0
-        new = next(p for p in target.programs() if p.text == "z = 2")
-        assert (new.task_id, new.logprob, new.num_tokens, new.model, new.round) == (b.id, -0.5, 2, "m", 3)
-        assert new.result == passed and target.program(kept[0]).model == "other"

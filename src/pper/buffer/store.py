@@ -389,6 +389,18 @@ class ReplayBuffer:
     def close(self) -> None:
         self._db.close()
 
+    def add_tested_from(self, source: ReplayBuffer) -> int:
+        """Add `source`'s tasks and tested programs, with their results, to this buffer; how many programs were new.
+        A program this buffer holds already keeps its own row, and its own result where it has one. Repair turns
+        come as first attempts (their trajectories are not carried), curriculum programs with their prefix."""
+        self.add_tasks(source.tasks())
+        tested = [p for p in source.programs() if p.result is not None]
+        before = self._count("programs")
+        ids = self.add_programs(NewProgram(p.task_id, p.text, p.logprob, p.num_tokens, p.model, p.round, p.prefix)
+                                for p in tested)  # fmt: skip
+        self.add_executions(Execution(i, p.result) for i, p in zip(ids, tested, strict=True))
+        return self._count("programs") - before
+
     def copy_to(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write a consistent copy of the buffer to `path` with SQLite's backup API; returns `path`.
 

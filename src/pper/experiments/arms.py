@@ -28,7 +28,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..buffer import BUFFER_FILE, Execution, NewProgram, ReplayBuffer
+from ..buffer import BUFFER_FILE, NewProgram, ReplayBuffer
 from ..config import PperConfig
 from ..errors import PperError
 from ..files import write_atomic
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 FILLED = "filled.json"  # in a shared buffer's directory once it is filled and tested: its statistics
 REFERENCES_MODEL = "references"  # the `model` of the programs of a references buffer
+PRM_BUFFERS = "buffers.json"  # beside the PRM's labelled copy: the shared buffers it was made from
 
 
 @dataclass(frozen=True)
@@ -343,11 +344,16 @@ def make_prm(protocol: Protocol) -> Path:
     from ..prm.train import train_prm
 
     assert protocol.prm is not None
+    labels = protocol.prm_config().run_dir
+    if (labels / BUFFER_FILE).exists() and prm_buffers(protocol) != protocol.prm.buffers:
+        raise PperError(
+            f"{labels.parent} was made from the buffers {' + '.join(prm_buffers(protocol))}, but the protocol's "
+            f"prm.buffer now names {' + '.join(protocol.prm.buffers)}: remove {labels.parent} to make it again"
+        )
     if prm_trained(protocol):
         return protocol.prm_model
     sources = [fill_buffer(protocol, name) for name in protocol.prm.buffers]
     config = protocol.prm_config()
-    labels = config.run_dir
     labels.mkdir(parents=True, exist_ok=True)
     write_atomic(labels / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     if not (labels / BUFFER_FILE).exists():  # made aside and renamed: a killed merge leaves nothing half-made
@@ -358,23 +364,22 @@ def make_prm(protocol: Protocol) -> Path:
         with ReplayBuffer(staging) as merged:
             for source in sources[1:]:
                 with ReplayBuffer(source / BUFFER_FILE) as store:
-                    add_tested(merged, store)
+                    merged.add_tested_from(store)
+        write_atomic(labels / PRM_BUFFERS, json.dumps(protocol.prm.buffers) + "\n")
         staging.rename(labels / BUFFER_FILE)
     label_run(labels, show_progress=True)
     train_prm(labels, out=protocol.prm_model)
     return protocol.prm_model
 
 
-def add_tested(target: ReplayBuffer, source: ReplayBuffer) -> int:
-    """Add `source`'s tasks and tested programs, with their results, to `target` (a program `target` holds already
-    keeps its own row, and its own result where it has one); how many programs were new."""
-    target.add_tasks(source.tasks())
-    tested = [p for p in source.programs() if p.result is not None]
-    before = target.stats()["programs"]
-    ids = target.add_programs(NewProgram(p.task_id, p.text, p.logprob, p.num_tokens, p.model, p.round, p.prefix)
-                              for p in tested)  # fmt: skip
-    target.add_executions(Execution(i, p.result) for i, p in zip(ids, tested, strict=True))
-    return target.stats()["programs"] - before
+def prm_buffers(protocol: Protocol) -> list[str]:
+    """The shared buffers the protocol's labelled copy was made from (ROOT/prm/labels/buffers.json; a copy made
+    before that file existed was made from `prm.buffer` alone, then always one buffer)."""
+    assert protocol.prm is not None
+    try:
+        return json.loads((protocol.prm_config().run_dir / PRM_BUFFERS).read_text())
+    except OSError:
+        return protocol.prm.buffers[:1]
 
 
 def prm_stats(protocol: Protocol, seconds: float) -> dict[str, Any] | None:
@@ -389,7 +394,7 @@ def prm_stats(protocol: Protocol, seconds: float) -> dict[str, Any] | None:
         searches = store.line_searches()
     labels = [x for s in searches.values() for x in s.labels]
     return {
-        "buffer": " + ".join(protocol.prm.buffers) if protocol.prm else None,
+        "buffers": prm_buffers(protocol),
         "programs": len(searches),
         "probes": sum(len(s.probes) for s in searches.values()),
         "contradicted": sum(bool(s.contradictions) for s in searches.values()),
@@ -398,6 +403,7 @@ def prm_stats(protocol: Protocol, seconds: float) -> dict[str, Any] | None:
         "label_seconds": sum(s.seconds for s in searches.values()),
         "seconds": seconds,
         "auc": info["auc"],
+        "auc_by_model": info.get("auc_by_model", {}),
         "balance": info["balance"],
         "completer": sorted({s.completer for s in searches.values()}),
     }

@@ -264,8 +264,8 @@ def replay_stats(protocol: Protocol, done: dict[str, list[Unit]]) -> dict[str, d
 
 def density_stats(done: dict[str, list[Unit]]) -> dict[str, dict[str, dict]]:
     """Per trained arm that sampled programs itself (more than one round in its buffer, or no shared buffer to
-    start from) and per seed: its buffer's density per round (`ReplayBuffer.density`) and, with a curriculum, how
-    many tasks sat at each stage (`ReplayBuffer.stage_counts`)."""
+    start from) and per seed: its buffer's density per round (`ReplayBuffer.density`), with a curriculum how many
+    tasks sat at each stage (`ReplayBuffer.stage_counts`), and the shared buffer its round 1 is (None: none)."""
     out: dict[str, dict[str, dict]] = {}
     for arm, us in done.items():
         for u in us:
@@ -273,9 +273,10 @@ def density_stats(done: dict[str, list[Unit]]) -> dict[str, dict[str, dict]]:
                 continue
             with ReplayBuffer.in_run(u.run_dir) as buffer:
                 stats = buffer.stats()
-            density = stats["density_by_round"]
-            if len(density) > 1 or u.kind.buffer(u.spec) is None:
-                out.setdefault(arm, {})[str(u.seed)] = {"density": density, "stages": stats["stages_by_round"]}
+            density, shared = stats["density_by_round"], u.kind.buffer(u.spec)
+            if len(density) > 1 or shared is None:
+                out.setdefault(arm, {})[str(u.seed)] = {"density": density, "stages": stats["stages_by_round"],
+                                                        "shared": shared}  # fmt: skip
     return out
 
 
@@ -286,7 +287,8 @@ def density_table(summary: dict) -> list[str]:
     if not rows:
         return []
     lines = ["The programs each arm sampled, round by round (buffer density; stage: tasks at that curriculum "
-             "stage):", "", "| arm | seed | round | tasks with a passing program | programs | share passing a test |"
+             "stage; a round marked *shared* holds the shared buffer the arm starts from, not its own programs):",
+             "", "| arm | seed | round | tasks with a passing program | programs | share passing a test |"
              " tasks per stage |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for arm, seeds in rows.items():
         for seed, d in seeds.items():
@@ -294,7 +296,8 @@ def density_table(summary: dict) -> list[str]:
                 share = "-" if x["share_passing_a_test"] is None else f"{x['share_passing_a_test']:.3f}"
                 counts = d["stages"].get(r, {})
                 stages = ", ".join(f"{k}: {counts[k]}" for k in sorted(counts, key=int)) if counts else "-"
-                lines.append(f"| {arm} | {seed} | {r} | {x['tasks_with_passing_program']} of {x['tasks']} | "
+                round_ = f"{r} (*shared*: {d['shared']})" if d.get("shared") and r == "1" else r
+                lines.append(f"| {arm} | {seed} | {round_} | {x['tasks_with_passing_program']} of {x['tasks']} | "
                              f"{x['programs']} | {share} | {stages} |")  # fmt: skip
     return [*lines, ""]
 
@@ -409,14 +412,26 @@ def prm_lines(prm: dict[str, Any] | None) -> list[str]:
         return []
     val = prm["balance"]["validation"]
     share = "-" if prm["good_share"] is None else pct(prm["good_share"])
-    auc = {k: "-" if v is None else f"{v:.3f}" for k, v in prm["auc"].items()}
-    buffers = f"{prm['buffer']} buffer" + ("s" if " + " in prm["buffer"] else "")
+
+    def aucs(values: dict[str, float | None]) -> str:
+        v = {k: "-" if x is None else f"{x:.3f}" for k, x in values.items()}
+        return f"PRM {v['prm']}, the policy's line log-probability {v['logprob']}, the line's position {v['position']}"
+
+    buffers = " + ".join(prm["buffers"]) + (" buffers" if len(prm["buffers"]) > 1 else " buffer")
+    by_model = prm.get("auc_by_model", {})
+    per_source = (
+        " By the programs' source (- where a source's lines are all of one class): "
+        + "; ".join(f"{m}, {d['lines']} lines ({d['good']} good): {aucs(d['auc'])}" for m, d in by_model.items())
+        + "."
+        if len(by_model) > 1
+        else ""
+    )
     return [
         f"The PRM: {prm['programs']} programs of the {buffers} labelled "
         f"({'/'.join(prm['completer'])} completer) with {prm['probes']} probes ({prm['contradicted']} programs with a "
         f"contradicted probe); {prm['lines']} lines, {share} labelled good; labelling and training took "
         f"{prm['seconds'] / 60:.1f} min. ROC AUC on {val['lines']} lines of the validation tasks ({val['good']} good): "
-        f"PRM {auc['prm']}, the policy's line log-probability {auc['logprob']}, the line's position {auc['position']}.",
+        f"{aucs(prm['auc'])}.{per_source}",
         "",
     ]
 
