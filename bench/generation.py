@@ -1,8 +1,8 @@
 """Sampling throughput: pper's transformers sampler against transformers' batched `generate`, same run.
 
-Both decode the same batches of prompts (pper's batching: grouped by stop strings, longest first) with the
-default model, float32, the default `max_new_tokens` and beam width, at batch size 1 and at the default
-batch size; batches alternate which of the two runs first.
+Both decode the same batches of prompts (pper's batching: longest first; HumanEval's prompts share their stop
+strings) with the default model, float32, the default `max_new_tokens` and beam width, at batch size 1 and at
+the default batch size; batches alternate which of the two runs first.
 - baseline: `model.generate` on the left-padded batch, greedy (`do_sample=False`) or beam search
   (`num_beams=k, num_return_sequences=k`), pper's stop strings (`stop_strings`), with
   `return_dict_in_generate=True, output_scores=True` and `compute_transition_scores` for the log-probabilities
@@ -109,6 +109,7 @@ def run_generate(sampler: Any, batch: list, mode: str, k: int, part: Part) -> No
     from pper.generation.prompts import program_tokens
 
     model, tokenizer = sampler.model, sampler.tokenizer
+    assert all(p.stops == batch[0].stops for p in batch), "generate takes one set of stop strings per batch"
     start = time.perf_counter()
     encoded = tokenizer([p.text for p in batch], return_tensors="pt", padding=True).to(sampler.device)
     beam = {"num_beams": k, "num_return_sequences": k} if mode == "beam" else {}

@@ -190,3 +190,27 @@ def test_a_killed_pper_sample_resumes(tmp_path):
     db = sqlite3.connect(run / "buffer.sqlite")
     assert db.execute("SELECT COUNT(*) FROM samplings").fetchone()[0] == 6
     assert db.execute("SELECT COUNT(*) FROM programs").fetchone()[0] == 6
+
+
+def test_each_prompt_of_a_mixed_batch_stops_at_its_own_strings_as_it_would_alone(loaded, mbpp_path):
+    from pper.curriculum import CurriculumConfig, stage_prefix
+    from pper.generation.prompts import stop_index
+
+    model, tokenizer, name = loaded
+    mbpp = load_tasks(f"mbpp:{mbpp_path}", split="train", limit=2)
+    prompts = [
+        build_prompt(load_tasks("humaneval", limit=1)[0], tokenizer),  # completion stops
+        build_prompt(mbpp[0], tokenizer, stage_prefix(mbpp[0], 1, CurriculumConfig(enabled=True, stages=2))),
+        build_prompt(mbpp[1], tokenizer),  # a chat answer: no stop strings
+    ]
+    assert len({p.stops for p in prompts}) == 3 and prompts[1].stops and not prompts[2].stops
+
+    def run(batch_size):
+        sampler = TransformersSampler(model, tokenizer, name, batch_size=batch_size, max_new_tokens=64)
+        return {i: cs for i, cs in sampler.sample_prompts(prompts, "greedy", 1)}
+
+    together, alone = run(3), run(1)
+    for i, prompt in enumerate(prompts):
+        (a,), (b,) = together[i], alone[i]
+        assert a.completion == b.completion and a.logprob == pytest.approx(b.logprob, abs=1e-3)
+        assert not prompt.stops or stop_index(a.completion, prompt.stops) is None  # cut before its own stops

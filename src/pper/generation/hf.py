@@ -125,17 +125,11 @@ class TransformersSampler:
             yield from zip(batch, candidates, strict=True)
 
     def batches(self, prompts: Sequence[Prompt]) -> list[list[int]]:
-        """The batches `sample_prompts` runs, as indices into `prompts`: grouped by stop strings, longest prompt
-        first, at most `batch_size` to a batch."""
+        """The batches `sample_prompts` runs, as indices into `prompts`: longest prompt first, at most
+        `batch_size` to a batch (each prompt keeps its own stop strings)."""
         lengths = [len(self.tokenizer(p.text).input_ids) for p in prompts]
-        ordered = sorted(range(len(prompts)), key=lambda i: (prompts[i].stops, -lengths[i]))
-        batches: list[list[int]] = []
-        for i in ordered:
-            if batches and len(batches[-1]) < self.batch_size and prompts[batches[-1][0]].stops == prompts[i].stops:
-                batches[-1].append(i)
-            else:
-                batches.append([i])
-        return batches
+        ordered = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+        return [ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
 
     @property
     def device(self) -> Any:
@@ -193,7 +187,7 @@ class TransformersSampler:
         if beam:  # at the first step all k beams of a task are the same: expand only the first
             scores.view(-1, k)[:, 1:] = float("-inf")
         finished: list[list[tuple[float, list[int], list[float]]]] = [[] for _ in batch]
-        stops = batch[0].stops
+        stops = [p.stops for p in batch]  # per task
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         for step in range(self.max_new_tokens):
             logp = logits.float().log_softmax(-1)
@@ -212,7 +206,7 @@ class TransformersSampler:
                     task, seq, lps = rows[r]
                     if token == tok.eos_token_id or token == tok.pad_token_id:
                         finished[task].append((0.0, seq, lps))
-                    elif last or self._hits_stop(seq + [token], stops):
+                    elif last or self._hits_stop(seq + [token], stops[task]):
                         finished[task].append((0.0, seq + [token], lps + [lp]))
                     else:
                         parents.append(r)
@@ -293,7 +287,7 @@ class TransformersSampler:
                 if token == tok.eos_token_id or token == tok.pad_token_id:
                     if rank < k:
                         done.append((score / max(len(seq) + 1, 1), seq, lps))
-                elif self._hits_stop(seq + [token], stops):
+                elif self._hits_stop(seq + [token], stops[task]):
                     if rank < k:
                         done.append((score / (len(seq) + 1), seq + [token], lps + [lp]))
                 else:
@@ -320,7 +314,7 @@ class TransformersSampler:
         """Whether the text of `tokens` now contains a stop string (only the tail can be new)."""
         if not stops:
             return False
-        tail = self.tokenizer.decode(tokens[-8:])
+        tail = self.tokenizer.decode(tokens[-max(8, max(map(len, stops)) + 1) :])  # a token holds >= 1 character
         return stop_index(tail, stops) is not None
 
     def until_stop(self, tokens: list[int], stops: tuple[str, ...]) -> list[int]:

@@ -18,7 +18,11 @@ A prompt may give the model the start of its program (`prefix`, a curriculum sta
 completion task's prompt is then its code prompt followed by the prefix, to continue; an instruction task's
 chat prompt ends with the assistant's turn already begun, prefilled with the opening ```python fence and the
 prefix (`Prompt.given`). The program is still the whole program (prompt or fence, prefix, completion), and P(t)
-and the training loss cover only what the model wrote after the prefix.
+and the training loss cover only what the model wrote after the prefix. A prefilled answer is a continuation of
+code too, so it gets stop strings (`prefill_stops`): the closing fence, a top-level `print(`, `assert ` or
+`if __name__`, and a top-level redefinition of a function the prefix defines. Without them SmolLM2-135M, given
+half a reference, finished the function and wrote it again until the token limit in 37% of 103 completions
+(the repeats pass their tests, so they were replayed; docs/results.md, StepCoder).
 
 A repair turn (RLEF, `feedback.turns`) is a chat for every task style (`build_repair_prompt`), in the model's chat
 template:
@@ -59,6 +63,8 @@ CONTINUE_REQUEST = (
     "unchanged, then the rest.\n\n```python\n{prefix}\n```"
 )
 COMPLETION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```", "\nassert ")
+PREFILL_STOPS = ("\n```", "\nif __name__", "\nprint(", "\nassert ")
+_TOP_LEVEL_DEF = re.compile(r"^(?:async\s+)?def\s+(\w+)\s*\(", re.M)
 SHOWN_TESTS = 3
 FENCE_OPEN = "```python\n"
 _RAISED_AT = re.compile(r"\(at line (\d+) of the program\)$")  # pper.execution.harness's error texts
@@ -98,7 +104,15 @@ def build_prompt(task: Task, tokenizer: Any = None, prefix: str = "") -> Prompt:
     else:
         text = message + "\n"
     given = FENCE_OPEN + prefix if prefix else ""
-    return Prompt(task, text + given, (), prefix, given)
+    return Prompt(task, text + given, prefill_stops(prefix) if prefix else (), prefix, given)
+
+
+def prefill_stops(prefix: str) -> tuple[str, ...]:
+    """Where a prefilled answer's completion ends (besides end of text): `PREFILL_STOPS`, and a new top-level
+    definition of each function the prefix defines at top level (`\ndef name(`), which can only redefine it.
+    Helpers under other names are kept."""
+    names = dict.fromkeys(_TOP_LEVEL_DEF.findall(prefix))
+    return PREFILL_STOPS + tuple(f"\ndef {name}(" for name in names)
 
 
 def instruction(task: Task) -> str:
