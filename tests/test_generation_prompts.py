@@ -100,13 +100,13 @@ def test_program_tokens_are_the_code_without_prose_and_fences():
 
 
 def test_a_prefilled_answer_stops_at_the_fence_a_top_level_print_or_a_redefinition(mbpp_path):
-    from pper.generation.prompts import PREFILL_STOPS, prefill_stops
+    from pper.generation.prompts import PREFILL_STOPS, stops_for_prefix
 
     prefix = "import re\nasync def g(x):\n    pass\ndef f(a, b):\n    def inner():\n        pass\n    c = a"
-    assert prefill_stops(prefix) == (*PREFILL_STOPS, "\ndef g(", "\ndef f(")  # not the nested `inner`
+    assert stops_for_prefix(prefix) == (*PREFILL_STOPS, "\ndef g(", "\ndef f(")  # not the nested `inner`
     task = load_tasks(f"mbpp:{mbpp_path}", split="test", limit=1)[0]
     prompt = build_prompt(task, _ChatTokenizer(), prefix)
-    assert prompt.text.endswith("<assistant>```python\n" + prefix) and prompt.stops == prefill_stops(prefix)
+    assert prompt.text.endswith("<assistant>```python\n" + prefix) and prompt.stops == stops_for_prefix(prefix)
     completion = "\n    return c + b\n\ndef helper():\n    pass\n\ndef f(a, b):\n    return 0\n"
     cut = completion[: stop_index(completion, prompt.stops)]
     assert cut == "\n    return c + b\n\ndef helper():\n    pass\n"  # a helper is kept, the redefinition is not
@@ -114,3 +114,4 @@ def test_a_prefilled_answer_stops_at_the_fence_a_top_level_print_or_a_redefiniti
     for tail in ("\n```\nThis works.", "\nprint(f(1, 2))", "\nassert f(1, 2) == 3"):
         assert stop_index("\n    return c + b" + tail, prompt.stops) == len("\n    return c + b")
     assert build_prompt(task, _ChatTokenizer()).stops == ()  # without a prefix the answer's fence ends the code
+    assert build_prompt(task, _ChatTokenizer(), prefix, prefill_stops=False).stops == ()  # curriculum.prefill_stops

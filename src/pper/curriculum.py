@@ -36,7 +36,9 @@ class CurriculumConfig(BaseModel):
     """enabled: pose training tasks as completions of their reference (default off). stages: S, the number
     of stages (S = 1: every task is the whole task). unit: where the reference is cut, "statements" or
     "lines". advance_at: the share of a task's programs at its stage in a round that must pass every test for
-    the task to move to the next stage."""
+    the task to move to the next stage. prefill_stops: an instruction task's prefilled answer stops at the closing
+    fence, a top-level print(/assert/if __name__, or a redefinition of a function its prefix defines
+    (`generation.prompts.stops_for_prefix`); false: only at end of text or the token cap, as before they existed."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -44,6 +46,7 @@ class CurriculumConfig(BaseModel):
     stages: int = Field(4, ge=1)
     unit: Literal["statements", "lines"] = "statements"
     advance_at: float = Field(0.5, gt=0.0, le=1.0)
+    prefill_stops: bool = True
 
 
 def reference_code(task: Task) -> str | None:

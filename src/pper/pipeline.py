@@ -193,10 +193,12 @@ def sample_into_buffer(
     show_progress: bool = True,
     prefixes: dict[str, str] | None = None,
     select: Callable[[Task, list[Any]], list[Any]] | None = None,
+    prefill_stops: bool = True,
 ) -> int:
     """Sample `k` candidates for every task `sampler` has not sampled in `round` yet and store them, one
     transaction per task, so a killed run resumes with the tasks it had not finished. `prefixes`: task id ->
-    the start of the program the model is given (a curriculum stage), stored with each program. `select`:
+    the start of the program the model is given (a curriculum stage), stored with each program, a prefilled
+    answer stopping at its stop strings unless `prefill_stops` is False (`curriculum.prefill_stops`). `select`:
     (task, its candidates) -> the candidates stored (reranking: `pper.prm.rerank.Rerank`); default all of them.
     Returns how many tasks were sampled now."""
     from .progress import progress
@@ -204,7 +206,10 @@ def sample_into_buffer(
     buffer.add_tasks(tasks)
     done = buffer.sampled_tasks(sampler.name, round)
     todo = [t for t in tasks if t.id not in done]
-    results = sampler.sample(todo, mode, k, prefixes=prefixes) if prefixes else sampler.sample(todo, mode, k)
+    if prefixes:
+        results = sampler.sample(todo, mode, k, prefixes=prefixes, prefill_stops=prefill_stops)
+    else:
+        results = sampler.sample(todo, mode, k)
     if show_progress:
         results = progress(results, len(todo), f"sampling ({mode}, k={k})", "tasks")
     for task, candidates in results:
@@ -471,7 +476,16 @@ def _run(config: PperConfig, force: bool, show_progress: bool, group: Any) -> Ru
                             select = Rerank(prm(), g.k, config.prm.max_length)
                         draw = g.candidates if select is not None and g.candidates else g.k
                         sample_into_buffer(
-                            buffer, sampler, prepared.train, g.mode, draw, r, show_progress, prefixes, select
+                            buffer,
+                            sampler,
+                            prepared.train,
+                            g.mode,
+                            draw,
+                            r,
+                            show_progress,
+                            prefixes,
+                            select,
+                            config.curriculum.prefill_stops,
                         )
                         if select is not None:
                             events.log(event="rerank", round=r, prm=prm().info.get("id"), tasks=select.tasks,

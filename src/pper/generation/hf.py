@@ -105,10 +105,15 @@ class TransformersSampler:
         self.generated_tokens = 0  # tokens decoded by `generate`, for throughput figures
 
     def sample(
-        self, tasks: Sequence[Task], mode: Mode, k: int, prefixes: Mapping[str, str] | None = None
+        self,
+        tasks: Sequence[Task],
+        mode: Mode,
+        k: int,
+        prefixes: Mapping[str, str] | None = None,
+        prefill_stops: bool = True,
     ) -> Iterator[tuple[Task, list[Candidate]]]:
         prefixes = prefixes or {}
-        prompts = [build_prompt(t, self.tokenizer, prefixes.get(t.id, "")) for t in tasks]
+        prompts = [build_prompt(t, self.tokenizer, prefixes.get(t.id, ""), prefill_stops) for t in tasks]
         for i, candidates in self.sample_prompts(prompts, mode, k):
             yield prompts[i].task, candidates
 

@@ -64,7 +64,12 @@ class OpenAISampler:
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
 
     def sample(
-        self, tasks: Sequence[Task], mode: Mode, k: int, prefixes: Mapping[str, str] | None = None
+        self,
+        tasks: Sequence[Task],
+        mode: Mode,
+        k: int,
+        prefixes: Mapping[str, str] | None = None,
+        prefill_stops: bool = True,
     ) -> Iterator[tuple[Task, list[Candidate]]]:
         prefixes = prefixes or {}
         for t in tasks:
@@ -73,7 +78,7 @@ class OpenAISampler:
                     f"{t.id}: a teacher behind the chat API cannot continue a prefilled answer, so it cannot sample "
                     "curriculum stages of instruction tasks; sample them with the local model"
                 )
-        prompts = [build_prompt(t, prefix=prefixes.get(t.id, "")) for t in tasks]
+        prompts = [build_prompt(t, prefix=prefixes.get(t.id, ""), prefill_stops=prefill_stops) for t in tasks]
         for i, candidates in self.sample_prompts(prompts, mode, k):
             yield tasks[i], candidates
 

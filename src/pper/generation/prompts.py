@@ -19,10 +19,11 @@ completion task's prompt is then its code prompt followed by the prefix, to cont
 chat prompt ends with the assistant's turn already begun, prefilled with the opening ```python fence and the
 prefix (`Prompt.given`). The program is still the whole program (prompt or fence, prefix, completion), and P(t)
 and the training loss cover only what the model wrote after the prefix. A prefilled answer is a continuation of
-code too, so it gets stop strings (`prefill_stops`): the closing fence, a top-level `print(`, `assert ` or
-`if __name__`, and a top-level redefinition of a function the prefix defines. Without them SmolLM2-135M, given
-half a reference, finished the function and wrote it again until the token limit in 37% of 103 completions
-(the repeats pass their tests, so they were replayed; docs/results.md, StepCoder).
+code too, so it gets stop strings (`stops_for_prefix`; `curriculum.prefill_stops: false` turns them off): the
+closing fence, a top-level `print(`, `assert ` or `if __name__`, and a top-level redefinition of a function the
+prefix defines. Without them SmolLM2-135M, given half a reference, finished the function and wrote it again until
+the token limit in 37% of 103 completions (the repeats pass their tests, so they were replayed; docs/results.md,
+StepCoder).
 
 A repair turn (RLEF, `feedback.turns`) is a chat for every task style (`build_repair_prompt`), in the model's chat
 template:
@@ -91,9 +92,10 @@ class Prompt:
         return self.task.prompt_style == "completion" and not self.messages
 
 
-def build_prompt(task: Task, tokenizer: Any = None, prefix: str = "") -> Prompt:
+def build_prompt(task: Task, tokenizer: Any = None, prefix: str = "", prefill_stops: bool = True) -> Prompt:
     """The prompt for `task`; the tokenizer's chat template wraps instruction prompts when it has one. With a
-    `prefix`, the model is given the start of its program (see the module docstring)."""
+    `prefix`, the model is given the start of its program (see the module docstring), and a prefilled answer
+    stops at `stops_for_prefix(prefix)` unless `prefill_stops` is False (`curriculum.prefill_stops`)."""
     if task.prompt_style == "completion":
         return Prompt(task, task.prompt.rstrip() + prefix, COMPLETION_STOPS, prefix, prefix)
     message = instruction(task)
@@ -104,10 +106,10 @@ def build_prompt(task: Task, tokenizer: Any = None, prefix: str = "") -> Prompt:
     else:
         text = message + "\n"
     given = FENCE_OPEN + prefix if prefix else ""
-    return Prompt(task, text + given, prefill_stops(prefix) if prefix else (), prefix, given)
+    return Prompt(task, text + given, stops_for_prefix(prefix) if prefix and prefill_stops else (), prefix, given)
 
 
-def prefill_stops(prefix: str) -> tuple[str, ...]:
+def stops_for_prefix(prefix: str) -> tuple[str, ...]:
     """Where a prefilled answer's completion ends (besides end of text): `PREFILL_STOPS`, and a new top-level
     definition of each function the prefix defines at top level (`\ndef name(`), which can only redefine it.
     Helpers under other names are kept."""

@@ -62,9 +62,10 @@ class SamplerReplica:
         return {"pid": os.getpid(), "host": socket.gethostname()}
 
     def sample(
-        self, tasks: list[Task], mode: Mode, k: int, prefixes: dict[str, str]
+        self, tasks: list[Task], mode: Mode, k: int, prefixes: dict[str, str], prefill_stops: bool = True
     ) -> list[tuple[str, list[Candidate]]]:
-        return [(task.id, found) for task, found in self.sampler.sample(tasks, mode, k, prefixes=prefixes)]
+        found = self.sampler.sample(tasks, mode, k, prefixes=prefixes, prefill_stops=prefill_stops)
+        return [(task.id, candidates) for task, candidates in found]
 
     def sample_prompts(self, prompts: list[Prompt], mode: Mode, k: int) -> list[tuple[int, list[Candidate]]]:
         return list(self.sampler.sample_prompts(prompts, mode, k))
@@ -123,14 +124,20 @@ class RaySampler:
             self._started_ray = False
 
     def sample(
-        self, tasks: Sequence[Task], mode: Mode, k: int, prefixes: Mapping[str, str] | None = None
+        self,
+        tasks: Sequence[Task],
+        mode: Mode,
+        k: int,
+        prefixes: Mapping[str, str] | None = None,
+        prefill_stops: bool = True,
     ) -> Iterator[tuple[Task, list[Candidate]]]:
         by_id = {t.id: t for t in tasks}
         chunks = [list(tasks[i : i + self.chunk]) for i in range(0, len(tasks), self.chunk)]
         prefixes = dict(prefixes or {})
 
         def call(replica: Any, chunk: list[Task]) -> Any:
-            return replica.sample.remote(chunk, mode, k, {t.id: prefixes[t.id] for t in chunk if t.id in prefixes})
+            given = {t.id: prefixes[t.id] for t in chunk if t.id in prefixes}
+            return replica.sample.remote(chunk, mode, k, given, prefill_stops)
 
         for task_id, found in self._fan_out(chunks, call):
             yield by_id[task_id], found

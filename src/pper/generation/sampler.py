@@ -37,11 +37,16 @@ class Sampler(Protocol):
     name: str
 
     def sample(
-        self, tasks: Sequence[Task], mode: Mode, k: int, prefixes: Mapping[str, str] | None = None
+        self,
+        tasks: Sequence[Task],
+        mode: Mode,
+        k: int,
+        prefixes: Mapping[str, str] | None = None,
+        prefill_stops: bool = True,
     ) -> Iterator[tuple[Task, list[Candidate]]]:
         """For each task (in any order, each exactly once), its candidates: the top-k beams (`beam`),
         k samples (`sample`) or the greedy completion (`greedy`, k = 1). `prefixes`: task id -> the start of
-        the program the model is given for that task (`prompts.build_prompt`)."""
+        the program the model is given for that task, with `prefill_stops` (`prompts.build_prompt`)."""
         ...
 
     def sample_prompts(self, prompts: Sequence[Prompt], mode: Mode, k: int) -> Iterator[tuple[int, list[Candidate]]]:
