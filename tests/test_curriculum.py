@@ -222,5 +222,11 @@ def test_the_curriculum_section_is_validated_with_clear_errors(tmp_path):
     with pytest.raises(PperError, match="training.loss_mask"):
         load_config(path)
     shown = yaml.safe_load(load_config().to_yaml())
-    assert shown["curriculum"] == {"enabled": False, "stages": 4, "unit": "statements", "advance_at": 0.5}
+    assert shown["curriculum"] == {
+        "enabled": False,
+        "stages": 4,
+        "unit": "statements",
+        "advance_at": 0.5,
+        "prefill_stops": True,
+    }
     assert shown["training"]["loss_mask"] == "program"
