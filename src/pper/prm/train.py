@@ -146,50 +146,15 @@ def train_prm(
             steps = progress(steps, config.steps, "training the PRM", "steps", status, done=len(losses))
         for step in steps:
             batch = [items["train"][i] for i in rng.integers(0, len(items["train"]), config.batch_size)]
-            lines = max(1, sum(len(item.scored) for item, _ in batch))
-            total = 0.0
-            for item, labels in batch:
-                if not item.scored:
-                    continue
-                logits = prm.logits(item)
-                target_labels = torch.tensor([labels[i] for i in item.scored], dtype=logits.dtype, device=logits.device)
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target_labels, reduction="sum")
-                loss = loss / lines
-                loss.backward()
-                total += loss.item()
+            losses.append(_backward(prm, batch))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(total)
             every = config.checkpoint_every
             if every and (step + 1) % every == 0 and step + 1 < config.steps:
                 seconds = earlier + time.perf_counter() - start
                 _save_checkpoint(checkpoint, fingerprint, prm, optimizer, rng, losses, seconds)
-        flat: dict[str, list[Any]] = {"labels": [], "prm": [], "logprob": [], "position": [], "model": []}
-        for (item, labels), logprobs, pid in zip(items["validation"], baseline, validation_ids, strict=True):
-            scores, position = prm.scores(item), position_scores(len(labels))
-            for line in scores:  # the scored lines: not a completion task's given prompt, not cut off
-                flat["labels"].append(labels[line - 1])
-                flat["prm"].append(scores[line])
-                flat["logprob"].append(logprobs[line])
-                flat["position"].append(position[line - 1])
-                flat["model"].append(programs[pid].model)
-
-        def aucs(keep: list[bool]) -> dict[str, float | None]:
-            labels = [x for x, k in zip(flat["labels"], keep, strict=True) if k]
-            return {s: roc_auc([x for x, k in zip(flat[s], keep, strict=True) if k], labels)
-                    for s in ("prm", "logprob", "position")}  # fmt: skip
-
-        by_model = {}
-        for m in sorted(set(flat["model"])):
-            keep = [n == m for n in flat["model"]]
-            good = sum(x for x, k in zip(flat["labels"], keep, strict=True) if k)
-            by_model[m] = {"lines": sum(keep), "good": good, "auc": aucs(keep)}
-
-        def balance(split: str) -> dict[str, Any]:
-            labels = [ls[i] for item, ls in items[split] for i in item.scored]
-            return {"programs": len(items[split]), "lines": len(labels), "good": sum(labels),
-                    "good_share": sum(labels) / len(labels) if labels else None}  # fmt: skip
-
+        models = [programs[pid].model for pid in validation_ids]
+        auc, by_model = _validation_aucs(prm, items["validation"], baseline, models)
         info = {
             "id": f"{target.name}@{int(time.time())}",
             "base_model": run_config.generation.model,
@@ -201,8 +166,8 @@ def train_prm(
             "losses": losses,
             "train_tasks": train_ids,
             "validation_tasks": val_ids,
-            "balance": {"train": balance("train"), "validation": balance("validation")},
-            "auc": aucs([True] * len(flat["labels"])),
+            "balance": {"train": _balance(items["train"]), "validation": _balance(items["validation"])},
+            "auc": auc,
             "auc_by_model": by_model,
             "seconds": round(earlier + time.perf_counter() - start, 1),
             "resumed_at": resumed["step"] if resumed else None,
@@ -210,6 +175,60 @@ def train_prm(
         save_prm(prm, target, info)
         remove_dir(checkpoint)
         return {"dir": str(target), **info}
+
+
+def _backward(prm: PRM, batch: list[tuple[LineInput, list[int]]]) -> float:
+    """Accumulate the gradient of one step's loss, the mean binary cross-entropy over the batch's scored lines;
+    returns that loss."""
+    import torch
+
+    lines = max(1, sum(len(item.scored) for item, _ in batch))
+    total = 0.0
+    for item, labels in batch:
+        if not item.scored:
+            continue
+        logits = prm.logits(item)
+        target = torch.tensor([labels[i] for i in item.scored], dtype=logits.dtype, device=logits.device)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum") / lines
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+def _validation_aucs(
+    prm: PRM, validation: list[tuple[LineInput, list[int]]], baseline: list[dict[int, float]], models: list[str]
+) -> tuple[dict[str, float | None], dict[str, dict[str, Any]]]:
+    """ROC AUCs on the validation programs' scored lines of the PRM and of both baselines (`baseline`: the policy's
+    line log-probabilities, from before training; the line's position): over all lines, and per program source
+    (`models`, each program's `model`) with its lines and good lines."""
+    flat: dict[str, list[Any]] = {"labels": [], "prm": [], "logprob": [], "position": [], "model": []}
+    for (item, labels), logprobs, model in zip(validation, baseline, models, strict=True):
+        scores, position = prm.scores(item), position_scores(len(labels))
+        for line in scores:  # the scored lines: not a completion task's given prompt, not cut off
+            flat["labels"].append(labels[line - 1])
+            flat["prm"].append(scores[line])
+            flat["logprob"].append(logprobs[line])
+            flat["position"].append(position[line - 1])
+            flat["model"].append(model)
+
+    def aucs(keep: list[bool]) -> dict[str, float | None]:
+        labels = [x for x, k in zip(flat["labels"], keep, strict=True) if k]
+        return {s: roc_auc([x for x, k in zip(flat[s], keep, strict=True) if k], labels)
+                for s in ("prm", "logprob", "position")}  # fmt: skip
+
+    by_model = {}
+    for m in sorted(set(flat["model"])):
+        keep = [n == m for n in flat["model"]]
+        good = sum(x for x, k in zip(flat["labels"], keep, strict=True) if k)
+        by_model[m] = {"lines": sum(keep), "good": good, "auc": aucs(keep)}
+    return aucs([True] * len(flat["labels"])), by_model
+
+
+def _balance(split: list[tuple[LineInput, list[int]]]) -> dict[str, Any]:
+    """The class balance of a split's scored lines."""
+    labels = [ls[i] for item, ls in split for i in item.scored]
+    return {"programs": len(split), "lines": len(labels), "good": sum(labels),
+            "good_share": sum(labels) / len(labels) if labels else None}  # fmt: skip
 
 
 def _fingerprint(config: PrmConfig, run_config: Any, searches: dict[int, Any], programs: dict[int, Any]) -> str:
