@@ -155,3 +155,19 @@ def test_a_sqlite_file_without_a_schema_version_is_not_a_buffer(tmp_path):
     db.close()
     with pytest.raises(PperError, match="not a pper replay buffer"):
         ReplayBuffer(path)
+
+
+def test_reading_an_older_buffer_leaves_the_file_as_it_was(v1):
+    before = v1.read_bytes()
+    with ReplayBuffer.reading(v1) as buffer:
+        assert buffer.schema_version == store.SCHEMA_VERSION  # a migrated copy
+        assert len(buffer.programs()) == _rows(v1, "SELECT COUNT(*) FROM programs")[0][0] > 0
+        copy = buffer.path
+    assert _version(v1) == 1 and v1.read_bytes() == before and not copy.exists()  # the copy is gone
+    with ReplayBuffer(v1) as migrated:  # migrated in place by a plain open; then read in place
+        assert migrated.schema_version == store.SCHEMA_VERSION
+    with ReplayBuffer.reading(v1) as buffer:
+        assert buffer.path == v1
+    with pytest.raises(PperError, match="no replay buffer there"):
+        with ReplayBuffer.reading(v1.with_name("none.sqlite")):
+            pass

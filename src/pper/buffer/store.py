@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -385,6 +386,33 @@ class ReplayBuffer:
     @classmethod
     def in_run(cls, run_dir: str | Path) -> ReplayBuffer:
         return cls(Path(run_dir) / BUFFER_FILE)
+
+    @classmethod
+    @contextmanager
+    def reading(cls, path: str | Path) -> Iterator[ReplayBuffer]:
+        """The buffer at `path` to read, never migrated in place: one written by an older pper (which may still be
+        writing it) is read from a migrated copy in a temporary directory. For reports on other runs' buffers."""
+        path = Path(path)
+        if not path.is_file():
+            raise PperError(f"{path}: no replay buffer there")
+        source = sqlite3.connect(path, timeout=60)
+        try:
+            has_meta = source.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
+            row = source.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() if has_meta else None
+            if row is None or not str(row[0]).isdigit() or int(row[0]) >= SCHEMA_VERSION:
+                source.close()
+                with cls(path) as buffer:  # current (or newer, or not a buffer: refused by the open)
+                    yield buffer
+                return
+            with tempfile.TemporaryDirectory(prefix="pper-buffer-") as tmp:
+                copy = sqlite3.connect(Path(tmp) / BUFFER_FILE)
+                source.backup(copy)  # a consistent snapshot, even while another process writes
+                copy.close()
+                source.close()
+                with cls(Path(tmp) / BUFFER_FILE) as buffer:
+                    yield buffer
+        finally:
+            source.close()
 
     def close(self) -> None:
         self._db.close()

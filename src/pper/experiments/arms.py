@@ -390,7 +390,7 @@ def prm_stats(protocol: Protocol, seconds: float) -> dict[str, Any] | None:
     from ..prm.model import INFO_FILE
 
     info = json.loads((protocol.prm_model / INFO_FILE).read_text())
-    with ReplayBuffer(protocol.prm_config().run_dir / BUFFER_FILE) as store:
+    with ReplayBuffer.reading(protocol.prm_config().run_dir / BUFFER_FILE) as store:
         searches = store.line_searches()
     labels = [x for s in searches.values() for x in s.labels]
     return {

@@ -8,6 +8,7 @@ Per arm and held-out source, for pass rate and strict accuracy:
   paired interval over tasks of the pooled scores, and per seed (a's seed s against b's seed s, or against
   b's only seed when b has one, like the deterministic base model).
 Every interval draws the same resamples (`pper.evaluation.stats`), so adding an arm never moves another's.
+Buffers are read with `ReplayBuffer.reading`: a report never migrates a buffer that an older pper may be running.
 """
 
 from __future__ import annotations
@@ -221,7 +222,7 @@ def buffer_stats(protocol: Protocol) -> dict[str, dict]:
     for name in names:
         if not buffer_filled(protocol, name):
             continue
-        with ReplayBuffer(buffer_dir(protocol, name) / BUFFER_FILE) as buffer:
+        with ReplayBuffer.reading(buffer_dir(protocol, name) / BUFFER_FILE) as buffer:
             stats, table = buffer.stats(), buffer.replay_table()
         out[name] = {
             "tasks": stats["tasks"],
@@ -245,7 +246,7 @@ def replay_stats(protocol: Protocol, done: dict[str, list[Unit]]) -> dict[str, d
     for arm, us in done.items():
         if not us[0].kind.trains or not (us[0].run_dir / BUFFER_FILE).exists():
             continue
-        with ReplayBuffer.in_run(us[0].run_dir) as buffer:
+        with ReplayBuffer.reading(us[0].run_dir / BUFFER_FILE) as buffer:
             try:
                 replay = Replay.from_buffer(buffer, us[0].config.replay)
             except PperError:  # nothing to replay now (a kind whose buffer is not its replay)
@@ -271,7 +272,7 @@ def density_stats(done: dict[str, list[Unit]]) -> dict[str, dict[str, dict]]:
         for u in us:
             if not u.kind.trains or not (u.run_dir / BUFFER_FILE).exists():
                 continue
-            with ReplayBuffer.in_run(u.run_dir) as buffer:
+            with ReplayBuffer.reading(u.run_dir / BUFFER_FILE) as buffer:
                 stats = buffer.stats()
             density, shared = stats["density_by_round"], u.kind.buffer(u.spec)
             if len(density) > 1 or shared is None:
