@@ -54,6 +54,21 @@ def _run_dir(tmp_path, tasks, generation=None):
     return run, bugs
 
 
+def _kill_9_once(args, ready):
+    """Start `pper prm ARGS`, kill -9 it as soon as `ready()` is true (within 10 minutes, before it ends)."""
+    proc = subprocess.Popen([sys.executable, "-m", "pper", "prm", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 600
+    try:
+        while not ready():
+            assert proc.poll() is None, f"pper prm {args[0]} ended before the kill"
+            assert time.time() < deadline
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
 def _label(run, *args, **popen):
     return subprocess.run([sys.executable, "-m", "pper", "prm", "label", str(run), *args],
                           capture_output=True, text=True, timeout=900, **popen)  # fmt: skip
@@ -99,18 +114,9 @@ def test_labelling_with_the_model_resumes_after_kill_9(tmp_path):
     tasks = _tasks_with_bodies(12, 3)
     run, _ = _run_dir(tmp_path, tasks, {"max_new_tokens": 24, "batch_size": 2})
     args = ("--completer", "model", "--completions", "1", "--min-pass-rate", "0", "--max-pass-rate", "0.99")
-    proc = subprocess.Popen([sys.executable, "-m", "pper", "prm", "label", str(run), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     db = run / "buffer.sqlite"
-    deadline = time.time() + 600
-    try:
-        while sqlite3.connect(db).execute("SELECT COUNT(*) FROM line_searches").fetchone()[0] < 1:
-            assert proc.poll() is None, "the labelling ended before the kill"
-            assert time.time() < deadline
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    searches = "SELECT COUNT(*) FROM line_searches"
+    _kill_9_once(["label", str(run), *args], lambda: sqlite3.connect(db).execute(searches).fetchone()[0] >= 1)
     before = dict(sqlite3.connect(db).execute("SELECT program_id, created FROM line_searches").fetchall())
     assert 1 <= len(before) < len(tasks)  # killed part way
     done = _label(run, *args)
@@ -201,18 +207,8 @@ def test_prm_training_killed_9_resumes_from_its_checkpoint_and_ends_as_an_uninte
     whole = train_prm(run, settings, tmp_path / "whole", show_progress=False)
     assert whole["resumed_at"] is None and not (tmp_path / "whole.checkpoint").exists()
     args = ["--steps", "8", "--batch-size", "2", "--validation", "0.34", "--checkpoint-every", "2"]
-    proc = subprocess.Popen([sys.executable, "-m", "pper", "prm", "train", str(run), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     info = run / "prm.checkpoint" / "checkpoint.json"
-    deadline = time.time() + 600
-    try:
-        while not info.exists():
-            assert proc.poll() is None, "the training ended before the kill"
-            assert time.time() < deadline
-            time.sleep(0.02)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    _kill_9_once(["train", str(run), *args], info.exists)
     step = json.loads(info.read_text())["step"]
     assert step in (2, 4, 6) and not (run / "prm" / "prm.json").exists()
     done = subprocess.run([sys.executable, "-m", "pper", "prm", "train", str(run), *args],

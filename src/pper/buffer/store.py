@@ -22,7 +22,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -395,24 +395,20 @@ class ReplayBuffer:
         path = Path(path)
         if not path.is_file():
             raise PperError(f"{path}: no replay buffer there")
-        source = sqlite3.connect(path, timeout=60)
-        try:
+        copy = None
+        with closing(sqlite3.connect(path, timeout=60)) as source:
             has_meta = source.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
             row = source.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() if has_meta else None
-            if row is None or not str(row[0]).isdigit() or int(row[0]) >= SCHEMA_VERSION:
-                source.close()
-                with cls(path) as buffer:  # current (or newer, or not a buffer: refused by the open)
-                    yield buffer
-                return
-            with tempfile.TemporaryDirectory(prefix="pper-buffer-") as tmp:
-                copy = sqlite3.connect(Path(tmp) / BUFFER_FILE)
-                source.backup(copy)  # a consistent snapshot, even while another process writes
-                copy.close()
-                source.close()
-                with cls(Path(tmp) / BUFFER_FILE) as buffer:
-                    yield buffer
+            if row is not None and str(row[0]).isdigit() and int(row[0]) < SCHEMA_VERSION:
+                copy = tempfile.TemporaryDirectory(prefix="pper-buffer-")
+                with closing(sqlite3.connect(Path(copy.name) / BUFFER_FILE)) as target:
+                    source.backup(target)  # a consistent snapshot, even while another process writes
+        try:  # current, newer or not a buffer at all: opened in place (the open refuses the last two)
+            with cls(Path(copy.name) / BUFFER_FILE if copy else path) as buffer:
+                yield buffer
         finally:
-            source.close()
+            if copy is not None:
+                copy.cleanup()
 
     def close(self) -> None:
         self._db.close()
