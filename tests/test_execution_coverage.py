@@ -140,3 +140,11 @@ def test_limits_with_coverage_still_stop_a_slow_program():
     with Executor(limits=Limits(wall_time=1.0, cpu_time=1.0), workers=1, coverage=True, calibrate=False) as ex:
         result = ex.run(TASK, "def classify(x):\n    while True:\n        pass\n")
     assert result.verdicts == ("timeout", "timeout")
+
+
+@pytest.mark.parametrize("brk", ["\r\n", "\r"])
+def test_lines_are_numbered_as_python_numbers_them_whatever_the_line_breaks(executor, brk):
+    # "\u2028" in the docstring and "\x0c" in the comment break no line for Python (they do for str.splitlines)
+    program = BRANCHY.replace("what x is", "what\u2028x is").replace("# a comment", "# a\x0ccomment")
+    result = executor.run(TASK, program.replace("\n", brk))
+    assert result.all_passed and result.executed_lines == (1, 4, 5, 7, 8, 9, 10, 15)

@@ -90,6 +90,21 @@ def test_prm_scores_raise_the_priority_of_failing_programs_with_good_lines(tmp_p
         assert plain.table.prm_score is None  # without prm_weight the table and the values are the paper's
 
 
+def test_a_program_is_probed_on_the_lines_python_numbers():
+    # "\u2028" in a string and "\x0c" in a comment break no line for Python (they do for str.splitlines): a probe's
+    # prefix must keep them inside their line, or the completed program would not even parse
+    from pper.tasks import AssertTests, Task
+
+    reference = 'def f():\n    s = "a\u2028b"  # \x0c\n    return s\n'
+    task = Task(
+        id="t/sep", prompt="f", tests=AssertTests(asserts=('assert f() == "a\u2028b"',)), solutions=(reference,)
+    )
+    program = reference.replace("return s", "return s + 'x'").replace("\n", "\r\n")
+    with Executor(workers=1) as executor:
+        search = first_bad_line(3, reference_probe(task, program, executor))
+    assert search.first_bad == 3
+
+
 def test_indentation_is_part_of_a_line_when_comparing_with_a_reference():
     from pper.prm.completers import normalised
 

@@ -142,3 +142,13 @@ def test_loss_mask_is_validated():
     with pytest.raises(ValueError, match="loss_mask"):
         TrainingConfig(loss_mask="lines")
     assert json.loads(TrainingConfig().model_dump_json())["loss_mask"] == "program"
+
+
+def test_tokens_are_on_the_lines_python_numbers_whatever_the_line_breaks():
+    from pper.training.examples import token_lines
+
+    # one token per character; "\u2028" (in a string) is not a line break for Python, "\r" and "\r\n" are
+    program = 'a = 1\rb = "\u2028"\r\nc = 2\n'
+    lines = token_lines(range(1, len(program) + 1), (0, len(program)), 0, program)
+    assert lines == [1] * 6 + [2] * 9 + [3] * 6
+    assert lines[program.index("c")] == 3 and lines[program.index("\u2028")] == 2

@@ -29,6 +29,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .buffer import ReplayBuffer
+from .source import line_starts, source_lines
 from .tasks import Task
 
 
@@ -66,10 +67,7 @@ def cut_points(code: str, unit: str, skip: str = "") -> list[int]:
     the program it belongs to (a completion task's prompt), so that statements are found in the whole
     program; units that start in `skip` are not cut points."""
     whole = skip + code
-    texts = whole.split("\n")
-    starts = [0]
-    for text in texts[:-1]:
-        starts.append(starts[-1] + len(text) + 1)
+    texts, starts = source_lines(whole), line_starts(whole)
     if unit == "lines":
         lines = {n for n, text in enumerate(texts) if text.strip()}
     else:

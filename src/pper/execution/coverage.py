@@ -39,6 +39,8 @@ import tokenize
 from collections.abc import Iterable
 from typing import Any
 
+from ..source import line_starts
+
 PROGRAM_FILE = "<program>"  # the file name the program is compiled under (harness.compile_program)
 MAX_EVENTS = 20_000  # trace events per test before tracing stops for that test (about 10 ms of tracing)
 ALLOWANCE = 0.5  # seconds added to each test's wall time (and CPU time) when coverage is on
@@ -218,9 +220,10 @@ def _code_lines(program: str) -> set[int]:
     lines: set[int] = set()
     skip = (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)
     try:
-        for tok in tokenize.generate_tokens(io.StringIO(program).readline):
+        # newline=None reads \r and \r\n as \n: lines numbered as Python numbers them (pper.source)
+        for tok in tokenize.generate_tokens(io.StringIO(program, newline=None).readline):
             if tok.type not in skip:
                 lines.update(range(tok.start[0], tok.end[0] + 1))
     except (tokenize.TokenError, SyntaxError, IndentationError):
-        return set(range(1, program.count("\n") + 2))
+        return set(range(1, len(line_starts(program)) + 1))
     return lines

@@ -15,6 +15,7 @@ import math
 from dataclasses import replace
 from typing import Any
 
+from ..source import line_starts
 from .coverage import ProgramLines, clean_lines
 from .plan import SAFE_FUNCTIONS, OutsideCheck, Plan
 from .results import (
@@ -67,7 +68,7 @@ def judge(plan: Plan, response: dict[str, Any], program: str | None = None) -> P
 
 def _with_coverage(result: ProgramResult, response: dict[str, Any], program: str) -> ProgramResult:
     """`result` with the lines of `program` that ran, from the lines the sandbox reported (untrusted)."""
-    num_lines = program.count("\n") + 1
+    num_lines = len(line_starts(program))
     load = clean_lines(response["load"].get("lines"), num_lines)
     observed = response["tests"] if response["load"]["status"] == "ok" else []
     per_test = [clean_lines(obs.get("lines"), num_lines) for obs in observed]

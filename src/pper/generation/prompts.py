@@ -53,6 +53,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..source import source_lines
 from ..tasks import AssertTests, CallTests, StdioTests, Task, TestSuite
 
 COMPLETE_TASK = (
@@ -211,7 +212,7 @@ def feedback_text(
     error = errors[failing] or verdicts[failing].replace("_", " ")
     text = f"The program failed this test:\n{describe_test(tests, failing)}\n\nError: {error}"
     where = _RAISED_AT.search(error)
-    lines = program.splitlines()
+    lines = source_lines(program)
     if where and 1 <= int(where[1]) <= len(lines):
         text += f"\nLine {where[1]}: {lines[int(where[1]) - 1].strip()}"
     return text if len(text) <= max_chars else text[: max(max_chars - 3, 0)] + "..."
@@ -283,7 +284,7 @@ def code_span(answer: str) -> tuple[int, int]:
         lead = len(body) - len(body.lstrip("\n"))
         return start + lead, start + max(lead, len(body.rstrip("\n")))
     offsets = [0]  # offsets[i]: where line i begins; the last entry is the end of the answer
-    for line in answer.splitlines(keepends=True):
+    for line in source_lines(answer, keepends=True):
         offsets.append(offsets[-1] + len(line))
     lines = len(offsets) - 1
     for first in range(lines):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..source import source_lines
 from ..tasks import Task
 
 
@@ -25,7 +26,7 @@ def normalised(line: str) -> str:
 def shared_lines(program_lines: list[str], reference: str) -> int:
     """How many leading lines of the program equal the reference's (whitespace normalised)."""
     count = 0
-    for ours, theirs in zip(program_lines, reference.splitlines(), strict=False):
+    for ours, theirs in zip(program_lines, source_lines(reference), strict=False):
         if normalised(ours) != normalised(theirs):
             break
         count += 1
@@ -36,7 +37,7 @@ def reference_completion(task: Task, prefix: list[str]) -> str | None:
     """The program a reference makes of `prefix` (the first lines of a program): the prefix, then the rest of
     the first reference whose first lines equal it; None if no reference does."""
     for reference in task.solutions:
-        lines = reference.splitlines()
+        lines = source_lines(reference)
         if len(lines) >= len(prefix) and shared_lines(prefix, reference) == len(prefix):
             return "\n".join(prefix + lines[len(prefix) :]) + "\n"
     return None
@@ -45,7 +46,7 @@ def reference_completion(task: Task, prefix: list[str]) -> str | None:
 def reference_probe(task: Task, program: str, executor: Any) -> Callable[[int], bool]:
     """c(j) for `program` with the reference completer: its first j lines completed by a reference pass every
     test (run on `executor`, a pper executor)."""
-    lines = program.splitlines()
+    lines = source_lines(program)
 
     def completable(j: int) -> bool:
         completed = reference_completion(task, lines[:j])

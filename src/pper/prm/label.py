@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..buffer import LineSearch, Program, ReplayBuffer
+from ..source import source_lines
 from ..tasks import Task
 from .completers import reference_completion, shared_lines
 from .config import PrmConfig
@@ -119,13 +120,13 @@ def label_program(
     """The line search of one tested program (see the module's docstring); `count()` is called at each probe;
     `reference_passes`: whether the task's first reference passes (None: run it)."""
     start = time.perf_counter()
-    lines = program.text.splitlines()
+    lines = source_lines(program.text)
     use_reference = config.completer.startswith("reference") or (config.completer == "auto" and bool(task.solutions))
     sampled = "teacher" if "teacher" in config.completer else "model"
     use_model = config.completer != "reference" and (config.completer != "auto" or sampler is not None)
     known = 0
     if task.prompt_style == "completion" and program.text.startswith(task.prompt.rstrip()):
-        known = len(task.prompt.rstrip().splitlines())
+        known = len(source_lines(task.prompt.rstrip()))
     if reference_passes is None and use_reference and task.solutions:
         reference_passes = executor.run(task, task.solutions[0]).all_passed
     if use_reference and reference_passes:  # lines shared with the reference that passes need no probe
@@ -145,7 +146,7 @@ def label_program(
             if given is not None:
                 for _, candidates in completions(sampler, task, given, config.completions, chat=sampled == "teacher"):
                     # a completion that rewrites line j (it may continue it) does not complete this prefix
-                    kept = [c for c in candidates if shared_lines(c.program.splitlines(), "\n".join(prefix)) >= j]
+                    kept = [c for c in candidates if shared_lines(source_lines(c.program), "\n".join(prefix)) >= j]
                     passing = [c for c in kept if executor.run(task, c.program).all_passed]
                     if passing:
                         witnesses[j] = max(shared_lines(lines, c.program) for c in passing)

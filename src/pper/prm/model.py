@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..generation.prompts import FENCE_OPEN, build_prompt
+from ..source import source_lines
 from ..tasks import Task
 
 INFO_FILE = "prm.json"
@@ -51,7 +52,7 @@ def line_input(task: Task, program: str, tokenizer: Any, max_length: int = 2048)
     prompt_lines = 0
     if task.prompt_style == "completion" and program.startswith(task.prompt.rstrip()):
         head = ""
-        prompt_lines = len(task.prompt.rstrip().splitlines())
+        prompt_lines = len(source_lines(task.prompt.rstrip()))
     elif task.prompt_style == "completion":  # not a continuation of the prompt: written after it, on a new line
         head = build_prompt(task, tokenizer).text + "\n"
     else:
@@ -63,8 +64,8 @@ def line_input(task: Task, program: str, tokenizer: Any, max_length: int = 2048)
     starts = [begin for begin, _ in tokens]
     positions: list[int | None] = []
     at = len(head)
-    for i, line in enumerate(program.splitlines(keepends=True)):  # the lines `pper.prm.search` labels
-        body = line.splitlines()[0] if line.splitlines() else ""
+    for i, line in enumerate(source_lines(program, keepends=True)):  # the lines `pper.prm.search` labels
+        body = line.rstrip("\r\n")
         end = at + len(body)  # where its line break starts
         k = (bisect.bisect_left(starts, end) if body.strip() else bisect.bisect_right(starts, end)) - 1
         positions.append(None if i < prompt_lines or k < 0 else tokens[k][1])

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..generation.prompts import program_span, prompt_for, target_program_offset, training_target
+from ..source import line_starts
 from ..tasks import Task
 
 
@@ -121,12 +122,12 @@ def token_lines(ends: Sequence[int], span: tuple[int, int], offset: int, program
     """The 1-based program line of each token of a text (`ends[j]`: where token j ends in it): the line its last
     character is on, for a token that ends inside the program's code (`span` of the text, text character i being
     program character i + `offset`); None for the others (prose, fences, end of text, past the program)."""
-    line_starts = [0] + [i + 1 for i, c in enumerate(program) if c == "\n"]
+    starts = line_starts(program)
     lines: list[int | None] = []
     for end in ends:
         last = end - 1
         inside = span[0] <= last < span[1] and 0 <= last + offset < len(program)
-        lines.append(bisect.bisect_right(line_starts, last + offset) if inside else None)
+        lines.append(bisect.bisect_right(starts, last + offset) if inside else None)
     return lines
 
 
