@@ -15,6 +15,7 @@ from pper.execution import Executor
 from pper.generation import load_model, transformers_sampler
 from pper.generation.config import GenerationConfig
 from pper.jsonl import read_jsonl
+from pper.report import turn_tasks_line
 from pper.tasks import load_tasks
 
 
@@ -25,8 +26,11 @@ def sampler():
 
 
 @pytest.mark.slow
-def test_repair_turns_are_scored_on_the_private_tests_after_each_turn(tmp_path, sampler):
+def test_repair_turns_are_scored_on_the_private_tests_after_each_turn(tmp_path, sampler, mbpp_path):
     tasks = load_tasks("humaneval", limit=3)  # all three have public tests (docstring examples)
+    quoted = load_tasks(f"mbpp:{mbpp_path}", "test", 2)[1]  # its private tests are its public ones
+    assert quoted.public_tests and quoted.hidden_tests == 0
+    tasks.append(quoted)
     samples = tmp_path / "samples.jsonl"
     with Executor(workers=1) as ex:
         result = evaluate_turns(tasks, samples, ex, sampler, turns=2, independent=True, show_progress=False)
@@ -36,7 +40,12 @@ def test_repair_turns_are_scored_on_the_private_tests_after_each_turn(tmp_path, 
                   for r in first}  # fmt: skip
     by_id = {t.id: t for t in tasks}
     assert [t["turn"] for t in result["turns"]] == [1, 2] and result["turns"][0]["repaired"] == 0
-    assert result["overall"] == {k: v for k, v in result["turns"][0].items() if k not in ("turn", "repaired")}
+    # every task is evaluated and may be repaired; the per-turn scores leave out the one without hidden tests
+    assert result["overall"]["tasks"] == 4 and [t["tasks"] for t in result["turns"]] == [3, 3]
+    assert result["turn_tasks"] == {"judged": 3, "private_all_public": [quoted.id]}
+    assert "over the 3 tasks with hidden tests; left out: 1 whose private tests are all public" in turn_tasks_line(
+        result
+    )
     # the tasks whose first program failed a public test, and only those, were repaired at turn 2
     assert {r["task_id"] for r in second if r["repaired"]} == {t for t, res in public.items() if not res.all_passed}
     assert sorted(r["task_id"] for r in second) == sorted(by_id)  # every task has its program after turn 2
@@ -47,7 +56,7 @@ def test_repair_turns_are_scored_on_the_private_tests_after_each_turn(tmp_path, 
             assert row["history"][0][0] == next(r["program"] for r in first if r["task_id"] == row["task_id"])
         else:
             assert row["program"] == next(r["program"] for r in first if r["task_id"] == row["task_id"])
-    mean = sum(r["pass_rate"] for r in second) / len(second)
+    mean = sum(r["pass_rate"] for r in second if r["task_id"] != quoted.id) / 3
     assert result["turns"][1]["pass_rate"] == pytest.approx(mean)
     independent = result["independent"]
     assert independent["n"] == 2 and independent["samples"] == 6 and {"pass@1", "pass@2"} <= set(independent)
@@ -58,7 +67,7 @@ def test_repair_turns_are_scored_on_the_private_tests_after_each_turn(tmp_path, 
     results_path(path).write_text("\n".join(results_path(path).read_text().splitlines()[:-1]) + "\n")
     with Executor(workers=1) as ex:
         again = evaluate_turns(tasks, samples, ex, sampler, turns=2, show_progress=False)
-    assert len(path.read_text().splitlines()) == 3 and again["turns"][1]["tasks"] == 3
+    assert len(path.read_text().splitlines()) == 4 and again["turns"][1]["tasks"] == 3
 
 
 def test_pper_eval_has_turns_and_refuses_them_without_a_model(tmp_path):
@@ -80,3 +89,17 @@ def test_multi_turn_evaluation_needs_greedy_mode():
 
     with pytest.raises(PperError, match="turns > 1 evaluates a greedy first program"):
         validate_config({"evaluation": {"turns": 2, "mode": "sample", "n": 2}})
+
+
+def test_turn_scores_leave_out_tasks_whose_private_tests_are_all_public(tmp_path, mbpp_path):
+    from pper.errors import PperError
+    from pper.evaluation.multiturn import turn_tasks
+
+    mbpp = load_tasks("humaneval", limit=2) + load_tasks(f"mbpp:{mbpp_path}", "test", 12)
+    judged, quoted = turn_tasks(mbpp)
+    assert [t.id for t in judged] == [t.id for t in mbpp if t.id.startswith("HumanEval") or t.hidden_tests]
+    assert quoted == sorted(t.id for t in mbpp if not t.hidden_tests) and len(quoted) > 0
+    only_quoted = [t for t in mbpp if t.id in quoted]
+    with pytest.raises(PperError, match="none of the .* tasks has a private test beyond its public ones"):
+        evaluate_turns(only_quoted, tmp_path / "s.jsonl", None, None, turns=2, show_progress=False)
+    assert not (tmp_path / "s.jsonl").exists()  # refused before sampling

@@ -100,9 +100,12 @@ def test_protocol_mistakes_are_named(tmp_path):
             validate_protocol(protocol_dict(tmp_path, **arms))
 
 
-def fake_run(protocol, arm: str, seed: int, scores: dict[str, tuple[float, bool]], after: dict | None = None) -> None:
+def fake_run(
+    protocol, arm: str, seed: int, scores: dict[str, tuple[float, bool]], after: dict | None = None, left_out=()
+) -> None:
     """A unit's run directory holding only its held-out evaluation's per-program results (what the summary reads);
-    with `after`, a 2-turn evaluation whose scores after turn 2 are `after`."""
+    with `after`, a 2-turn evaluation whose scores after turn 2 are `after`, its per-turn metrics leaving out the
+    tasks `left_out` (private tests all public)."""
     unit = next(u for u in units(protocol) if u.arm == arm and u.seed == seed)
     samples, metrics = eval_paths(unit.run_dir, unit.result_round)
     samples.parent.mkdir(parents=True)
@@ -111,20 +114,24 @@ def fake_run(protocol, arm: str, seed: int, scores: dict[str, tuple[float, bool]
         rows = [{"task_id": t, "pass_rate": p, "passed": s} for t, (p, s) in table.items()]
         Path(f"{path}_results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     turns = [{"turn": t, "pass_rate": 0.5, "strict_accuracy": 0.25 * t} for t in (1, 2)] if after else []
-    metrics.write_text(json.dumps({"turns": turns, "independent": {"pass@1": 0.2, "pass@2": 0.3}} if after else {}))
+    turn_tasks = {"judged": len(scores) - len(left_out), "private_all_public": sorted(left_out)}
+    data = {"turns": turns, "independent": {"pass@1": 0.2, "pass@2": 0.3}, "turn_tasks": turn_tasks}
+    metrics.write_text(json.dumps(data if after else {}))
 
 
 def test_a_multi_turn_evaluation_adds_the_scores_after_the_last_turn_as_a_source(tmp_path):
     tasks = [f"MBPP/{i}" for i in range(10)]
     first, repaired = {t: (0.5, False) for t in tasks}, {t: (1.0, True) for t in tasks}
+    quoted = tasks[:2]  # their private tests are all public: not scored after the repair turn
+    repaired.update({t: (0.0, False) for t in quoted})
     protocol = validate_protocol(protocol_dict(tmp_path, fix={"buffer": "b"}))
-    fake_run(protocol, "base", 0, first, after=first)
-    fake_run(protocol, "fix", 0, first, after=repaired)
+    fake_run(protocol, "base", 0, first, after=first, left_out=quoted)
+    fake_run(protocol, "fix", 0, first, after=repaired, left_out=quoted)
     summary = summarize(protocol, units(protocol))
     assert summary["sources"] == ["mbpp", "mbpp-turn2"]
     diffs = {(d["arm"], d["against"]): d for d in summary["differences"]}
     assert diffs["fix", "base"]["mbpp/pass_rate"]["mean"] == 0.0  # turn 1: the same programs
-    assert diffs["fix", "base"]["mbpp-turn2/pass_rate"]["mean"] == pytest.approx(0.5)  # after the repair turn
+    assert diffs["fix", "base"]["mbpp-turn2/pass_rate"]["mean"] == pytest.approx(0.5)  # the 8 with hidden tests
     assert summary["turns"]["fix"]["strict_accuracy"] == [0.25, 0.5]
     assert summary["turns"]["base"]["independent"] == [0.2, 0.3]
     write_results(protocol, summary)

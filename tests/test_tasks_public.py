@@ -47,6 +47,27 @@ def test_mbpp_public_tests_are_the_shown_asserts_and_challenge_tests_judge_too()
     assert not any(a in prompt for a in MBPP_ROW["challenge_test_list"])
     plain = parse_mbpp({**MBPP_ROW, "challenge_test_list": []})
     assert build_prompt(plain).text == prompt  # prompts do not change with the private tests
+    # a score after a repair turn is held out only on tests beyond the public ones (the feedback quotes those)
+    assert task.hidden_tests == 2 and plain.hidden_tests == 0
+
+
+def test_hidden_tests_counts_the_private_tests_the_model_never_sees():
+    from pper.tasks import CallCase, CallTests
+
+    calls = CallTests("f", (CallCase([1], 2), CallCase([[1, 2]], {"a": 1})))
+    shown = CallTests("f", (CallCase([[1, 2]], {"a": 1}),))
+    assert Task("t/c", "p", tests=calls, public_tests=shown).hidden_tests == 1
+    assert Task("t/c", "p", tests=calls, public_tests=calls).hidden_tests == 0
+    assert Task("t/c", "p", tests=calls).hidden_tests == 2  # no public tests: none seen
+    stdio = StdioTests((StdioCase("1\n", "2\n"), StdioCase("3", "4")))
+    assert Task("t/s", "p", tests=stdio, public_tests=StdioTests((StdioCase("1", "2"),))).hidden_tests == 1
+    asserts = AssertTests(("assert f(1) == 2",))
+    assert Task("t/a", "p", tests=asserts, public_tests=calls).hidden_tests == 1  # other kinds: none is the same
+    assert Task("t/a", "p", tests=asserts, public_tests=AssertTests((" assert f(1) == 2",))).hidden_tests == 0
+    other_setup = AssertTests(("assert f(1) == 2",), setup="def f(x): return 2")
+    assert Task("t/a", "p", tests=other_setup, public_tests=asserts).hidden_tests == 1
+    he = load_tasks("humaneval", limit=164)  # docstring calls shown, `check` asserts judging: every task counts
+    assert all(t.hidden_tests == len(t.tests) for t in he)
 
 
 def test_every_mbpp_reference_passes_its_public_and_private_tests(mbpp_path):

@@ -500,8 +500,9 @@ def eval_cmd(
                 info=info,
             )
     if turns > 1:
-        from .report import plot_turns
+        from .report import plot_turns, turn_tasks_line
 
+        out.print(turn_tasks_line(result), highlight=False)
         for t in result["turns"]:
             out.print(
                 f"after turn {t['turn']} ({t['repaired']} tasks repaired): pass rate {t['pass_rate']:.4f}, "

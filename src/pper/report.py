@@ -214,13 +214,24 @@ def _density_lines(stats: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def turn_tasks_line(result: dict[str, Any]) -> str:
+    """What the per-turn scores of a multi-turn evaluation's `result` count (`multiturn.turn_tasks`)."""
+    info = result.get("turn_tasks") or {}
+    left_out = info.get("private_all_public", [])
+    line = f"Per-turn scores over the {info.get('judged', result['overall']['tasks'])} tasks with hidden tests"
+    if left_out:
+        line += f"; left out: {len(left_out)} whose private tests are all public (the feedback may quote them)"
+    return line + "."
+
+
 def _multiturn_lines(metrics: list[dict[str, Any]]) -> list[str]:
     """With a multi-turn evaluation (`evaluation.turns` > 1): each round's held-out scores after each turn of
     repair, and pass@t of t independent samples where measured."""
     rows = [m for m in metrics if len(m.get("turns", [])) > 1]
     if not rows:
         return []
-    lines = ["", "Held-out scores after each repair turn (private tests; independent: pass@t of t samples):", ""]
+    lines = ["", "Held-out scores after each repair turn (private tests; independent: pass@t of t samples).",
+             turn_tasks_line(rows[-1]), ""]  # fmt: skip
     lines += [
         "| round | turn | tasks repaired | pass rate | strict accuracy | independent pass@t |",
         "|---|---|---|---|---|---|",

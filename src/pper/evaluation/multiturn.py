@@ -4,9 +4,15 @@ Turn 1 is the single-turn evaluation (`evaluate`, greedy: `samples.jsonl`). At t
 program after turn t - 1 fails one of its **public** tests gets a repair turn: the model sees the conversation
 (`prompts.build_repair_prompt`) and writes a whole program, greedily. A task whose program passes its public tests,
 or that has none, keeps its program. After each turn, every task's current program is judged by its **private**
-tests (`Task.tests`), never by the public ones alone, and the metrics after turn t are computed over all tasks:
+tests (`Task.tests`), and the metrics after turn t are computed over the tasks with a private test beyond their
+public ones (`Task.hidden_tests`), the same tasks at every turn:
 
-    pass rate(t), strict accuracy(t) = pass@1(t)   over the programs held after turn t.
+    pass rate(t), strict accuracy(t) = pass@1(t)   over those tasks' programs held after turn t.
+
+A task whose private tests are all public (an MBPP row without challenge tests: its tests are the asserts its prompt
+shows) is still evaluated and repaired, but left out of the per-turn metrics (`turn_tasks` lists them): after a
+repair turn its score would rest only on tests the feedback may have quoted. With no task left, the evaluation is
+refused before it samples. Turn 1's metrics over all tasks are the single-turn evaluation's (`overall`).
 
 `samples.turn-t.jsonl` holds every task's program after turn t (`repaired`: whether turn t wrote it; the chat it
 answered in `messages`), tested into `samples.turn-t.jsonl_results.jsonl` like any samples file, so per-task
@@ -14,9 +20,10 @@ figures of any turn feed the paired comparisons of `pper experiment`; `history` 
 before it. Each file is appended task by task, so a
 killed evaluation resumes where it stopped.
 
-RLEF's comparison at equal budget (`independent`): T independent samples per task (sampling at the generation
-temperature, `samples.independent.jsonl`), scored by the unbiased pass@t for t = 1..T: the chance that at least one
-of t independent programs passes every private test, against the strict accuracy after t turns of repair.
+RLEF's comparison at equal budget (`independent`): T independent samples per task of the per-turn metrics
+(sampling at the generation temperature, `samples.independent.jsonl`), scored by the unbiased pass@t for
+t = 1..T: the chance that at least one of t independent programs passes every private test, against the strict
+accuracy after t turns of repair.
 """
 
 from __future__ import annotations
@@ -26,12 +33,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import PperError
 from ..execution.samples import completion_of
 from ..files import write_atomic
 from ..generation.prompts import build_repair_prompt, public_feedback
 from ..jsonl import append_jsonl, read_jsonl
 from ..tasks import Task
-from .evaluate import evaluate, metrics, test_samples_file
+from .evaluate import evaluate, metrics, results_path, test_samples_file
 
 
 def turn_path(samples_path: str | Path, turn: int) -> Path:
@@ -53,30 +61,49 @@ def evaluate_turns(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `tasks` over `turns` turns (see the module docstring); returns (and writes to `metrics_path`) the
-    single-turn metrics of turn 1 with a `turns` list (the metrics after each turn, and the tasks repaired at it)
-    and, with `independent`, the `independent` samples' pass@1..pass@T."""
+    single-turn metrics of turn 1 with a `turns` list (the metrics after each turn over `turn_tasks`, and how many
+    of those tasks were repaired at it), `turn_tasks` (how many tasks the per-turn metrics count, the ids of those
+    left out) and, with `independent`, the `independent` samples' pass@1..pass@T."""
     samples_path = Path(samples_path)
+    judged, quoted = turn_tasks(tasks)
+    if not judged:
+        raise PperError(
+            f"none of the {len(tasks)} tasks has a private test beyond its public ones (e.g. MBPP rows without "
+            "challenge tests: their tests are the asserts the prompt shows), so a score after a repair turn would "
+            "rest only on tests the feedback quotes; evaluate turns on tasks with hidden tests (HumanEval, "
+            "CodeContests, MBPP rows with a challenge_test_list)"
+        )
     first = evaluate(tasks, samples_path, executor, sampler, "greedy", 1, (1,), None, info, show_progress)
-    per_turn = [{"turn": 1, "repaired": 0, **first["overall"]}]
+    rows = read_jsonl(results_path(samples_path))
+    per_turn = [{"turn": 1, "repaired": 0, **_overall(rows, judged)}]
     for turn in range(2, turns + 1):
         rows = _repair_turn(tasks, turn_path(samples_path, turn - 1), turn_path(samples_path, turn), executor,
                             sampler, max_chars, show_progress)  # fmt: skip
-        per_turn.append(
-            {"turn": turn, "repaired": sum(r.get("repaired", False) for r in rows), **_overall(rows, tasks)}
-        )
-    result = {**first, "turns": per_turn}
+        repaired = sum(r.get("repaired", False) for r in rows if r["task_id"] not in quoted)
+        per_turn.append({"turn": turn, "repaired": repaired, **_overall(rows, judged)})
+    result = {**first, "turns": per_turn, "turn_tasks": {"judged": len(judged), "private_all_public": quoted}}
     if independent:
         path = samples_path.with_name(f"{samples_path.stem}.independent{samples_path.suffix}")
         ks = list(range(1, turns + 1))
-        sampled = evaluate(tasks, path, executor, sampler, "sample", turns, ks, None, None, show_progress)
+        sampled = evaluate(judged, path, executor, sampler, "sample", turns, ks, None, None, show_progress)
         result["independent"] = {"samples_file": str(path), "n": turns, **sampled["overall"]}
     if metrics_path is not None:
         write_atomic(metrics_path, json.dumps(result, indent=2) + "\n")
     return result
 
 
+def turn_tasks(tasks: Sequence[Task]) -> tuple[list[Task], list[str]]:
+    """(the tasks the per-turn metrics are computed over: those with a private test beyond their public ones, the
+    ids of the others, sorted)."""
+    judged = [t for t in tasks if t.hidden_tests]
+    return judged, sorted(t.id for t in tasks if not t.hidden_tests)
+
+
 def _overall(rows: list[dict[str, Any]], tasks: Sequence[Task]) -> dict[str, Any]:
-    return metrics(rows, [t for t in tasks if t.id in {r["task_id"] for r in rows}])["overall"]
+    """The overall metrics of the rows of `tasks` (of those that have rows)."""
+    ids = {t.id for t in tasks}
+    kept = [r for r in rows if r["task_id"] in ids]
+    return metrics(kept, [t for t in tasks if t.id in {r["task_id"] for r in kept}])["overall"]
 
 
 def _repair_turn(

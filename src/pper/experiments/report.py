@@ -44,15 +44,18 @@ def source_of(task_id: str) -> str:
 
 def per_task(run_dir: Path, round: int) -> Scores:
     """task id -> (pass rate, passed all tests) of a run's held-out evaluation of `round`, each averaged over
-    the task's samples. With a multi-turn evaluation (`evaluation.turns` = T > 1), the scores after turn T are
-    there too, under `SOURCE-turnT/TASK` (a held-out "source" of their own in the tables)."""
+    the task's samples. With a multi-turn evaluation (`evaluation.turns` = T > 1), the scores after turn T of the
+    tasks the per-turn metrics count (`multiturn.turn_tasks`) are there too, under `SOURCE-turnT/TASK` (a held-out
+    "source" of their own in the tables)."""
     samples, metrics = eval_paths(run_dir, round)
     scores = _scores(samples)
-    turns = json.loads(metrics.read_text()).get("turns", []) if metrics.exists() else []
+    data = json.loads(metrics.read_text()) if metrics.exists() else {}
+    turns = data.get("turns", [])
     if len(turns) > 1:
         last = turns[-1]["turn"]
+        left_out = set(data.get("turn_tasks", {}).get("private_all_public", []))
         after = _scores(turn_path(samples, last))
-        scores.update({f"{source_of(t)}-turn{last}/{t}": v for t, v in after.items()})
+        scores.update({f"{source_of(t)}-turn{last}/{t}": v for t, v in after.items() if t not in left_out})
     return scores
 
 

@@ -16,6 +16,7 @@ its feedback says.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
@@ -110,6 +111,16 @@ TestSuite = AssertTests | CallTests | StdioTests
 TEST_KINDS = ("assert", "call", "stdio")
 
 
+def test_units(suite: TestSuite) -> list[str]:
+    """Each test of `suite` as text that is equal for the same test in two suites: an assert's source (with the
+    suite's setup), a call's function, arguments and expected value, a stdio case's input and output (stripped)."""
+    if isinstance(suite, AssertTests):
+        return [f"{suite.setup.strip()}\0{a.strip()}" for a in suite.asserts]
+    if isinstance(suite, CallTests):
+        return [json.dumps([suite.fn_name, c.args, c.expected], sort_keys=True, default=repr) for c in suite.cases]
+    return [f"{c.input.strip()}\0{c.output.strip()}" for c in suite.cases]
+
+
 @dataclass(frozen=True)
 class Task:
     """A programming task X with its tests S, from any source.
@@ -150,6 +161,17 @@ class Task:
         if not self.public_tests:
             return None
         return replace(self, id=self.id + self.PUBLIC_SUFFIX, tests=self.public_tests, public_tests=None)
+
+    @property
+    def hidden_tests(self) -> int:
+        """How many private tests are not among the public ones: all of them when the task has no public tests
+        or they are of another kind (HumanEval: docstring calls, `check` asserts), 0 for an MBPP row without
+        challenge tests (its private tests are the asserts its prompt shows). A score after a repair turn is
+        held out only on such tests: the feedback may quote any public one."""
+        if not self.public_tests or self.public_tests.kind != self.tests.kind:
+            return len(self.tests)
+        public = set(test_units(self.public_tests))
+        return sum(unit not in public for unit in test_units(self.tests))
 
     @property
     def test_kind(self) -> str:
