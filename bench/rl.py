@@ -10,7 +10,7 @@ first 128 wrong completions). Rows:
   its sandbox pool already started (one worker per core; started once per process and reused by every call;
   the start-up and the one-off calibration of time limits are timed apart).
 Each row's figure is completions / the median time over `--rounds` rounds; rows alternate. Check (exit status 1
-when it fails): each completion passes under one exactly when it passes under the other.
+when it fails): in every round, each completion passes under one exactly when it passes under the other.
 
 Then one GRPO step (TRL's `GRPOTrainer`, default model, full fine-tuning, 1 prompt x `--group` completions of at most
 `--max-completion-length` tokens, beta 0): its seconds, of which generation, reward and the rest (log-probs,
@@ -115,36 +115,36 @@ def main() -> None:
     from pper.rl import ExecutionReward
 
     tasks, rows = completions()
-    print(f"{len(rows)} HumanEval completions ({sum(1 for r in rows[:128])} canonical, 128 wrong), "
-          f"{os.cpu_count()} cores", flush=True)  # fmt: skip
+    print(f"{len(rows)} HumanEval completions (the first half canonical, the second wrong), {os.cpu_count()} cores",
+          flush=True)  # fmt: skip
     reward = ExecutionReward(tasks)
     start = time.perf_counter()
     reward.executor().calibrate(tasks)
     print(f"pper sandbox pool start-up and time-limit calibration (once per process): "
           f"{time.perf_counter() - start:.1f} s", flush=True)  # fmt: skip
     times: dict[str, list[float]] = {"check_correctness": [], "pper": []}
-    verdicts: dict[str, list[bool]] = {}
+    verdicts: dict[str, list[list[bool]]] = {"check_correctness": [], "pper": []}  # per round
     for i in range(args.rounds):
         order = ("check_correctness", "pper") if i % 2 == 0 else ("pper", "check_correctness")
         for name in order:
             start = time.perf_counter()
             got = run_check_correctness(tasks, rows) if name == "check_correctness" else run_pper(reward, tasks, rows)
             times[name].append(time.perf_counter() - start)
-            verdicts.setdefault(name, got)
+            verdicts[name].append(got)
     reward.close()
     failures = []
-    differ = [
-        rows[i]["task_id"]
-        for i, (a, b) in enumerate(zip(verdicts["pper"], verdicts["check_correctness"], strict=True))
-        if a != b
-    ]
-    if differ:
-        failures.append(f"verdicts differ on {len(differ)} completions, e.g. {differ[:5]}")
+    for round, (ours, theirs) in enumerate(zip(verdicts["pper"], verdicts["check_correctness"], strict=True), 1):
+        differ = [rows[i]["task_id"] for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b]
+        if differ:
+            failures.append(f"round {round}: verdicts differ on {len(differ)} completions, e.g. {differ[:5]}")
     rate = {name: len(rows) / statistics.median(t) for name, t in times.items()}
     print(f"{'row':22s}{'completions/s':>15s}{'median s':>10s}")
     for name in ("check_correctness", "pper"):
         print(f"{name:22s}{rate[name]:15.1f}{statistics.median(times[name]):10.2f}")
-    print(f"passing: {sum(verdicts['pper'])} of {len(rows)} (check_correctness: {sum(verdicts['check_correctness'])})")
+    print(
+        f"passing in round 1: {sum(verdicts['pper'][0])} of {len(rows)} "
+        f"(check_correctness: {sum(verdicts['check_correctness'][0])})"
+    )
     if not args.no_grpo:
         step = grpo_step(args.group, args.max_completion_length)
         print(f"one GRPO step (1 prompt x {args.group} completions, <= {args.max_completion_length} tokens): "

@@ -39,10 +39,14 @@ def test_pper_rl_trains_resumes_after_kill_9_and_reports(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"no checkpoint before the run ended: {proc.stderr.read()}"
     assert not (run / "checkpoints" / "round-1" / "rl.json").exists()
+    half_saved = run / "rl" / "checkpoint-99"  # a kill while saving leaves a checkpoint without trainer_state.json
+    half_saved.mkdir()
+    (half_saved / "adapter_model.safetensors").write_bytes(b"")
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     done = json.loads((run / "checkpoints" / "round-1" / "rl.json").read_text())
     assert done["steps"] == 3 and done["seconds"] > 0 and done["max_seconds"] is None
+    assert not half_saved.exists()  # resumed from the newest complete checkpoint; the half-saved one removed
     steps = rl_steps(run)
     assert [s["step"] for s in steps] == [1, 2, 3] and all("reward" in s for s in steps)
     for r in (0, 1):
@@ -50,7 +54,12 @@ def test_pper_rl_trains_resumes_after_kill_9_and_reports(tmp_path):
         assert metrics["overall"]["tasks"] == 2
     assert json.loads((run / "kept.json").read_text())["round"] == 1 and (run / "model" / "config.json").exists()
     report = (run / "report.md").read_text()
-    assert "GRPO (TRL)" in report and "1 (after GRPO)" in report and (run / "plots" / "reward.png").exists()
+    assert (
+        "GRPO (TRL)" in report
+        and ": 3 steps of 1 prompts" in report
+        and "1 (after GRPO)" in report
+        and (run / "plots" / "reward.png").exists()
+    )
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert sum(e.get("event") == "run" for e in events) == 2  # the killed run and the resumed one
 
@@ -60,3 +69,43 @@ def test_pper_rl_is_in_the_command_line_and_config():
     assert out.returncode == 0 and "\nrl:\n" in out.stdout and "group_size: 4" in out.stdout
     out = subprocess.run([sys.executable, "-m", "pper", "rl", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "GRPO" in out.stdout
+
+
+def _checkpoint(root, step: int, state: str | None) -> None:
+    path = root / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"weights")
+    if state is not None:
+        (path / "trainer_state.json").write_text(state)
+
+
+def test_resume_picks_the_newest_complete_checkpoint_and_removes_half_saved_ones(tmp_path):
+    from pper.rl.grpo import last_checkpoint
+
+    assert last_checkpoint(tmp_path) is None
+    _checkpoint(tmp_path, 2, json.dumps({"global_step": 2}))
+    _checkpoint(tmp_path, 4, json.dumps({"global_step": 4}))
+    _checkpoint(tmp_path, 6, None)  # killed before trainer_state.json, which transformers writes last
+    _checkpoint(tmp_path, 10, '{"global_st')  # killed while writing it
+    (tmp_path / "checkpoint-notes").mkdir()  # not a checkpoint: left alone
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-notes"]
+
+
+def test_the_wall_clock_resumes_from_the_seconds_of_the_checkpoint_it_resumes_from(tmp_path):
+    from pper.rl.grpo import Budget
+
+    path = tmp_path / "elapsed.json"
+    clock = Budget(path, max_seconds=100.0)
+    clock.before = 10.0  # as if 10 s had passed
+    clock.record(5)
+    clock.before = 20.0
+    clock.record(10)  # then killed before checkpoint-10 was complete: the resume is from checkpoint-5
+    assert Budget(path, 100.0, resumed_at=5).before == pytest.approx(10.0, abs=0.5)
+    assert Budget(path, 100.0, resumed_at=10).before == pytest.approx(20.0, abs=0.5)
+    resumed = Budget(path, 100.0, resumed_at=5)
+    resumed.record(10)  # step 10 again, in the resumed attempt: its own seconds replace the lost attempt's
+    assert json.loads(path.read_text())["by_step"]["10"] == pytest.approx(10.0, abs=0.5)
+    assert Budget(path, 100.0).before == 0.0  # no checkpoint to resume from: a fresh clock
+    path.write_text(json.dumps({"seconds": 42.0, "step": 3}))  # an older pper's file: its last save
+    assert Budget(path, 100.0, resumed_at=3).before == 42.0

@@ -131,3 +131,21 @@ def test_replayed_groups_through_a_real_grpo_trainer(tmp_path):
             rewards = torch.tensor([m.reward for m in group.members])
             expected = (member.reward - rewards.mean()) / (nanstd(rewards) + 1e-4)
             assert batch["advantages"][i].item() == pytest.approx(expected.item(), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "rl, message",
+    [
+        ({"beta": 0.1}, "group replay needs rl.beta 0"),
+        ({"use_vllm": True}, "does not store vLLM's sampling log-probabilities"),
+        ({"reward": "coderl", "replay": {"fraction": 0.25, "priority": "proportional"}}, "coderl rewards go down"),
+    ],
+)
+def test_group_replay_settings_that_cannot_run_are_refused_with_the_config(rl, message):
+    from pper.config import validate_config
+    from pper.errors import PperError
+
+    with pytest.raises(PperError, match=message):
+        validate_config({"rl": {"replay": {"fraction": 0.25}, **rl}})
+    validate_config({"rl": {**rl, "replay": {**rl.get("replay", {}), "fraction": 0.0}}})  # fine without replay
+    validate_config({"rl": {"reward": "coderl", "replay": {"fraction": 0.25, "priority": "rank"}}})

@@ -46,8 +46,17 @@ def test_a_canonical_solution_scores_above_a_wrong_body_and_bad_programs_get_the
 
 def test_the_program_is_the_prompt_passed_plus_the_completion_or_the_code_of_an_answer(humaneval, mbpp_path):
     task = humaneval[0]
-    assert program_for(task, "PROMPT\n", "    return 1\n") == "PROMPT\n    return 1\n"  # exactly what was passed
-    assert program_for(task, "PROMPT\n", "    return 1\nprint(f())\n") == "PROMPT\n    return 1"  # cut at a stop
+    code = task.prompt.rstrip()  # the prompt pper formats; the raw one (with its newline) too
+    assert program_for(task, code, "\n    return 1\n") == code + "\n    return 1\n"  # exactly what was passed
+    assert program_for(task, task.prompt, "    return 1\nprint(f())\n") == task.prompt + "    return 1"  # cut
+    # a completion task asked in a chat (rl_dataset(chat=True)): the code of the answer, not prompt + answer
+    from pper.generation import load_model
+
+    _, tokenizer, _ = load_model("default")
+    (asked,) = rl_dataset([task], tokenizer, chat=True)["prompt"]
+    assert not asked.startswith(code)
+    answer = f"Here it is:\n```python\n{task.solutions[0]}```\n"
+    assert program_for(task, asked, answer) == task.solutions[0]
     chat = [
         {"role": "user", "content": "x"},
         {"role": "assistant", "content": "Sure:\n```python\ndef f():\n    pass\n```"},
@@ -77,6 +86,18 @@ def test_conversational_completions_unknown_tasks_and_missing_columns(reward, hu
     assert reward(prompts=[[{"role": "user", "content": "q"}]], completions=[answer], task_id=[task.id]) == [1.0]
     with pytest.raises(PperError, match="unknown task_id 'HumanEval/999'"):
         reward(prompts=["p"], completions=["c"], task_id=["HumanEval/999"])
+    with pytest.raises(PperError, match=r"unknown task_id 'zz' \(and 1 more\).*ids are strings like 'HumanEval/0'"):
+        reward(prompts=["p", "p"], completions=["c", "c"], task_id=[11, "zz"])  # a HF dataset's integer ids
+
+
+def test_a_dataset_column_named_program_is_not_judged(reward, humaneval):
+    # TRL passes every dataset column to the reward: a reference solution in a `program` column must not replace
+    # the completion (only a multi-turn rollout's `pper_program` does)
+    task = humaneval[0]
+    wrong, canonical = "    return None\n", task.solutions[0]
+    call = {"prompts": [task.prompt], "completions": [wrong], "task_id": [task.id]}
+    assert reward(**call, program=[canonical]) == [0.0]
+    assert reward(**call, pper_program=[canonical]) == [1.0]
     with pytest.raises(PperError, match="needs a `task_id` column"):
         reward(prompts=["p"], completions=["c"])
 
@@ -168,7 +189,7 @@ def test_multi_turn_rollouts_through_a_real_grpo_trainer(tmp_path, mbpp_path):
     with ExecutionReward(tasks, workers=1) as reward:
 
         def recording(**kwargs):
-            judged.append(list(kwargs["program"]))
+            judged.append(list(kwargs["pper_program"]))
             return reward(**kwargs)
 
         recording.__name__ = "pper"

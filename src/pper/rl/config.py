@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..buffer.priority import Scheme
+
+RewardKind = Literal["pass_rate", "strict", "coderl"]
+REWARD_KINDS: tuple[str, ...] = get_args(RewardKind)
 
 
 class GroupReplayConfig(BaseModel):
@@ -21,6 +24,15 @@ class GroupReplayConfig(BaseModel):
     priority: Scheme = "rank"
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     exponent: float = Field(1.0, ge=0.0)
+
+
+def group_replay_problem(fraction: float, beta: float, use_vllm: bool) -> str | None:
+    """Why group replay (`fraction` > 0) cannot run with these GRPO settings, or None."""
+    if fraction > 0 and beta != 0.0:
+        return "group replay needs rl.beta 0: a replayed group has no reference log-probabilities"
+    if fraction > 0 and use_vllm:
+        return "group replay does not store vLLM's sampling log-probabilities: use_vllm is not supported"
+    return None
 
 
 class RLConfig(BaseModel):
@@ -51,10 +63,22 @@ class RLConfig(BaseModel):
     beta: float = Field(0.0, ge=0.0)
     max_completion_length: int = Field(256, ge=1)
     temperature: float = Field(1.0, gt=0)
-    reward: Literal["pass_rate", "strict", "coderl"] = "pass_rate"
+    reward: RewardKind = "pass_rate"
     save_steps: int = Field(5, ge=1)
     use_vllm: bool = False
     max_seconds: float | None = Field(None, gt=0)
     turns: int = Field(1, ge=1)
     replay: GroupReplayConfig = GroupReplayConfig()
     prm_weight: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _replay_fits(self) -> RLConfig:
+        problem = group_replay_problem(self.replay.fraction, self.beta, self.use_vllm)
+        if problem:
+            raise ValueError(problem)
+        if self.replay.fraction > 0 and self.replay.priority == "proportional" and self.reward == "coderl":
+            raise ValueError(
+                "replay.priority proportional needs values >= 0, and coderl rewards go down to -1: use "
+                "replay.priority rank (or uniform), or reward pass_rate or strict"
+            )
+        return self

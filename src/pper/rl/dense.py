@@ -33,10 +33,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import PperError
-from ..generation.prompts import COMPLETION_STOPS, code_span, stop_index
 from ..tasks import Task
 from ..training.examples import token_ends, token_lines
-from .reward import program_for
+from .reward import text_program
 
 EPS = 1e-4
 
@@ -55,16 +54,10 @@ def line_advantages(scores: Sequence[Mapping[int, float]], eps: float = EPS) -> 
 
 def completion_lines(task: Task, prompt: Any, completion: str, ends: Sequence[int]) -> tuple[str, list[int | None]]:
     """(the program the reward runs for `completion`, the 1-based program line of each of its tokens or None):
-    `ends[j]` is where token j ends in `completion`. A completion task's program is the prompt plus the completion
-    up to pper's stop; an instruction task's is the code of the answer (`code_span`), its prose and fences on no
-    line."""
-    program = program_for(task, prompt, completion)
-    if task.prompt_style == "completion" and isinstance(prompt, str):
-        stop = stop_index(completion, COMPLETION_STOPS)
-        span, offset = (0, len(completion) if stop is None else stop), len(prompt)
-    else:
-        start, end = code_span(completion)
-        span, offset = (start, end), -start
+    `ends[j]` is where token j ends in `completion`. A continued code prompt's program is the prompt plus the
+    completion up to pper's stop; any other's is the code of the answer (`code_span`), its prose and fences on no
+    line (`reward.text_program`)."""
+    program, span, offset = text_program(task, prompt, completion)
     return program, token_lines(ends, span, offset, program)
 
 

@@ -26,12 +26,12 @@ from typing import Any
 
 from ..config import PperConfig
 from ..errors import PperError
-from ..files import write_atomic
+from ..files import remove_dir, write_atomic
 from ..jsonl import read_jsonl
 from ..pipeline import EVENTS_FILE, Events, checkpoint_dir, eval_paths, prepare, write_kept
 
 RL_DIR = "rl"
-ELAPSED = "elapsed.json"  # in rl/: training seconds spent before the last checkpoint (a wall-clock budget's clock)
+ELAPSED = "elapsed.json"  # in rl/: training seconds spent up to each recent checkpoint (a wall-clock budget's clock)
 DONE = "rl.json"  # in checkpoints/round-1/ once the policy is saved
 
 
@@ -71,16 +71,34 @@ def grpo_args(config: PperConfig, output_dir: Path) -> Any:
 
 
 class Budget:
-    """The training's wall-clock: seconds spent by earlier attempts up to their last checkpoint (`path`) plus this
-    attempt's; with `max_seconds`, training stops after the step that reaches it."""
+    """The training's wall-clock: the seconds earlier attempts spent up to the checkpoint this one resumes from
+    (`resumed_at`, its step; None: a fresh start), plus this attempt's; with `max_seconds`, training stops after the
+    step that reaches it. `path` maps the step of each of the last `KEEP` checkpoints to the seconds spent up to
+    it, written just before the checkpoint is saved, so every complete checkpoint has its entry."""
 
-    def __init__(self, path: Path, max_seconds: float | None):
+    KEEP = 8
+
+    def __init__(self, path: Path, max_seconds: float | None, resumed_at: int | None = None):
         self.path, self.max_seconds = path, max_seconds
-        self.before = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        self.by_step = {int(k): float(v) for k, v in saved.get("by_step", {}).items()}
+        if resumed_at is None:
+            self.by_step, self.before = {}, 0.0
+        elif resumed_at in self.by_step:
+            self.before = self.by_step[resumed_at]
+        else:  # written by an older pper (its last save only), or lost
+            self.before = float(saved.get("seconds", 0.0))
         self.start = time.perf_counter()
 
     def elapsed(self) -> float:
         return self.before + time.perf_counter() - self.start
+
+    def record(self, step: int) -> None:
+        """Write the seconds spent up to `step` (a checkpoint about to be saved)."""
+        self.by_step = {s: v for s, v in self.by_step.items() if s < step}
+        self.by_step[step] = round(self.elapsed(), 2)
+        kept = dict(sorted(self.by_step.items())[-self.KEEP :])
+        write_atomic(self.path, json.dumps({"by_step": {str(s): v for s, v in kept.items()}}) + "\n")
 
     def callback(self) -> Any:
         from transformers import TrainerCallback
@@ -89,17 +107,36 @@ class Budget:
 
         class Stop(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
+                # transformers' own flow callback ran first: control.should_save says whether a checkpoint follows
                 if clock.max_seconds is not None and clock.elapsed() >= clock.max_seconds:
                     control.should_training_stop = True
                     control.should_save = True
-
-            def on_save(self, args, state, control, **kwargs):
-                write_atomic(clock.path, json.dumps({"seconds": clock.elapsed(), "step": state.global_step}) + "\n")
+                if control.should_save:
+                    clock.record(state.global_step)
 
         return Stop()
 
 
-def _checkpoint_step(checkpoint: str) -> int:
+def last_checkpoint(output: Path) -> Path | None:
+    """The newest complete TRL checkpoint in `output`: the `checkpoint-N` with the highest N whose
+    `trainer_state.json` (transformers writes it last) reads. Newer incomplete ones, left by a kill while saving, are
+    removed, so that no later attempt resumes from one."""
+    found = []
+    for path in output.glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and suffix.isdigit():
+            found.append((int(suffix), path))
+    for step, path in sorted(found, reverse=True):
+        try:
+            if _checkpoint_step(path) == step:
+                return path
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        remove_dir(path)
+    return None
+
+
+def _checkpoint_step(checkpoint: str | Path) -> int:
     """The global step a TRL (transformers) checkpoint was saved at."""
     return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
 
@@ -123,7 +160,6 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
     """Train (or resume) GRPO; the trained policy as a plain transformers directory (`checkpoints/round-1/model`)."""
     import trl
     from transformers import TrainerCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     from ..generation import load_model
     from .data import rl_dataset
@@ -144,7 +180,8 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
                 events.log(event="rl_step", phase="rl", step=state.global_step,
                            **{k: v for k, v in logs.items() if isinstance(v, (int, float))})  # fmt: skip
 
-    clock = Budget(output / ELAPSED, config.rl.max_seconds)
+    resume = last_checkpoint(output)
+    clock = Budget(output / ELAPSED, config.rl.max_seconds, _checkpoint_step(resume) if resume else None)
 
     turns = config.rl.turns
     with ExecutionReward(train_tasks, kind=config.rl.reward, execution=config.execution) as reward:
@@ -162,7 +199,6 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
             from .multiturn import repair_rollout
 
             common["rollout_func"] = repair_rollout(train_tasks, turns, config.feedback.max_chars, reward.executor())
-        resume = get_last_checkpoint(str(output))
         trainer_class: type = trl.GRPOTrainer
         if config.rl.replay.fraction > 0:
             from ..buffer import ReplayBuffer
@@ -183,7 +219,11 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
             common.update(prm=PRM.load(prm_path), prm_weight=config.rl.prm_weight,
                           tasks={t.id: t for t in train_tasks}, max_length=config.prm.max_length)  # fmt: skip
         trainer = trainer_class(**common)
-        trainer.train(resume_from_checkpoint=resume)
+        try:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        finally:
+            if "buffer" in common:
+                common["buffer"].close()
     policy = trainer.model
     if hasattr(policy, "merge_and_unload"):
         policy = policy.merge_and_unload()
@@ -267,10 +307,16 @@ def write_rl_report(run_dir: Path, config: PperConfig) -> Path:
 
     steps = rl_steps(run_dir)
     r = config.rl
+    done = checkpoint_dir(run_dir, 1) / DONE
+    record = json.loads(done.read_text()) if done.exists() else {}
+    ran = f"{record['steps']} steps" if "steps" in record else f"up to {r.steps} steps"
+    if r.max_seconds is not None:
+        spent = f", {record['seconds']:.0f} s" if "seconds" in record else ""
+        ran += f" (a wall-clock budget of {r.max_seconds:.0f} s{spent}; at most {r.steps})"
     lines = [
         f"# pper rl `{config.name}`",
         "",
-        f"GRPO (TRL) on `{config.tasks.source}` with `{config.generation.model}`, {r.method}: {r.steps} steps of "
+        f"GRPO (TRL) on `{config.tasks.source}` with `{config.generation.model}`, {r.method}: {ran} of "
         f"{r.prompts_per_step} prompts x {r.group_size} completions (<= {r.max_completion_length} tokens, "
         f"temperature {r.temperature}), reward `{r.reward}` from pper's sandbox, beta {r.beta}, learning rate "
         f"{r.learning_rate}.",

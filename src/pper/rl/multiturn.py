@@ -7,7 +7,7 @@ feedback (`prompts.feedback_text`, never a private test) is appended as the next
 chat template, and the model answers again, after the whole conversation so far. The row's completion is the whole
 exchange after the prompt: the model's answers (trained, `env_mask` 1) and the feedback messages between them (not
 trained, `env_mask` 0, TRL's mask for environment tokens). The program of the last answer goes to the reward
-functions as the column `program` (and the number of turns taken as `turns`); `ExecutionReward` then judges that
+functions as the column `pper_program` (and the number of turns taken as `pper_turns`); `ExecutionReward` judges that
 program on the **private** tests, so the reward is the last turn's.
 
 Sampling log-probabilities are not returned (`logprobs` None: TRL then treats the rollout as on-policy). Tasks need a
@@ -94,7 +94,7 @@ def repair_rollout(tasks: Sequence[Task], turns: int, max_chars: int = 1000, exe
                 programs[i] = code_from_answer(tokenizer.decode(ids, skip_special_tokens=True))
                 taken[i] = turn
         return {"prompt_ids": prompt_ids, "completion_ids": completion, "logprobs": None, "env_mask": env_mask,
-                "program": programs, "turns": taken}  # fmt: skip
+                "pper_program": programs, "pper_turns": taken}  # fmt: skip
 
     return rollout
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..buffer import Group, GroupReplay, Member, ReplayBuffer
 from ..errors import PperError
-from .config import GroupReplayConfig
+from .config import GroupReplayConfig, group_replay_problem
 
 
 def replayed_count(fraction: float, groups: int, u: float) -> int:
@@ -81,12 +81,9 @@ def trainer_class() -> type:
             recorded.__name__ = getattr(reward, "__name__", "reward")
             kwargs["reward_funcs"] = recorded
             super().__init__(*args, **kwargs)
-            if self.beta != 0.0 and replay.fraction > 0:
-                raise PperError("group replay needs rl.beta 0: a replayed group has no reference log-probabilities")
-            if self.use_vllm and replay.fraction > 0:
-                raise PperError(
-                    "group replay does not store vLLM's sampling log-probabilities: use_vllm is not supported"
-                )
+            problem = group_replay_problem(replay.fraction, self.beta, self.use_vllm)
+            if problem:
+                raise PperError(problem)
             self.buffer, self.replay, self.task_ids, self.model_name = buffer, replay, task_ids, model_name
             self.groups = GroupReplay(buffer, replay.alpha, replay.priority, replay.exponent, self.args.seed)
             self.replayed_groups = 0  # over the run: groups drawn from the buffer

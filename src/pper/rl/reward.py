@@ -5,12 +5,13 @@
 one float per completion. The column `task_id` names each completion's task among the reward's tasks (any pper
 task source). The program run for a completion is what pper itself would run:
 
-* a completion-style task (HumanEval) with a text completion: exactly the `prompts` value passed + the completion,
+* a completion-style task (HumanEval) whose text prompt is its code (it starts with the task's prompt: the prompt
+  `pper.rl.rl_dataset` formats, or the raw HumanEval prompt): exactly the `prompts` value passed + the completion,
   cut where pper's sampler stops a completion (a new top-level statement: `prompts.COMPLETION_STOPS`; TRL generates
-  until end of text); a dataset made by `pper.rl.rl_dataset` passes the prompt pper formats, a raw HumanEval prompt
-  works as given;
-* an instruction task, or any conversational completion (a list of messages): the code of the last assistant
-  message, extracted as pper extracts it from a chat answer (`prompts.code_from_answer`).
+  until end of text);
+* an instruction task, a completion-style task asked in a chat (`rl_dataset(..., chat=True)`, or any prompt that
+  does not start with the task's code), or any conversational completion (a list of messages): the code of the
+  (last assistant) answer, extracted as pper extracts it from a chat answer (`prompts.code_from_answer`).
 
 Programs run in pper's sandbox against the task's private tests (`Task.tests`), all of a call's completions in
 parallel on one pool of sandboxed workers started at the first call and kept until `close()` or the end of the
@@ -24,7 +25,8 @@ process. Reward kinds (`kind`):
 
 A bad program (syntax error, crash, timeout, memory bomb) gets its reward, never an exception; a `task_id` the
 reward does not know raises a `PperError` naming it. A multi-turn rollout (`pper.rl.multiturn`) passes the program
-of its last turn as the column `program`, which is then judged instead. With `run_dir`, every scored program and
+of its last turn as the column `pper_program`, which is then judged instead (a dataset column of any other name,
+`program` included, is ignored). With `run_dir`, every scored program and
 its verdicts are also stored in that directory's pper buffer (`buffer.sqlite`, model `rl:<name>`), as one more
 source of programs to inspect or export. A reward function sees no log-probabilities: such programs are stored
 with log P = 0 and one token per completion token; they are records, not replay candidates.
@@ -36,15 +38,13 @@ import atexit
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..errors import PperError
 from ..execution.results import PASSED, SYNTAX_ERROR, WRONG_ANSWER, ProgramResult
-from ..generation.prompts import COMPLETION_STOPS, code_from_answer, stop_index
+from ..generation.prompts import COMPLETION_STOPS, code_from_answer, code_span, stop_index
 from ..tasks import Task, load_tasks
-
-RewardKind = Literal["pass_rate", "strict", "coderl"]
-REWARD_KINDS = ("pass_rate", "strict", "coderl")
+from .config import REWARD_KINDS, RewardKind
 
 
 def reward_of(result: ProgramResult, kind: RewardKind = "pass_rate") -> float:
@@ -62,7 +62,11 @@ def reward_of(result: ProgramResult, kind: RewardKind = "pass_rate") -> float:
         if verdicts <= {PASSED, WRONG_ANSWER}:
             return -0.3
         return -0.6
-    raise ValueError(f"unknown reward kind {kind!r} (kinds: {', '.join(REWARD_KINDS)})")
+    raise ValueError(_unknown_kind(kind))
+
+
+def _unknown_kind(kind: Any) -> str:
+    return f"unknown reward kind {kind!r} (kinds: {', '.join(REWARD_KINDS)})"
 
 
 def program_for(task: Task, prompt: Any, completion: Any) -> str:
@@ -72,10 +76,19 @@ def program_for(task: Task, prompt: Any, completion: Any) -> str:
         return code_from_answer(answers[-1] if answers else "")
     if not isinstance(completion, str):
         raise PperError(f"a completion must be a string or a list of messages, got {type(completion).__name__}")
-    if task.prompt_style == "completion" and isinstance(prompt, str):
+    return text_program(task, prompt, completion)[0]
+
+
+def text_program(task: Task, prompt: Any, completion: str) -> tuple[str, tuple[int, int], int]:
+    """(the program run for a text `completion`, the span of the completion that is the program's code, offset:
+    completion character i is program character i + offset). A continued code prompt (see the module docstring):
+    the prompt + the completion up to pper's stop; otherwise the code of the answer (`code_span`)."""
+    if task.prompt_style == "completion" and isinstance(prompt, str) and prompt.startswith(task.prompt.rstrip()):
         stop = stop_index(completion, COMPLETION_STOPS)  # where pper's sampler would have stopped it
-        return prompt + (completion if stop is None else completion[:stop])
-    return code_from_answer(completion)
+        end = len(completion) if stop is None else stop
+        return prompt + completion[:end], (0, end), len(prompt)
+    start, end = code_span(completion)
+    return completion[start:end] + "\n", (start, end), -start
 
 
 class ExecutionReward:
@@ -96,7 +109,7 @@ class ExecutionReward:
         split: str | None = None,
     ):
         if kind not in REWARD_KINDS:
-            raise PperError(f"unknown reward kind {kind!r} (kinds: {', '.join(REWARD_KINDS)})")
+            raise PperError(_unknown_kind(kind))
         self.kind = kind
         self.__name__ = f"pper_{kind}"  # TRL logs each reward function under its __name__
         self._source, self._split = tasks, split
@@ -149,20 +162,22 @@ class ExecutionReward:
         task_ids: Sequence[str],
         programs: Sequence[str] | None = None,
     ) -> list[tuple[Task, str, ProgramResult]]:
-        """(task, program, its results) of each completion; `programs` (a multi-turn rollout's `program` column: the
-        last turn's program) replace the programs made from the completions."""
+        """(task, program, its results) of each completion; `programs` (a multi-turn rollout's `pper_program` column:
+        the last turn's program) replace the programs made from the completions."""
         if not (len(prompts) == len(completions) == len(task_ids)):
             raise PperError(
                 f"{len(prompts)} prompts, {len(completions)} completions and {len(task_ids)} task ids: one of each "
                 "per completion"
             )
         tasks = self.tasks
-        unknown = sorted({t for t in task_ids if t not in tasks})
+        unknown = sorted({t for t in task_ids if t not in tasks}, key=repr)
         if unknown:
             more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
             source = self._source if isinstance(self._source, str) else "a list of tasks"
+            known = next(iter(tasks), None)
             raise PperError(
-                f"unknown task_id {unknown[0]!r}{more}: not among the reward's {len(tasks)} tasks ({source})"
+                f"unknown task_id {unknown[0]!r}{more}: not among the reward's {len(tasks)} tasks ({source}"
+                + (f"; their ids are strings like {known!r})" if known is not None else ")")
             )
         if programs is not None:
             jobs = [(tasks[t], str(p)) for p, t in zip(programs, task_ids, strict=True)]
@@ -179,7 +194,7 @@ class ExecutionReward:
         completions: Sequence[Any] | None = None,
         task_id: Sequence[str] | None = None,
         completion_ids: Sequence[Sequence[int]] | None = None,
-        program: Sequence[str] | None = None,
+        pper_program: Sequence[str] | None = None,
         **columns: Any,
     ) -> list[float]:
         if completions is None:
@@ -190,7 +205,7 @@ class ExecutionReward:
                 "makes one)"
             )
         prompts = list(prompts) if prompts is not None else [""] * len(completions)
-        scored = self.results(prompts, list(completions), list(task_id), program)
+        scored = self.results(prompts, list(completions), list(task_id), pper_program)
         self.calls += 1
         self.scored += len(scored)
         if self.run_dir is not None:
