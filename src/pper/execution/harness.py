@@ -97,7 +97,7 @@ def compile_program(program: str) -> tuple[Any, dict[str, Any] | None]:
     if len(program) > MAX_PROGRAM:
         return None, {"status": "error", "error": f"the program is longer than {MAX_PROGRAM} characters"}
     try:
-        return compile(program, PROGRAM_FILE, "exec"), None
+        return compile(program, PROGRAM_FILE, "exec", dont_inherit=True), None
     except SyntaxError as e:
         return None, {"status": "syntax_error", "error": f"SyntaxError: {e.msg} (line {e.lineno})"}
     except (ValueError, RecursionError, MemoryError, OverflowError) as e:  # null bytes, nesting, size

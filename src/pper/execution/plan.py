@@ -158,7 +158,7 @@ def split_assert(source: str, targets: set[str]) -> OutsideCheck | None:
         calls=tuple(call_texts),
         check=check_source,
         source=source,
-        code=compile(check_source, "<check>", "eval"),
+        code=compile(check_source, "<check>", "eval", dont_inherit=True),
     )
 
 

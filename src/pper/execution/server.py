@@ -511,11 +511,13 @@ def _compile_suite(suite: dict[str, Any]) -> dict[str, Any]:
         tests = []
         for test in suite["tests"]:
             if "code" in test:
-                tests.append(("code", compile(test["code"], "<test>", "exec")))
+                tests.append(("code", compile(test["code"], "<test>", "exec", dont_inherit=True)))
             else:
-                prelude = compile(test["prelude"], "<test>", "exec") if test["prelude"] else None
-                tests.append(("calls", (prelude, [compile(c, "<test>", "eval") for c in test["calls"]])))
-        return {"setup": compile(suite["setup"], "<setup>", "exec"), "tests": tests}
+                prelude = compile(test["prelude"], "<test>", "exec", dont_inherit=True) if test["prelude"] else None
+                tests.append(
+                    ("calls", (prelude, [compile(c, "<test>", "eval", dont_inherit=True) for c in test["calls"]]))
+                )
+        return {"setup": compile(suite["setup"], "<setup>", "exec", dont_inherit=True), "tests": tests}
     if suite["kind"] == "call":
         return {"tests": list(range(len(suite["args"])))}
     return {"tests": list(range(len(suite["inputs"])))}
