@@ -78,6 +78,23 @@ def test_feedback_on_an_error_shows_the_exception_and_the_line_that_raised_it():
     assert "ZeroDivisionError: integer division or modulo by zero (at line 3 of the program)" in feedback
     assert feedback.endswith("Line 3: return s[n // 0]")
     assert len(_feedback(TASK, program, max_chars=60)) == 60
+    syntax = _feedback(TASK, "def remove_Occ(s, ch):\n    return (s\n")  # a compile error names its line too
+    assert "SyntaxError" in syntax and syntax.endswith("Line 2: return (s")
+
+
+def test_a_long_public_test_is_clipped_before_what_went_wrong_and_keeps_its_expected_output():
+    from pper.tasks import StdioCase, StdioTests
+
+    grid = "\n".join("#." * 40 for _ in range(30))  # a 2.4 KB input, as in competitive programming
+    tests = StdioTests((StdioCase(grid + "\n", "42\n"),))
+    task = Task(id="t/grid", prompt="count", tests=tests, public_tests=tests)
+    error = "expected '42', got '41'"
+    text = feedback_text(task, ("wrong_answer",), [error], max_chars=1000)
+    assert len(text) <= 1000 and text.endswith(f"Error: {error}")
+    assert "...\nexpected output:\n42" in text  # the input clipped, the expected output shown
+    long_error = "Traceback: " + "x" * 5000
+    text = feedback_text(task, ("runtime_error",), [long_error], max_chars=1000)
+    assert len(text) == 1000 and "expected output:\n42" in text and "Error: Traceback: xxx" in text
 
 
 def test_feedback_reads_only_the_public_results():
@@ -244,3 +261,20 @@ def test_a_run_with_repair_turns_resumes_mid_trajectory_after_kill_9(tmp_path, m
     assert repaired and all(r["messages"][-1]["role"] == "assistant" for r in repaired)
     report = (run / "report.md").read_text()
     assert "Programs per repair turn" in report and "came from repair turns" in report
+
+
+def test_repair_settings_that_would_do_nothing_are_refused_or_warned(tmp_path):
+    from pper.config import load_config, validate_config
+    from pper.errors import PperError
+    from pper.pipeline import prepare
+
+    with pytest.raises(PperError, match="greedy decoding writes one program per turn"):
+        validate_config({"feedback": {"turns": 2, "candidates": 4}})
+    validate_config({"feedback": {"turns": 2, "candidates": 4, "mode": "sample"}})
+    path = tmp_path / "tasks.jsonl"  # tasks without public tests: no feedback can be written
+    hidden = [Task(id=f"t/{i}", prompt="Write f.", tests=AssertTests(("assert f() == 1",))) for i in range(4)]
+    path.write_text("".join(json.dumps(t.to_dict()) + "\n" for t in hidden))
+    overrides = {"tasks.source": f"jsonl:{path}", "tasks.holdout": 0, "tasks.validation": 0,
+                 "runs_dir": str(tmp_path / "runs"), "feedback.turns": 2}  # fmt: skip
+    with pytest.warns(UserWarning, match="none of the 4 training tasks has public tests"):
+        prepare(load_config(overrides=overrides))

@@ -147,6 +147,11 @@ def test_apps_public_tests_are_the_cases_the_statement_shows():
     io = json.dumps({"inputs": ["5\n", "1\n"], "outputs": ["10\n", "2\n"]})
     prose = parse_apps({**row, "question": "1 <= n <= 10^5, print 2n.\nExample\n5\n10\n", "input_output": io})
     assert prose.public_tests == StdioTests(cases=(StdioCase("5\n", "10\n"),))
+    # two examples (4 -> 1, 7 -> 2); the hidden cases 1 -> 2 and 2 -> 1 only echo the examples' outputs
+    io = json.dumps({"inputs": ["4\n", "7\n", "1\n", "2\n"], "outputs": ["1\n", "2\n", "2\n", "1\n"]})
+    statement = "Examples\nInput\n4\nOutput\n1\n\nInput\n7\n\n-----Output-----\n2\n"
+    two = parse_apps({**row, "question": statement, "input_output": io})
+    assert two.public_tests == StdioTests(cases=(StdioCase("4\n", "1\n"), StdioCase("7\n", "2\n")))
 
 
 def test_an_instruction_prompt_shows_the_public_tests_only():
@@ -160,6 +165,12 @@ def test_an_instruction_prompt_shows_the_public_tests_only():
     text = build_prompt(task).text
     assert "assert dbl(1) == 2" in text and "dbl(7)" not in text
     assert "dbl(7)" in build_prompt(Task(id="t/3", prompt="Write dbl(x).", tests=task.tests)).text  # no public tests
+    from pper.tasks import CallCase, CallTests
+
+    calls = CallTests("dbl", (CallCase([1], 2),))  # public tests of another kind: no private assert is shown either
+    assert (
+        "assert" not in build_prompt(Task(id="t/4", prompt="Write dbl(x).", tests=task.tests, public_tests=calls)).text
+    )
 
 
 def test_jsonl_tasks_give_both_lists_and_old_rows_have_no_public_tests(tmp_path):

@@ -110,6 +110,13 @@ def prepare(config: PperConfig, force: bool = False) -> Run:
             + ("" if validation else ", so the last round is kept"),
             stacklevel=2,
         )
+    if config.feedback.turns > 1 and not any(t.public_tests for t in train):
+        warnings.warn(
+            f"feedback.turns is {config.feedback.turns} but none of the {len(train)} training tasks has public tests "
+            "(the tests a repair turn's feedback may show), so no program gets a repair turn: use tasks with "
+            "public tests (MBPP, HumanEval, CodeContests, APPS standard-input, JSONL rows with public_tests)",
+            stacklevel=2,
+        )
     if (run_dir / BUFFER_FILE).exists():
         _refuse_held_out_programs(run_dir, {t.id for t in validation + held_out})
     run_dir.mkdir(parents=True, exist_ok=True)

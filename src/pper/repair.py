@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .buffer import NewProgram, Program, Repair, ReplayBuffer
 from .generation.prompts import build_repair_prompt, public_feedback, training_target
@@ -32,7 +32,9 @@ PUBLIC_BATCH = 64  # public results committed per batch
 class FeedbackConfig(BaseModel):
     """turns: T, the turns a task's program may take (1: no repair, today's single turn). mode: how a repair
     turn decodes, "greedy" or "sample" (at the generation section's temperature and top_p). candidates: programs
-    per repair turn (greedy: 1). max_chars: the most characters of feedback the model is shown."""
+    per repair turn (greedy: 1). max_chars: the most characters of feedback the model is shown. Repair turns are
+    written by the run's sampler: the model being trained, or `generation.teacher` when a teacher writes the
+    programs."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -40,6 +42,15 @@ class FeedbackConfig(BaseModel):
     mode: Literal["greedy", "sample"] = "greedy"
     candidates: int = Field(1, ge=1)
     max_chars: int = Field(1000, ge=50)
+
+    @model_validator(mode="after")
+    def _one_greedy_program(self) -> FeedbackConfig:
+        if self.mode == "greedy" and self.candidates > 1:
+            raise ValueError(
+                f"feedback.candidates is {self.candidates} but greedy decoding writes one program per turn: set "
+                "feedback.mode: sample for several"
+            )
+        return self
 
 
 def public_results(

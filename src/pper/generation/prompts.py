@@ -69,7 +69,8 @@ PREFILL_STOPS = ("\n```", "\nif __name__", "\nprint(", "\nassert ")
 _TOP_LEVEL_DEF = re.compile(r"^(?:async\s+)?def\s+(\w+)\s*\(", re.M)
 SHOWN_TESTS = 3
 FENCE_OPEN = "```python\n"
-_RAISED_AT = re.compile(r"\(at line (\d+) of the program\)$")  # pper.execution.harness's error texts
+# pper.execution.harness's error texts: "... (at line N of the program)", and "SyntaxError: ... (line N)"
+_RAISED_AT = re.compile(r"\((?:at )?line (\d+)(?: of the program)?\)$")
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python|python3)?[ \t]*\n(.*?)(?:\n```|\Z)", re.S)
 
 
@@ -120,10 +121,11 @@ def stops_for_prefix(prefix: str) -> tuple[str, ...]:
 
 def instruction(task: Task) -> str:
     """The user message for an instruction task (MBPP paper style for assert tests): up to `SHOWN_TESTS` asserts of
-    its public tests (of its tests where it has no public ones), never a private test beyond them."""
+    its public tests (of its tests where it has no public ones; none where its public tests are not asserts), never
+    a private test beyond them."""
     tests = task.tests
     parts = [f"You are an expert Python programmer, and here is your task: {task.prompt.strip()}"]
-    shown_tests = task.public_tests if isinstance(task.public_tests, AssertTests) else tests
+    shown_tests = task.public_tests if task.public_tests is not None else tests
     if isinstance(tests, AssertTests) and isinstance(shown_tests, AssertTests) and shown_tests.asserts:
         shown = "\n".join(shown_tests.asserts[:SHOWN_TESTS])
         parts.append(f"Your code should pass these tests:\n\n{shown}")
@@ -184,16 +186,26 @@ def prompt_for(task: Task, tokenizer: Any = None, prefix: str = "", messages: Se
     return chat_prompt(task, messages, tokenizer) if messages else build_prompt(task, tokenizer, prefix)
 
 
-def describe_test(tests: TestSuite, i: int) -> str:
-    """Test `i` of a suite as the model is shown it in feedback."""
+def clip(text: str, limit: int) -> str:
+    """`text`, or its first `limit` - 3 characters and "..." when it is longer than `limit`."""
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
+
+
+def describe_test(tests: TestSuite, i: int, max_chars: int | None = None) -> str:
+    """Test `i` of a suite as the model is shown it in feedback, in at most `max_chars` characters: a stdio case's
+    input and expected output are clipped apart, so that both show."""
+    limit = max_chars if max_chars is not None else 1 << 62
     if isinstance(tests, AssertTests):
-        return tests.asserts[i]
+        return clip(tests.asserts[i], limit)
     if isinstance(tests, CallTests):
         case = tests.cases[i]
         args = ", ".join(repr(a) for a in case.args)
-        return f"{tests.fn_name}({args}) should return {case.expected!r}"
+        return clip(f"{tests.fn_name}({args}) should return {case.expected!r}", limit)
     case = tests.cases[i]
-    return f"input:\n{case.input.rstrip()}\nexpected output:\n{case.output.rstrip()}"
+    given, expected = case.input.rstrip(), case.output.rstrip()
+    room = max(limit - len("input:\n\nexpected output:\n"), 0)
+    expected = clip(expected, max(room // 2, room - len(given)))  # at least half of the room, if it needs it
+    return clip(f"input:\n{clip(given, room - len(expected))}\nexpected output:\n{expected}", limit)
 
 
 def feedback_text(
@@ -202,7 +214,9 @@ def feedback_text(
     """The feedback of a repair turn on a `program`'s results on the task's **public** tests (`verdicts`, `errors`
     per public test): the first failing test, as the model is shown it, and what went wrong: the value the
     program returned, or the exception and the line of the program that raised it. At most `max_chars`
-    characters. None when every public test passed, or the task has none. Nothing of the private tests is read."""
+    characters: what went wrong keeps at least half of them, the test the rest (a long input is clipped, its
+    expected output still shown). None when every public test passed, or the task has none. Nothing of the private
+    tests is read."""
     tests = task.public_tests
     if not tests:
         return None
@@ -210,12 +224,15 @@ def feedback_text(
     if failing is None:
         return None
     error = errors[failing] or verdicts[failing].replace("_", " ")
-    text = f"The program failed this test:\n{describe_test(tests, failing)}\n\nError: {error}"
+    head = "The program failed this test:\n"
+    tail = f"\n\nError: {error}"
     where = _RAISED_AT.search(error)
     lines = source_lines(program)
     if where and 1 <= int(where[1]) <= len(lines):
-        text += f"\nLine {where[1]}: {lines[int(where[1]) - 1].strip()}"
-    return text if len(text) <= max_chars else text[: max(max_chars - 3, 0)] + "..."
+        tail += f"\nLine {where[1]}: {lines[int(where[1]) - 1].strip()}"
+    wanted = max(max_chars // 2, max_chars - len(head) - len(describe_test(tests, failing)))
+    test = describe_test(tests, failing, max(max_chars - len(head) - min(len(tail), wanted), 0))
+    return clip(head + test + clip(tail, max_chars - len(head) - len(test)), max_chars)
 
 
 def public_feedback(

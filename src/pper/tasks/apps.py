@@ -13,6 +13,7 @@ map onto the arguments reliably).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .model import CallCase, CallTests, StdioCase, StdioTests, Task
@@ -83,16 +84,28 @@ def _text(value: Any, field: str) -> str:
     raise RowError(field, f"must be a string or a list of strings, got {type(value).__name__}")
 
 
+_OUTPUT_LABEL = re.compile(r"^[-=*\s]*(sample\s+)?outputs?(\s*#?\s*\d+)?\s*:?[-=*\s]*$", re.IGNORECASE)
+
+
 def _shown(case: StdioCase, statement: str) -> bool:
     """Whether the statement shows this case as an example: the input's lines appear in it as consecutive whole
-    lines, and the output's lines after them (whitespace around each line aside)."""
+    lines, and the output's lines right after them, with only blank lines and an output label ("Output",
+    "-----Output-----", "Sample Output 1:") in between (whitespace around each line aside). An input that only
+    occurs elsewhere (inside another example's output, say) does not make a case shown."""
     lines = [line.strip() for line in statement.splitlines()]
     given = [line.strip() for line in case.input.strip().splitlines()]
     expected = [line.strip() for line in case.output.strip().splitlines()]
     if not given or not expected:
         return False
     start = _find(lines, given, 0)
-    return start >= 0 and _find(lines, expected, start + len(given)) >= 0
+    while start >= 0:
+        after = start + len(given)
+        while after < len(lines) and (not lines[after] or _OUTPUT_LABEL.match(lines[after])):
+            after += 1
+        if lines[after : after + len(expected)] == expected:
+            return True
+        start = _find(lines, given, start + 1)
+    return False
 
 
 def _find(lines: list[str], block: list[str], start: int) -> int:
