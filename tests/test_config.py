@@ -79,3 +79,20 @@ def test_every_preset_under_configs_is_a_valid_config():
     for preset in presets:
         config = load_config(preset)  # raises, naming the key, on any mistake
         assert PperConfig.model_validate(yaml.safe_load(config.to_yaml())) == config
+
+
+def test_a_stored_run_config_predating_a_key_is_read_with_the_behaviour_its_run_had(tmp_path):
+    import yaml
+
+    from pper.config import load_config, read_run_config
+
+    data = load_config().model_dump(mode="json")
+    del data["curriculum"]["prefill_stops"]  # written before curriculum.prefill_stops existed (no stops then)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**data, "curriculum": {**data["curriculum"], "enabled": True}}))
+    assert read_run_config(path).curriculum.prefill_stops is False
+    path.write_text(yaml.safe_dump(data))  # the curriculum off: the key changes nothing, today's default stands
+    assert read_run_config(path) == load_config()
+    path.write_text(": not yaml")
+    with pytest.raises(PperError, match="cannot read the run configuration"):
+        read_run_config(path)

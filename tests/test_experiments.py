@@ -170,6 +170,52 @@ def test_summary_pools_seeds_per_task_gives_per_seed_intervals_and_pairs_differe
     assert "| good | 0 | 100.0% [100.0%, 100.0%]" in "\n".join(seeds_table(summary))
 
 
+def test_an_arm_with_seeds_still_to_run_is_paired_seed_by_seed_and_says_so(tmp_path):
+    tasks = [f"MBPP/{i}" for i in range(10)]
+    data = protocol_dict(tmp_path, a={"buffer": "b", "seeds": [0, 1, 2]}, b={"buffer": "b", "seeds": [0, 1, 2]})
+    protocol = validate_protocol({**data, "compare": [["a", "b"]]})
+    fake_run(protocol, "base", 0, {t: (0.0, False) for t in tasks})
+    for seed, score in enumerate((1.0, 0.5, 0.0)):
+        fake_run(protocol, "a", seed, {t: (score, False) for t in tasks})
+    fake_run(protocol, "b", 0, {t: (0.25, False) for t in tasks})  # b's seeds 1 and 2 not finished yet
+    summary = summarize(protocol, units(protocol))
+    diff = next(d for d in summary["differences"] if (d["arm"], d["against"]) == ("a", "b"))
+    assert diff["seeds"] == [[0, 0]]  # a's seeds 1 and 2 are not compared with b's seed 0
+    assert diff["mbpp/pass_rate"]["mean"] == pytest.approx(0.75)  # over the paired seed only: 1.0 - 0.25
+    base = next(d for d in summary["differences"] if (d["arm"], d["against"]) == ("a", "base"))
+    assert len(base["seeds"]) == 3 and base["mbpp/pass_rate"]["mean"] == pytest.approx(0.5)  # the base: one seed
+    text = write_results(protocol, summary)
+    assert "| b | 1 of 3 |" in text and "| a | 3 |" in text
+
+
+def test_a_unit_whose_run_was_made_by_another_configuration_is_not_done(tmp_path):
+    from pper.experiments.runner import run_protocol
+
+    tasks = [f"MBPP/{i}" for i in range(10)]
+    protocol = validate_protocol(protocol_dict(tmp_path, a={"buffer": "b"}, c={"buffer": "b"}))
+    fake_run(protocol, "base", 0, {t: (0.0, False) for t in tasks})
+    fake_run(protocol, "a", 0, {t: (1.0, True) for t in tasks})
+    fake_run(protocol, "c", 0, {t: (0.5, True) for t in tasks})
+    unit = next(u for u in units(protocol) if u.arm == "a")
+    (unit.run_dir / CONFIG_FILE).write_text(unit.config.to_yaml())  # made with the unit's configuration: done
+    assert unit.done()
+    old = unit.config.model_copy(update={"training": unit.config.training.model_copy(update={"steps": 99})})
+    (unit.run_dir / CONFIG_FILE).write_text(old.to_yaml())  # the protocol changed under the run since
+    assert not next(u for u in units(protocol) if u.arm == "a").done()
+    summary = summarize(protocol, units(protocol))
+    assert "a" not in summary["arms"] and "c" in summary["arms"]
+    # --only limits what runs, never what the results (and a published block) hold
+    text = run_protocol(protocol, only=["c"], report_only=True, echo=lambda _: None)
+    assert "| c |" in text and "| base |" in text
+
+
+def test_a_task_id_without_a_source_prefix_is_one_source():
+    from pper.experiments.report import source_of
+
+    assert source_of("HumanEval/3") == "humaneval" and source_of("mbpp/12") == "mbpp"
+    assert source_of("task-0") == source_of("task-1") == "tasks"
+
+
 def test_an_interval_does_not_depend_on_the_other_arms(tmp_path):
     tasks = [f"MBPP/{i}" for i in range(30)]
     base = {t: (0.0, False) for t in tasks}

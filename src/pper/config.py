@@ -103,6 +103,41 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return validate_config(data, origin)
 
 
+# Keys added after runs were made with the behaviour they now switch off by default: a stored run config that lacks
+# one, where it mattered (the section's switch on), is read with the value that gives the behaviour its run had,
+# not with today's default (`read_run_config`). Key -> (the value, the key that must be true for it to matter).
+LEGACY_VALUES: dict[str, tuple[Any, str]] = {
+    # prefilled completions had no stop strings before the key existed
+    "curriculum.prefill_stops": (False, "curriculum.enabled"),
+}
+
+
+def read_run_config(path: str | Path) -> PperConfig:
+    """A run directory's stored configuration (`config.yaml`), with `LEGACY_VALUES` for the keys it predates."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise PperError(f"cannot read the run configuration {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise PperError(f"{path}: a config must be a mapping of keys to values")
+    for dotted, (value, switch) in LEGACY_VALUES.items():
+        *parents, leaf = dotted.split(".")
+        node = _section(data, parents)
+        if node is not None and leaf not in node and _section(data, switch.split(".")) is True:
+            node[leaf] = value
+    return validate_config(data, str(path))
+
+
+def _section(data: dict[str, Any], keys: list[str]) -> Any:
+    """data[k1][k2]..., or None where a key is missing."""
+    node: Any = data
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
 def validate_config(data: dict[str, Any], origin: str = "config") -> PperConfig:
     try:
         return PperConfig.model_validate(data)

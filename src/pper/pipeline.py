@@ -32,10 +32,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .buffer import BUFFER_FILE, Execution, NewProgram, ReplayBuffer
-from .config import PperConfig, validate_config
+from .config import PperConfig, read_run_config
 from .errors import PperError
 from .files import exclusive, write_atomic
 from .jsonl import append_jsonl
@@ -89,14 +87,12 @@ def prepare(config: PperConfig, force: bool = False) -> Run:
     """
     run_dir = config.run_dir
     config_path = run_dir / CONFIG_FILE
-    if config_path.exists() and not force:
-        stored = validate_config(yaml.safe_load(config_path.read_text()) or {}, str(config_path))
-        if stored != config:
-            changed = _changed_keys(stored.model_dump(mode="json"), config.model_dump(mode="json"))
-            raise PperError(
-                f"{run_dir} was made by another configuration (differs in: {', '.join(changed)}); "
-                "use another run name, or --force to continue it with this configuration"
-            )
+    changed = [] if force else config_changes(config)
+    if changed:
+        raise PperError(
+            f"{run_dir} was made by another configuration (differs in: {', '.join(changed)}); "
+            "use another run name, or --force to continue it with this configuration"
+        )
     train, validation, held_out = split_tasks(config)
     if not train:
         raise PperError(
@@ -139,6 +135,16 @@ def _refuse_held_out_programs(run_dir: Path, held_out: set[str]) -> None:
             "measure tasks the model was trained on. The split changed (tasks.*, seed); start a new run "
             f"(another --name) or delete {run_dir}"
         )
+
+
+def config_changes(config: PperConfig) -> list[str]:
+    """The keys in which the configuration stored in `config`'s run directory differs from `config` (none: the
+    same, or no run directory yet)."""
+    path = config.run_dir / CONFIG_FILE
+    if not path.exists():
+        return []
+    stored = read_run_config(path)
+    return [] if stored == config else _changed_keys(stored.model_dump(mode="json"), config.model_dump(mode="json"))
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -674,6 +680,15 @@ def read_kept(run_dir: str | Path) -> dict[str, Any] | None:
         return json.loads((Path(run_dir) / KEPT_FILE).read_text())
     except (OSError, ValueError):
         return None
+
+
+def run_config_with_buffer(run_dir: str | Path) -> PperConfig:
+    """The stored configuration of a run directory that has a buffer (what `pper prm` reads); a clear error for a
+    path that is not one."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / BUFFER_FILE).is_file():
+        raise PperError(f"{run_dir} is not a pper run directory with a buffer ({CONFIG_FILE}, {BUFFER_FILE})")
+    return read_run_config(run_dir / CONFIG_FILE)
 
 
 def is_run_dir(path: str | Path) -> bool:

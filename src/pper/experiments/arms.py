@@ -32,7 +32,7 @@ from ..buffer import BUFFER_FILE, NewProgram, ReplayBuffer
 from ..config import PperConfig
 from ..errors import PperError
 from ..files import write_atomic
-from ..pipeline import eval_paths
+from ..pipeline import config_changes, eval_paths
 
 if TYPE_CHECKING:
     from ..tasks import Task
@@ -77,8 +77,9 @@ class Unit:
         return self.kind.result_round(self.config)
 
     def done(self) -> bool:
-        """Whether the round the arm reports has its held-out metrics."""
-        return eval_paths(self.run_dir, self.result_round)[1].exists()
+        """Whether the round the arm reports has its held-out metrics, from a run made with the unit's configuration
+        (a run the protocol has since changed under, same name, is not this unit's: it is reported as not run)."""
+        return eval_paths(self.run_dir, self.result_round)[1].exists() and not config_changes(self.config)
 
 
 class ArmKind:

@@ -5,9 +5,11 @@ Per arm and held-out source, for pass rate and strict accuracy:
   interval over tasks;
 * per seed: each seed's mean over tasks with its own interval;
 * differences, for each compared pair a - b (every arm against the base model, then `compare`): the
-  paired interval over tasks of the pooled scores, and per seed (a's seed s against b's seed s, or against
-  b's only seed when b has one, like the deterministic base model).
+  paired interval over tasks of the scores pooled over the paired seeds, and per seed (a's seed s against b's
+  seed s, finished in both, or against b's only seed when b plans one, like the deterministic base model).
 Every interval draws the same resamples (`pper.evaluation.stats`), so adding an arm never moves another's.
+The intervals are over held-out tasks for these trained models: a pooled one does not include the spread between
+training seeds (the per-seed rows show it), so a gain is read as the method's only when the seeds agree.
 Buffers are read with `ReplayBuffer.reading`: a report never migrates a buffer that an older pper may be running.
 """
 
@@ -39,7 +41,9 @@ Scores = dict[str, tuple[float, float]]  # task id -> (pass rate, strict), avera
 
 
 def source_of(task_id: str) -> str:
-    return task_id.split("/")[0].lower()
+    """The held-out source a task id belongs to: its part before "/" (mbpp/1, HumanEval/0), lower-cased; "tasks"
+    for an id without one (a JSONL task's free-form id)."""
+    return task_id.split("/")[0].lower() if "/" in task_id else "tasks"
 
 
 def per_task(run_dir: Path, round: int) -> Scores:
@@ -160,7 +164,7 @@ def summarize(protocol: Protocol, units: Sequence[Unit]) -> dict[str, Any]:
     arms: dict[str, Any] = {}
     pooled: dict[tuple[str, str, str], np.ndarray] = {}
     for arm, seeds in tables.items():
-        arms[arm] = {"kind": protocol.arms[arm].kind, "seeds": list(seeds)}
+        arms[arm] = {"kind": protocol.arms[arm].kind, "seeds": list(seeds), "planned": len(protocol.arms[arm].seeds)}
         for s in sources:
             for metric, col in METRICS:
                 per_seed = {seed: column(table, s, col) for seed, table in seeds.items()}
@@ -175,12 +179,17 @@ def summarize(protocol: Protocol, units: Sequence[Unit]) -> dict[str, Any]:
     for a, b in protocol.comparisons():
         if a not in tables or b not in tables:
             continue
-        row: dict[str, Any] = {"arm": a, "against": b}
-        pairs = _seed_pairs(list(tables[a]), list(tables[b]))
+        pairs = _seed_pairs(list(tables[a]), list(tables[b]), protocol.arms[b].seeds)
+        if not pairs:  # seeds planned alike, none finished in both yet
+            continue
+        row: dict[str, Any] = {"arm": a, "against": b, "seeds": [list(p) for p in pairs]}
+        mine, theirs = sorted({sa for sa, _ in pairs}), sorted({sb for _, sb in pairs})
         for s in sources:
             for metric, col in METRICS:
+                over_a = np.mean([column(tables[a][x], s, col) for x in mine], axis=0)  # the paired seeds only
+                over_b = np.mean([column(tables[b][x], s, col) for x in theirs], axis=0)
                 row[f"{s}/{metric}"] = {
-                    **_paired(pooled[a, s, metric], pooled[b, s, metric]),
+                    **_paired(over_a, over_b),
                     "per_seed": [
                         {
                             "seed": sa,
@@ -210,10 +219,12 @@ def summarize(protocol: Protocol, units: Sequence[Unit]) -> dict[str, Any]:
     }
 
 
-def _seed_pairs(a: list[int], b: list[int]) -> list[tuple[int, int]]:
-    """Seeds of a paired with b's: the same seed, or b's only seed when it has one (the base model)."""
-    if len(b) == 1:
-        return [(s, b[0]) for s in a]
+def _seed_pairs(a: list[int], b: list[int], planned_b: list[int]) -> list[tuple[int, int]]:
+    """The finished seeds of a (`a`) paired with b's (`b`): with b's only seed when b has one planned (the base
+    model, an arm of one seed); else the same seed, finished in both (an arm with 1 of its 3 seeds done is not
+    paired with the other arm's seeds 1 and 2)."""
+    if len(planned_b) == 1:
+        return [(s, b[0]) for s in a if b]
     return [(s, s) for s in a if s in b]
 
 
@@ -353,9 +364,15 @@ def results_table(summary: dict) -> list[str]:
     lines = [f"| arm | seeds | {head} |", "|---|---|" + "---|---|" * len(sources)]
     for name, r in arms.items():
         cells = [_cell(r[f"{s}/{m}"]) for s in sources for m, _ in METRICS]
-        lines.append(f"| {name} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {_seed_count(r)} | " + " | ".join(cells) + " |")
     lines += [f"| {name} | not run: {why} |" for name, why in summary.get("not_run", {}).items()]
     return lines
+
+
+def _seed_count(arm: dict) -> str:
+    """How many seeds an arm's figures pool: "3", or "1 of 3" while seeds are still to run (or could not)."""
+    planned = arm.get("planned", len(arm["seeds"]))
+    return str(len(arm["seeds"])) if len(arm["seeds"]) >= planned else f"{len(arm['seeds'])} of {planned}"
 
 
 def seeds_table(summary: dict) -> list[str]:

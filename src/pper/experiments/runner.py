@@ -94,14 +94,14 @@ def run_unit(unit: Unit, echo: Callable[[str], None] = print) -> bool:
     whose buffer has nothing to label) is recorded in the run directory as the reason the unit did not run, and
     tried again on the next invocation."""
     root = unit.protocol.root
+    if unit.done():
+        return True
+    marker = unit.run_dir / NOT_RUN
     buffer = unit.kind.buffer(unit.spec)
     if buffer is not None and not buffer_filled(unit.protocol, buffer):
         echo(f"== buffer {buffer}")
         with timed(root, f"buffer {buffer}"):
             fill_buffer(unit.protocol, buffer)
-    if unit.done():
-        return True
-    marker = unit.run_dir / NOT_RUN
     try:
         if unit.protocol.needs_prm(unit.config) and not prm_trained(unit.protocol):
             for source in unit.protocol.prm.buffers:
@@ -208,7 +208,7 @@ def run_protocol(
         with sigterm_exits():
             for unit in chosen:
                 run_unit(unit, echo)
-    summary = summarize(protocol, chosen)
+    summary = summarize(protocol, units(protocol))  # --only limits what runs, not what is reported
     text = write_results(protocol, summary)
     if publish is not None:
         publish_results(publish, protocol, text)

@@ -226,18 +226,13 @@ def label_run(
     """`pper prm label RUN`: label the run's selected programs with its `prm` settings (`overrides` replace some),
     the run's execution settings, and, where the completer samples, `model` (default: the run's kept model once
     it has one, else its configured model) or the teacher (`prm.teacher`, else `generation.teacher`)."""
-    import yaml
-
-    from ..config import validate_config
     from ..errors import PperError
     from ..execution import open_executor
     from ..generation import load_model, teacher_sampler, transformers_sampler
-    from ..pipeline import BUFFER_FILE, CONFIG_FILE, MODEL_DIR, read_kept
+    from ..pipeline import BUFFER_FILE, MODEL_DIR, read_kept, run_config_with_buffer
 
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / BUFFER_FILE).is_file():
-        raise PperError(f"{run_dir} is not a pper run directory with a buffer ({CONFIG_FILE}, {BUFFER_FILE})")
-    run_config = validate_config(yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}, str(run_dir / CONFIG_FILE))
+    run_config = run_config_with_buffer(run_dir)
     config = run_config.prm.model_copy(update={k: v for k, v in (overrides or {}).items() if v is not None})
     config = PrmConfig.model_validate(config.model_dump())
     sampler = None

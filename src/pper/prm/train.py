@@ -49,17 +49,6 @@ CHECKPOINT_STATE = "state.pt"
 CHECKPOINT_INFO = "checkpoint.json"
 
 
-def _run_config(run_dir: Path) -> Any:
-    import yaml
-
-    from ..config import validate_config
-    from ..pipeline import CONFIG_FILE
-
-    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / BUFFER_FILE).is_file():
-        raise PperError(f"{run_dir} is not a pper run directory with a buffer ({CONFIG_FILE}, {BUFFER_FILE})")
-    return validate_config(yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}, str(run_dir / CONFIG_FILE))
-
-
 def split_tasks(task_ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """(training, validation) task ids: a seeded `fraction` of them (at least one when there are two or more)
     held out."""
@@ -101,7 +90,9 @@ def train_prm(
     from ..generation import load_model
 
     run_dir = Path(run_dir)
-    run_config = _run_config(run_dir)
+    from ..pipeline import run_config_with_buffer
+
+    run_config = run_config_with_buffer(run_dir)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     config = PrmConfig.model_validate({**run_config.prm.model_dump(), **given})
     with ReplayBuffer(run_dir / BUFFER_FILE) as buffer:
@@ -355,7 +346,9 @@ def score_run(run_dir: str | Path, path: str | Path | None = None, show_progress
     """Write the line scores of the PRM at `path` (default: the run's, `prm_dir`) of every tested program of the
     run into its buffer; returns a summary."""
     run_dir = Path(run_dir)
-    run_config = _run_config(run_dir)
+    from ..pipeline import run_config_with_buffer
+
+    run_config = run_config_with_buffer(run_dir)
     prm = PRM.load(path or prm_dir(run_config, run_dir))
     with ReplayBuffer(run_dir / BUFFER_FILE) as buffer:
         return score_programs(buffer, prm, run_config.prm.max_length, show_progress)
