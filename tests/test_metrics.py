@@ -18,3 +18,13 @@ def test_pass_at_k_refuses_impossible_counts(n, c, k):
 
 def test_pass_at_k_at_the_edges():
     assert pass_at_k(5, 0, 5) == 0.0 and pass_at_k(5, 1, 5) == 1.0 and pass_at_k(1, 1, 1) == 1.0
+
+
+def test_pass_at_k_is_the_codex_estimator_everywhere_between_the_edges():
+    from math import comb
+
+    for n in range(1, 16):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert pass_at_k(n, c, k) == pytest.approx(1 - comb(n - c, k) / comb(n, k)), (n, c, k)
+    assert pass_at_k(10, 3, 5) == pytest.approx(1 - 21 / 252)
