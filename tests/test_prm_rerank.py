@@ -111,6 +111,19 @@ def test_a_reranked_run_stores_the_prms_top_k_of_the_candidates(tmp_path, saved_
     assert [(e["round"], e["tasks"], e["sampled"], e["kept"], e["prm"]) for e in logged] == [(1, 2, 6, 4, "test-prm")]
 
 
+def test_reranking_keeps_k_distinct_programs_when_one_was_sampled_twice(saved_prm):
+    from pper.prm.rerank import Rerank
+
+    task = load_tasks("humaneval", limit=1)[0]
+    body = task.prompt + "    return {}\n"
+    a, b = _candidate(body.format("True"), -5.0), _candidate(body.format("False"), -5.0)
+    twice = _candidate(body.format("True"), -1.0)  # the same program again (another sample of it)
+    rerank = Rerank(PRM.load(saved_prm), k=3)
+    kept = rerank(task, [a, b, twice])
+    assert sorted(k.program for k in kept) == sorted([a.program, b.program])  # each program once
+    assert rerank.sampled == 3 and rerank.kept == 2
+
+
 def _eval(tmp_path, *args):
     cmd = [sys.executable, "-m", "pper", "eval", "--tasks", "humaneval", "--limit", "2", "--out", str(tmp_path)]
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=900)
@@ -128,7 +141,8 @@ def test_best_of_n_picks_each_criterions_argmax_on_the_same_samples(tmp_path, sa
     tasks = [t for t in load_tasks("humaneval", limit=54) if t.id in ("HumanEval/2", "HumanEval/53")]
     sampler = transformers_sampler(GenerationConfig(max_new_tokens=24, temperature=1.0), 0)
     prm = PRM.load(saved_prm)
-    with Executor(workers=1) as executor:
+    prm.info["train_tasks"] = ["HumanEval/53", "HumanEval/99"]  # as if trained on one of the evaluated tasks
+    with Executor(workers=1) as executor, pytest.warns(UserWarning, match="1 of the 2 tasks .* PRM was trained on"):
         result = evaluate_best_of_n(tasks, tmp_path / "samples.jsonl", executor, sampler, 3, "prm", prm,
                                     metrics_path=tmp_path / "metrics.json", show_progress=False)  # fmt: skip
     assert json.loads((tmp_path / "metrics.json").read_text()) == result

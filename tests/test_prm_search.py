@@ -8,6 +8,7 @@ import pytest
 from pper.execution import Executor
 from pper.prm.completers import reference_probe, shared_lines
 from pper.prm.search import contradictions, first_bad_line, max_probes
+from pper.source import source_lines
 from pper.tasks import load_tasks
 
 
@@ -49,7 +50,7 @@ def test_the_first_bad_line_of_a_program_with_a_known_bug():
     assert search.first_bad == k + 1  # the changed line, 1-based
     assert 1 < k + 1 < len(buggy)  # in the middle: the search had to bisect
     assert len(search.probes) <= 1 + math.ceil(math.log2(len(buggy)))
-    assert shared_lines(buggy, task.solutions[0]) == k
+    assert shared_lines(buggy, source_lines(task.solutions[0])) == k
 
 
 def test_roc_auc_is_the_mann_whitney_probability():
@@ -108,8 +109,21 @@ def test_a_program_is_probed_on_the_lines_python_numbers():
 def test_indentation_is_part_of_a_line_when_comparing_with_a_reference():
     from pper.prm.completers import normalised
 
-    assert normalised("    return  x ") == "    return x" and normalised("\treturn x") == "    return x"
-    assert shared_lines(["def f():", "        return None"], "def f():\n    return None\n") == 1
+    assert normalised("    return  x ") == "    return x" and normalised("\treturn x") == "\treturn x"
+    assert shared_lines(["def f():", "        return None"], ["def f():", "    return None"]) == 1
+    # spaces inside a string are its value: a line that changes them is another line, never shared for free
+    assert normalised("    sep = '  '") != normalised("    sep = ' '")
+    assert shared_lines(["def f():", "\treturn None"], ["def f():", "    return None"]) == 1  # tabs are not spaces
+
+
+def test_a_completion_keeps_a_prefix_that_ends_on_a_blank_line():
+    from pper.prm.completers import keeps_prefix
+
+    prefix = ["def f():", "    x = 1", ""]  # the probe's line 3 is blank
+    assert keeps_prefix("def f():\n    x = 1\n\n    return x\n", prefix)
+    assert not keeps_prefix("def f():\n    x = 1\n    return x\n", prefix)  # the blank line rewritten
+    assert not keeps_prefix("def f():\n    x = 2\n\n    return x\n", prefix)
+    assert keeps_prefix("def f():\n    x = 1\n", prefix[:2]) and not keeps_prefix("def f():\n", prefix[:2])
 
 
 def test_line_input_maps_each_line_to_its_last_token():
@@ -126,6 +140,8 @@ def test_line_input_maps_each_line_to_its_last_token():
     given = len(task.prompt.rstrip().splitlines())
     assert len(item.positions) == len(lines) and item.positions[:given] == (None,) * given  # the prompt: given
     offsets = tokenizer(program, return_offsets_mapping=True).offset_mapping
+    # the model's own tokens start after the given prompt (the line log-probability baseline averages from there)
+    assert offsets[item.start - 1][0] < len(task.prompt.rstrip()) <= offsets[item.start][0]
     at = 0
     for i, line in enumerate(lines):
         end = at + len(line)
@@ -155,3 +171,25 @@ def test_a_passing_completion_that_kept_lines_a_false_probe_had_contradicts_it()
         for b in range(1, m + 2):
             s = first_bad_line(m, lambda j, b=b: j < b)
             assert contradictions(s.probes, {j: j for j, ok in s.probes if ok}) == ()
+
+
+def test_every_reference_that_shares_the_prefix_is_tried():
+    from pper.tasks import AssertTests, Task
+
+    wrong = "def f(x):\n    y = x\n    return y + 1\n"  # shares the first two lines, fails
+    right = "def f(x):\n    y = x\n    return y * 2\n"
+    task = Task(id="t/two", prompt="f", tests=AssertTests(("assert f(2) == 4",)), solutions=(wrong, right))
+    program = "def f(x):\n    y = x\n    return 0\n"
+    with Executor(workers=1, calibrate=False) as executor:
+        probe = reference_probe(task, program, executor)
+        assert probe(2) and probe(1)  # the second reference completes what the first does not
+        assert first_bad_line(3, probe).first_bad == 3
+
+
+def test_an_empty_pass_rate_filter_is_refused():
+    from pper.errors import PperError
+    from pper.prm.label import Filter
+
+    with pytest.raises(PperError, match="the pass-rate filter \\[0.8, 0.2\\] is empty"):
+        Filter(min_pass_rate=0.8, max_pass_rate=0.2)
+    assert Filter(min_pass_rate=0.5, max_pass_rate=0.5).max_pass_rate == 0.5

@@ -21,6 +21,7 @@ the chosen programs). The per-task choices, with the values they were made on, a
 from __future__ import annotations
 
 import json
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,15 +97,16 @@ def evaluate_best_of_n(
     n: int,
     select: str = "logprob",
     prm: Any = None,
-    max_length: int = 2048,
+    max_length: int | None = None,
     metrics_path: str | Path | None = None,
     info: dict[str, Any] | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Sample `n` programs per task with `sampler`, test them, and score the choices (see the module's
     docstring); `prm` (a `pper.prm.model.PRM`, needed for `select` "prm") scores lines of at most `max_length`
-    tokens. Returns (and writes to `metrics_path`) `evaluate`'s metrics of all samples with a `best_of_n`
-    section: pass@1, pass@n, and per criterion (`chosen_by`) the metrics of the chosen programs."""
+    tokens (None: the length it was trained with, else 2048); a warning names the tasks it was trained on, whose
+    best-of-n is not held out. Returns (and writes to `metrics_path`) `evaluate`'s metrics of all samples with a
+    `best_of_n` section: pass@1, pass@n, and per criterion (`chosen_by`) the metrics of the chosen programs."""
     if select not in SELECTS:
         raise PperError(f"select must be one of {', '.join(SELECTS)}, got {select!r}")
     if select == "prm" and prm is None:
@@ -112,6 +114,15 @@ def evaluate_best_of_n(
     if n < 2:
         raise PperError(f"best of n chooses among several samples per task: n must be 2 or more, got {n}")
     check_samples(samples_path, n)
+    if select == "prm":
+        trained = set(prm.info.get("train_tasks", [])) & {t.id for t in tasks}
+        if trained:
+            warnings.warn(
+                f"{len(trained)} of the {len(tasks)} tasks (e.g. {min(trained)}) are among the tasks the PRM was "
+                "trained on: its choices among their samples are not a held-out measure",
+                stacklevel=2,
+            )
+        max_length = max_length or int(prm.info.get("max_length", 2048))
     base = evaluate(tasks, samples_path, executor, sampler, "sample", n, (1, n), None, info, show_progress)
     groups = by_task(read_jsonl(results_path(samples_path)))
     ids = {t.id: t for t in tasks}

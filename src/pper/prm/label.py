@@ -4,7 +4,7 @@
 Per program: a program that passes every test has every line labelled 1 without a probe. Otherwise c(j), "the
 first j lines can still be completed into a program that passes", is probed with the completer:
 
-* reference: the rest of a reference whose first lines equal the prefix (`completers.reference_completion`);
+* reference: the rest of a reference whose first lines equal the prefix (`completers.reference_completions`);
 * model: `completions` samples of the prefix, given to the model as a curriculum prefix is (after the task's
   code prompt for a completion task, after the opening fence of the answer for an instruction task);
 * teacher: `completions` samples from a model behind an OpenAI-compatible API: a completion task's prefix is
@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from ..buffer import LineSearch, Program, ReplayBuffer
+from ..errors import PperError
 from ..source import source_lines
 from ..tasks import Task
-from .completers import reference_completion, shared_lines
+from .completers import keeps_prefix, reference_completes, shared_lines
 from .config import PrmConfig
 from .search import contradictions, first_bad_line
 
@@ -44,6 +45,13 @@ class Filter:
     stage: int | None = None
     min_pass_rate: float = 0.0
     max_pass_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.min_pass_rate > self.max_pass_rate:
+            raise PperError(
+                f"the pass-rate filter [{self.min_pass_rate}, {self.max_pass_rate}] is empty: min_pass_rate must "
+                "not exceed max_pass_rate"
+            )
 
 
 @dataclass
@@ -130,26 +138,24 @@ def label_program(
     if reference_passes is None and use_reference and task.solutions:
         reference_passes = executor.run(task, task.solutions[0]).all_passed
     if use_reference and reference_passes:  # lines shared with the reference that passes need no probe
-        known = max(known, shared_lines(lines, task.solutions[0]))
+        known = max(known, shared_lines(lines, source_lines(task.solutions[0])))
 
     witnesses: dict[int, int] = {}  # probe j -> the program's lines its passing model completion kept
 
     def completable(j: int) -> bool:
         count()
         prefix = lines[:j]
-        if use_reference:
-            completed = reference_completion(task, prefix)
-            if completed is not None and executor.run(task, completed).all_passed:
-                return True
+        if use_reference and reference_completes(task, prefix, executor):
+            return True
         if use_model and sampler is not None:
             given = model_prefix(task, prefix)
             if given is not None:
                 for _, candidates in completions(sampler, task, given, config.completions, chat=sampled == "teacher"):
                     # a completion that rewrites line j (it may continue it) does not complete this prefix
-                    kept = [c for c in candidates if shared_lines(source_lines(c.program), "\n".join(prefix)) >= j]
+                    kept = [c for c in candidates if keeps_prefix(c.program, prefix)]
                     passing = [c for c in kept if executor.run(task, c.program).all_passed]
                     if passing:
-                        witnesses[j] = max(shared_lines(lines, c.program) for c in passing)
+                        witnesses[j] = max(shared_lines(lines, source_lines(c.program)) for c in passing)
                         return True
         return False
 
@@ -226,7 +232,6 @@ def label_run(
     """`pper prm label RUN`: label the run's selected programs with its `prm` settings (`overrides` replace some),
     the run's execution settings, and, where the completer samples, `model` (default: the run's kept model once
     it has one, else its configured model) or the teacher (`prm.teacher`, else `generation.teacher`)."""
-    from ..errors import PperError
     from ..execution import open_executor
     from ..generation import load_model, teacher_sampler, transformers_sampler
     from ..pipeline import BUFFER_FILE, MODEL_DIR, read_kept, run_config_with_buffer

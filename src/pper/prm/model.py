@@ -33,7 +33,8 @@ BACKBONE_FILE = "backbone.safetensors"
 class LineInput:
     """A program as the PRM reads it: token ids; for each program line the position of its last token, or None
     where the line is not scored (a completion task's prompt line, given and so good by construction, or a line
-    cut off by `max_length`); and `start`, the position of the program's first token."""
+    cut off by `max_length`); and `start`, the position of the first token the model wrote: the program's first,
+    or the first after the given prompt lines of a completion task's program."""
 
     ids: tuple[int, ...]
     positions: tuple[int | None, ...]
@@ -64,14 +65,18 @@ def line_input(task: Task, program: str, tokenizer: Any, max_length: int = 2048)
     starts = [begin for begin, _ in tokens]
     positions: list[int | None] = []
     at = len(head)
+    given = None  # the last token of the given prompt lines
     for i, line in enumerate(source_lines(program, keepends=True)):  # the lines `pper.prm.search` labels
         body = line.rstrip("\r\n")
         end = at + len(body)  # where its line break starts
         k = (bisect.bisect_left(starts, end) if body.strip() else bisect.bisect_right(starts, end)) - 1
         positions.append(None if i < prompt_lines or k < 0 else tokens[k][1])
+        if i < prompt_lines and k >= 0:
+            given = tokens[k][1]
         at += len(line)
     first = bisect.bisect_right(starts, len(head)) - 1
-    return LineInput(tuple(ids), tuple(positions), tokens[max(first, 0)][1] if tokens else 0)
+    start = given + 1 if given is not None else (tokens[max(first, 0)][1] if tokens else 0)
+    return LineInput(tuple(ids), tuple(positions), start)
 
 
 class PRM:

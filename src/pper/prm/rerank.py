@@ -9,8 +9,8 @@ token log-probability of its program, logP / tokens (the geometric-mean possibil
 
 Candidates are ordered best first by prm(c), then by lp(c) among equal prm values, then by their order as sampled;
 an undefined value ranks after every defined one. Reranking samples `generation.candidates` programs per task and
-keeps the first k of that order; best-of-n picks the first (by the PRM), or the first by lp alone (by
-log-probability).
+keeps the first k distinct programs of that order (a program sampled twice counts once, as the buffer stores it);
+best-of-n picks the first (by the PRM), or the first by lp alone (by log-probability).
 """
 
 from __future__ import annotations
@@ -74,6 +74,9 @@ class Rerank:
         return self.prm.scores(line_input(task, program, self.prm.tokenizer, self.max_length))
 
     def __call__(self, task: Task, candidates: list[Any]) -> list[Any]:
-        kept = top_k(candidates, [self.scores(task, c.program) for c in candidates], self.k)
+        from ..buffer.store import program_hash
+
+        distinct = list({program_hash(c.program): c for c in reversed(candidates)}.values())[::-1]  # first of each
+        kept = top_k(distinct, [self.scores(task, c.program) for c in distinct], self.k)
         self.tasks, self.sampled, self.kept = self.tasks + 1, self.sampled + len(candidates), self.kept + len(kept)
         return kept

@@ -154,6 +154,7 @@ def train_prm(
             "steps": config.steps,
             "batch_size": config.batch_size,
             "learning_rate": config.learning_rate,
+            "max_length": config.max_length,
             "losses": losses,
             "train_tasks": train_ids,
             "validation_tasks": val_ids,
