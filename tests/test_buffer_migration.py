@@ -64,7 +64,7 @@ def test_a_schema_1_buffer_is_migrated_and_keeps_every_row(v1):
     before = {t: _rows(v1, f"SELECT {c} FROM {t} ORDER BY 1, 2") for t, c in columns.items()}
     executions = _rows(v1, "SELECT program_id, passed, total, pass_rate, verdicts, error, duration FROM executions")
     with ReplayBuffer(v1) as b:
-        assert b.schema_version == store.SCHEMA_VERSION == 7
+        assert b.schema_version == store.SCHEMA_VERSION == 8
         programs = {p.id: p for p in b.programs()}
         assert all(p.prefix == "" for p in programs.values())  # schema 3: no program was given a prefix before
         assert all(p.result.executed_lines is None for p in programs.values() if p.result)  # nor has coverage

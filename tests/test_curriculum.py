@@ -99,6 +99,40 @@ def test_stages_are_decided_once_per_round_and_kept_in_the_buffer(tmp_path):
         assert density["tasks_with_passing_program"] == 1 and density["share_passing_a_test"] == 1.0
 
 
+def test_advancement_counts_every_sample_of_the_round_before_one_stored_earlier_included(tmp_path):
+    config = CurriculumConfig(enabled=True, stages=4, advance_at=0.5)
+    prefix = stage_prefix(MBPP_LIKE, 1, config)
+    right, wrong, other = REFERENCE, prefix + "\n    return None\n", prefix + "\n    return 0\n"
+    passed = ProgramResult((TestResult("passed"), TestResult("passed")))
+    failed = ProgramResult((TestResult("wrong_answer"), TestResult("passed")))
+
+    def sample(buffer, round, texts):
+        ids = buffer.add_sampled(
+            "t/even", "m", round, [NewProgram("t/even", x, -1.0, 5, "m", round, prefix) for x in texts]
+        )
+        buffer.add_executions([Execution(i, passed if buffer.program(i).text == right else failed) for i in set(ids)
+                               if buffer.program(i).result is None])  # fmt: skip
+
+    with ReplayBuffer(tmp_path / "b.sqlite") as buffer:
+        buffer.add_tasks([MBPP_LIKE])
+        assert stages_for_round(buffer, [MBPP_LIKE], 1, config) == {"t/even": 1}
+        sample(buffer, 1, [right, wrong, wrong])  # 1 of 3 passing: stays
+        assert stages_for_round(buffer, [MBPP_LIKE], 2, config) == {"t/even": 1}
+        sample(buffer, 2, [right, right, right, other])  # the passing program again, stored in round 1
+        assert [(p.text, n) for p, n in buffer.round_samples("t/even", 2)] == [(right, 3), (other, 1)]
+        assert stages_for_round(buffer, [MBPP_LIKE], 3, config) == {"t/even": 2}  # 3 of 4 passing: up
+
+
+def test_a_reference_starting_with_blank_lines_is_cut_as_its_program_is_extracted():
+    from dataclasses import replace
+
+    config = CurriculumConfig(enabled=True)
+    padded = replace(MBPP_LIKE, solutions=("\n  \n" + REFERENCE,))
+    assert stage_prefix(padded, 2, config) == stage_prefix(MBPP_LIKE, 2, config)
+    prompt = build_prompt(padded, None, stage_prefix(padded, 2, config))
+    assert not training_target(prompt, REFERENCE).startswith("```")  # the given prefix is not trained again
+
+
 def test_the_same_text_from_two_stages_is_two_candidates(tmp_path):
     with ReplayBuffer(tmp_path / "b.sqlite") as buffer:
         buffer.add_tasks([MBPP_LIKE])

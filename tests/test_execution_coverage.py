@@ -148,3 +148,25 @@ def test_lines_are_numbered_as_python_numbers_them_whatever_the_line_breaks(exec
     program = BRANCHY.replace("what x is", "what\u2028x is").replace("# a comment", "# a\x0ccomment")
     result = executor.run(TASK, program.replace("\n", brk))
     assert result.all_passed and result.executed_lines == (1, 4, 5, 7, 8, 9, 10, 15)
+
+
+def test_a_match_statement_is_covered_and_keeps_its_verdict(executor):
+    task = Task(id="t/match", prompt="", tests=AssertTests(asserts=("assert name(1) == 'one'",)))
+    program = "def name(x):\n    match x:\n        case 1:\n            return 'one'\n"
+    program += "        case _:\n            return '?'\n"
+    result = executor.run(task, program)
+    assert result.all_passed and result.coverage_complete
+    assert result.executed_lines == (1, 2, 3, 4)  # not the untaken `case _:`
+
+
+def test_statements_that_compile_to_nothing_ran_with_their_block(executor):
+    task = Task(id="t/glob", prompt="", tests=AssertTests(asserts=("assert bump() == 1",)))
+    program = "count = 0\ny: int\n\n\ndef bump():\n    global count\n    z: int\n    count += 1\n    return count\n"
+    result = executor.run(task, program)
+    assert result.all_passed and result.executed_lines == (1, 2, 5, 6, 7, 8, 9)  # `global`, bare annotations too
+
+
+def test_tracing_cut_short_while_loading_marks_the_coverage_partial(executor):
+    program = "s = 0\nfor i in range(30000):\n    s += i\nY = 5\n\n\ndef classify(x):\n    return 'positive'\n"
+    result = executor.run(TASK, program)
+    assert result.all_passed and not result.coverage_complete  # so FGO does not mask `Y = 5`, which ran

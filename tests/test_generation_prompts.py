@@ -106,7 +106,8 @@ def test_a_prefilled_answer_stops_at_the_fence_a_top_level_print_or_a_redefiniti
     assert stops_for_prefix(prefix) == (*PREFILL_STOPS, "\ndef g(", "\ndef f(")  # not the nested `inner`
     task = load_tasks(f"mbpp:{mbpp_path}", split="test", limit=1)[0]
     prompt = build_prompt(task, _ChatTokenizer(), prefix)
-    assert prompt.text.endswith("<assistant>```python\n" + prefix) and prompt.stops == stops_for_prefix(prefix)
+    assert prompt.text.endswith("<assistant>```python\n" + prefix) and prompt.stops == stops_for_prefix(prefix, task)
+    assert prompt.stops == stops_for_prefix(prefix)
     completion = "\n    return c + b\n\ndef helper():\n    pass\n\ndef f(a, b):\n    return 0\n"
     cut = completion[: stop_index(completion, prompt.stops)]
     assert cut == "\n    return c + b\n\ndef helper():\n    pass\n"  # a helper is kept, the redefinition is not
@@ -115,3 +116,12 @@ def test_a_prefilled_answer_stops_at_the_fence_a_top_level_print_or_a_redefiniti
         assert stop_index("\n    return c + b" + tail, prompt.stops) == len("\n    return c + b")
     assert build_prompt(task, _ChatTokenizer()).stops == ()  # without a prefix the answer's fence ends the code
     assert build_prompt(task, _ChatTokenizer(), prefix, prefill_stops=False).stops == ()  # curriculum.prefill_stops
+    # a standard-input script's top-level print and `if __name__` are its own code: only the fence (and a
+    # redefinition) end it
+    from pper.tasks import StdioCase, StdioTests, Task
+
+    script = Task(id="t/io", prompt="Sum two numbers.", tests=StdioTests((StdioCase("1 2", "3"),)))
+    stops = build_prompt(script, _ChatTokenizer(), "def main():\n    a, b = map(int, input().split())").stops
+    assert stops == ("\n```", "\ndef main(")
+    rest = "\n    print(a + b)\n\nif __name__ == '__main__':\n    main()\n```"
+    assert rest[: stop_index(rest, stops)] == rest[: -len("\n```")]

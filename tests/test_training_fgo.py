@@ -138,6 +138,21 @@ def test_a_round_with_no_program_that_ran_stops_with_a_clear_error(humaneval0, t
             next(trainer.run_round(buffer))
 
 
+def test_a_program_whose_coverage_was_cut_short_is_not_masked(model_and_tokenizer, humaneval0, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    program = _program_with_branch(humaneval0)
+    ran = _run(humaneval0, program)
+    cut = ProgramResult(ran.tests, ran.time, ran.executed_lines, coverage_complete=False)  # lines may be missing
+    with _buffer(tmp_path / "b.sqlite", humaneval0, [(program, cut)]) as buffer:
+        trainer = PPERTrainer(model, tokenizer, TrainingConfig(steps=1, loss_mask="executed"), seed=0)
+        (pid,) = [p.id for p in buffer.programs()]
+        assert trainer._example(buffer, pid).weights is None  # every program token keeps its weight
+    with _buffer(tmp_path / "c.sqlite", humaneval0, [(program, ran)]) as buffer:
+        trainer = PPERTrainer(model, tokenizer, TrainingConfig(steps=1, loss_mask="executed"), seed=0)
+        (pid,) = [p.id for p in buffer.programs()]
+        assert 0.0 in trainer._example(buffer, pid).weights  # complete coverage: the untaken branch is masked
+
+
 def test_loss_mask_is_validated():
     with pytest.raises(ValueError, match="loss_mask"):
         TrainingConfig(loss_mask="lines")

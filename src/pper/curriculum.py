@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 from collections.abc import Iterable
 from typing import Literal
 
@@ -52,12 +53,13 @@ class CurriculumConfig(BaseModel):
 
 def reference_code(task: Task) -> str | None:
     """The code a curriculum cuts: the reference past the task's prompt (completion tasks; None when the
-    reference does not continue the prompt), or the whole reference (instruction tasks); None without one."""
+    reference does not continue the prompt), or the whole reference without the blank lines it may start with, as
+    a program is extracted from an answer (instruction tasks); None without one."""
     if not task.solutions:
         return None
     reference = task.solutions[0]
     if task.prompt_style != "completion":
-        return reference
+        return re.sub(r"\A(?:[ \t]*(?:\r\n|\r|\n))+", "", reference)
     head = task.prompt.rstrip()
     return reference[len(head) :] if reference.startswith(head) else None
 
@@ -111,7 +113,8 @@ def next_stage(stage: int, passed_all: Iterable[bool], config: CurriculumConfig)
 def stages_for_round(buffer: ReplayBuffer, tasks: list[Task], round: int, config: CurriculumConfig) -> dict[str, int]:
     """Each training task's stage in `round` (1-based), decided once and kept in the buffer: a killed run
     resumes on the stages it had. Round 1 starts every task at `first_stage`; a later round advances each task
-    by its programs of the round before that were sampled at its stage then (see `next_stage`)."""
+    by the programs the round before sampled at its stage then, each counted as often as it was sampled, a
+    program first stored in an earlier round included (`ReplayBuffer.round_samples`; see `next_stage`)."""
     stored = buffer.stages(round)
     todo = [t for t in tasks if t.id not in stored]
     if not todo:
@@ -123,10 +126,11 @@ def stages_for_round(buffer: ReplayBuffer, tasks: list[Task], round: int, config
         decided = {}
         for t in todo:
             prefix = stage_prefix(t, before[t.id], config)
+            sampled = buffer.round_samples(t.id, round - 1) or [  # a buffer from before pper recorded them
+                (p, 1) for p in buffer.programs(t.id) if p.round == round - 1
+            ]
             results = [
-                p.result.all_passed
-                for p in buffer.programs(t.id)
-                if p.round == round - 1 and p.prefix == prefix and p.result is not None
+                p.result.all_passed for p, n in sampled if p.prefix == prefix and p.result is not None for _ in range(n)
             ]
             decided[t.id] = next_stage(before[t.id], results, config)
     buffer.set_stages(round, decided)

@@ -34,7 +34,7 @@ from ..execution.results import PASSED, ProgramResult, TestResult
 from ..tasks import Task
 from ..tasks.rows import RowError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 BUFFER_FILE = "buffer.sqlite"
 
 _SCHEMA = """
@@ -146,6 +146,14 @@ CREATE TABLE prm_scores (
     line INTEGER NOT NULL CHECK (line >= 1),
     score REAL NOT NULL,             -- the PRM's probability that the line is good
     PRIMARY KEY (prm, program_id, line)
+);
+CREATE TABLE sampled_programs (
+    task_id TEXT NOT NULL REFERENCES tasks(id),
+    model TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    program_id INTEGER NOT NULL REFERENCES programs(id),
+    count INTEGER NOT NULL CHECK (count >= 1),  -- how many of the round's candidates were this program
+    PRIMARY KEY (model, round, program_id)
 );
 """
 
@@ -539,15 +547,34 @@ class ReplayBuffer:
         return ids
 
     def add_sampled(self, task_id: str, model: str, round: int, programs: list[NewProgram]) -> list[int]:
-        """Store one task's candidates and record the task as sampled by `model` in `round`, in one
-        transaction: a run killed midway re-samples exactly the tasks it had not finished."""
+        """Store one task's candidates and record the task as sampled by `model` in `round` (and each program
+        it sampled, with how many of the candidates it was: `round_samples`), in one transaction: a run killed
+        midway re-samples exactly the tasks it had not finished."""
         with self._write():
             ids = self._insert_programs(programs)
             self._db.execute(
                 "INSERT OR REPLACE INTO samplings (task_id, model, round, candidates, created) VALUES (?, ?, ?, ?, ?)",
                 (task_id, model, round, len(programs), time.time()),
             )
+            counts: dict[int, int] = {}
+            for i in ids:
+                counts[i] = counts.get(i, 0) + 1
+            self._db.executemany(
+                "INSERT OR REPLACE INTO sampled_programs (task_id, model, round, program_id, count)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(task_id, model, round, i, n) for i, n in counts.items()],
+            )
         return ids
+
+    def round_samples(self, task_id: str, round: int) -> list[tuple[Program, int]]:
+        """The programs sampled for `task_id` in `round` (by any model), each with how many candidates it was,
+        whatever round first stored it; empty where the round recorded none (or before pper recorded them)."""
+        rows = self._db.execute(
+            "SELECT program_id, SUM(count) FROM sampled_programs WHERE task_id = ? AND round = ?"
+            " GROUP BY program_id ORDER BY program_id",
+            (task_id, round),
+        ).fetchall()
+        return [(self.program(pid), int(n)) for pid, n in rows]
 
     def sampled_tasks(self, model: str, round: int) -> set[str]:
         """Tasks `model` has sampled in `round`."""
@@ -1157,6 +1184,22 @@ def _v6_to_v7(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE line_searches ADD COLUMN contradictions TEXT NOT NULL DEFAULT '[]'")
 
 
+def _v7_to_v8(db: sqlite3.Connection) -> None:
+    """Every program a round sampled, with how many of its candidates it was (`sampled_programs`): a program
+    sampled again keeps its first round in `programs`, and the curriculum's advancement counts the round's samples."""
+    _execute_script(
+        db,
+        """CREATE TABLE sampled_programs (
+    task_id TEXT NOT NULL REFERENCES tasks(id),
+    model TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    program_id INTEGER NOT NULL REFERENCES programs(id),
+    count INTEGER NOT NULL CHECK (count >= 1),  -- how many of the round's candidates were this program
+    PRIMARY KEY (model, round, program_id)
+)""",
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _v1_to_v2,
     _v2_to_v3,
@@ -1164,6 +1207,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _v4_to_v5,
     _v5_to_v6,
     _v6_to_v7,
+    _v7_to_v8,
 )
 
 

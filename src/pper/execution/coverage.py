@@ -156,11 +156,26 @@ class ProgramLines:
 
 
 def _block(stmts: list[Any], reported: set[int], code_lines: set[int], ran: set[int]) -> bool:
-    """Mark the statements of a block that ran; True when any did."""
+    """Mark the statements of a block that ran; True when any did. A statement that compiles to no instruction
+    (`global`, `nonlocal`, an annotation without a value, a lone constant) is never reported: it ran when its block
+    did."""
     any_ran = False
     for stmt in stmts:
         any_ran |= _statement(stmt, reported, code_lines, ran)
+    silent = [stmt for stmt in stmts if _silent(stmt)]
+    if any_ran:
+        for stmt in silent:
+            ran.update(range(stmt.lineno, stmt.end_lineno + 1))
     return any_ran
+
+
+def _silent(stmt: Any) -> bool:
+    """Whether a statement compiles to no instruction a line tracer could report."""
+    if isinstance(stmt, (ast.Global, ast.Nonlocal)):
+        return True
+    if isinstance(stmt, ast.AnnAssign) and stmt.value is None and isinstance(stmt.target, ast.Name):
+        return True
+    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
 
 
 def _statement(node: Any, reported: set[int], code_lines: set[int], ran: set[int]) -> bool:
@@ -171,8 +186,7 @@ def _statement(node: Any, reported: set[int], code_lines: set[int], ran: set[int
             ran |= span
             return True
         return False
-    first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-    header = set(range(first, _first_line(blocks[0][1][0]))) & code_lines
+    header = set(range(_first_line(node), _first_line(blocks[0][1][0]))) & code_lines
     header_ran = bool(header & reported)
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         body = node.body[1:] if _is_docstring(node.body[0]) else node.body
@@ -185,7 +199,7 @@ def _statement(node: Any, reported: set[int], code_lines: set[int], ran: set[int
         for name, stmts in blocks:
             if name in ("handlers", "cases"):
                 for clause in stmts:
-                    start = clause.pattern.lineno if name == "cases" else clause.lineno
+                    start = _first_line(clause)
                     clause_header = set(range(start, _first_line(clause.body[0]))) & code_lines
                     clause_ran = bool(clause_header & reported)
                     clause_ran |= _block(clause.body, reported, code_lines, ran)
@@ -206,6 +220,9 @@ def _statement(node: Any, reported: set[int], code_lines: set[int], ran: set[int
 
 
 def _first_line(stmt: Any) -> int:
+    """A statement's first line (its first decorator's), or a `case` clause's (its pattern's)."""
+    if isinstance(stmt, ast.match_case):
+        return stmt.pattern.lineno
     decorators = getattr(stmt, "decorator_list", None) or []
     return min([stmt.lineno] + [d.lineno for d in decorators])
 

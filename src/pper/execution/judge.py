@@ -63,7 +63,10 @@ def judge(plan: Plan, response: dict[str, Any], program: str | None = None) -> P
     result = ProgramResult(tests=tests, time=response.get("time", 0.0))
     if program is None or not response.get("coverage"):
         return result
-    return _with_coverage(result, response, program)
+    try:
+        return _with_coverage(result, response, program)
+    except Exception:  # noqa: BLE001 - coverage must never change a verdict: the result without it, marked partial
+        return replace(result, coverage_complete=False)
 
 
 def _with_coverage(result: ProgramResult, response: dict[str, Any], program: str) -> ProgramResult:
@@ -81,7 +84,7 @@ def _with_coverage(result: ProgramResult, response: dict[str, Any], program: str
         replace(t, executed_lines=done[per_test[i]]) if i < len(per_test) else t for i, t in enumerate(result.tests)
     )
     reported = set(load).union(*per_test)
-    complete = not any(obs.get("partial") for obs in observed)
+    complete = not response["load"].get("partial") and not any(obs.get("partial") for obs in observed)
     return replace(result, tests=tests, executed_lines=lines.executed(reported), coverage_complete=complete)
 
 

@@ -161,6 +161,8 @@ class Server:
             if "lines" in run["load"]:  # lines that ran at load: reported with the load of the first child
                 load = load or {"status": "ok"}
                 load["lines"] = sorted(set(load.get("lines", ())) | set(run["load"]["lines"]))
+                if run["load"].get("partial"):
+                    load["partial"] = True
             tests[first : first + len(run["tests"])] = run["tests"]
             first += len(run["tests"])
             if run["stopped"] is not None and first < n:  # the test that ended the child; go on with the next
@@ -299,7 +301,7 @@ class Server:
                         kind = event.get("e")
                         now = time.monotonic()
                         if kind == "load" and load is None:
-                            load = {k: v for k, v in event.items() if k in ("status", "error", "lines")}
+                            load = {k: v for k, v in event.items() if k in ("status", "error", "lines", "partial")}
                             current, started = 0, now
                             deadline = now + (walls[0] if load["status"] == "ok" else 1.0)
                         elif kind == "end" and current is not None and event.get("t") == first + current:

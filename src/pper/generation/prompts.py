@@ -20,10 +20,10 @@ chat prompt ends with the assistant's turn already begun, prefilled with the ope
 prefix (`Prompt.given`). The program is still the whole program (prompt or fence, prefix, completion), and P(t)
 and the training loss cover only what the model wrote after the prefix. A prefilled answer is a continuation of
 code too, so it gets stop strings (`stops_for_prefix`; `curriculum.prefill_stops: false` turns them off): the
-closing fence, a top-level `print(`, `assert ` or `if __name__`, and a top-level redefinition of a function the
-prefix defines. Without them SmolLM2-135M, given half a reference, finished the function and wrote it again until
-the token limit in 37% of 103 completions (the repeats pass their tests, so they were replayed; docs/results.md,
-StepCoder).
+closing fence, a top-level `print(`, `assert ` or `if __name__` (not for a standard-input task: a script's own
+top-level code), and a top-level redefinition of a function the prefix defines. Without them SmolLM2-135M, given
+half a reference, finished the function and wrote it again until the token limit in 37% of 103 completions (the
+repeats pass their tests, so they were replayed; docs/results.md, StepCoder).
 
 A repair turn (RLEF, `feedback.turns`) is a chat for every task style (`build_repair_prompt`), in the model's chat
 template:
@@ -97,7 +97,7 @@ class Prompt:
 def build_prompt(task: Task, tokenizer: Any = None, prefix: str = "", prefill_stops: bool = True) -> Prompt:
     """The prompt for `task`; the tokenizer's chat template wraps instruction prompts when it has one. With a
     `prefix`, the model is given the start of its program (see the module docstring), and a prefilled answer
-    stops at `stops_for_prefix(prefix)` unless `prefill_stops` is False (`curriculum.prefill_stops`)."""
+    stops at `stops_for_prefix(prefix, task)` unless `prefill_stops` is False (`curriculum.prefill_stops`)."""
     if task.prompt_style == "completion":
         return Prompt(task, task.prompt.rstrip() + prefix, COMPLETION_STOPS, prefix, prefix)
     message = instruction(task)
@@ -108,15 +108,18 @@ def build_prompt(task: Task, tokenizer: Any = None, prefix: str = "", prefill_st
     else:
         text = message + "\n"
     given = FENCE_OPEN + prefix if prefix else ""
-    return Prompt(task, text + given, stops_for_prefix(prefix) if prefix and prefill_stops else (), prefix, given)
+    stops = stops_for_prefix(prefix, task) if prefix and prefill_stops else ()
+    return Prompt(task, text + given, stops, prefix, given)
 
 
-def stops_for_prefix(prefix: str) -> tuple[str, ...]:
-    """Where a prefilled answer's completion ends (besides end of text): `PREFILL_STOPS`, and a new top-level
-    definition of each function the prefix defines at top level (`\ndef name(`), which can only redefine it.
-    Helpers under other names are kept."""
+def stops_for_prefix(prefix: str, task: Task | None = None) -> tuple[str, ...]:
+    """Where a prefilled answer's completion ends (besides end of text): `PREFILL_STOPS` (only the closing fence
+    for a standard-input `task`, a script whose top-level prints and `if __name__` are its own code), and a new
+    top-level definition of each function the prefix defines at top level (`\ndef name(`), which can only
+    redefine it. Helpers under other names are kept."""
     names = dict.fromkeys(_TOP_LEVEL_DEF.findall(prefix))
-    return PREFILL_STOPS + tuple(f"\ndef {name}(" for name in names)
+    base = PREFILL_STOPS[:1] if task is not None and isinstance(task.tests, StdioTests) else PREFILL_STOPS
+    return base + tuple(f"\ndef {name}(" for name in names)
 
 
 def instruction(task: Task) -> str:

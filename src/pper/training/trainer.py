@@ -179,7 +179,8 @@ class PPERTrainer:
         return examples, weights
 
     def _example(self, buffer: ReplayBuffer, program_id: int) -> Example | None:
-        """The training example of a stored program; None where FGO leaves it out (no line of it ran)."""
+        """The training example of a stored program; None where FGO leaves it out (no line of it ran). A program
+        whose coverage was cut short (`coverage_complete` False: lines that ran may be missing) is not masked."""
         if program_id in self._examples:
             return self._examples[program_id]
         program = buffer.program(program_id)
@@ -189,6 +190,8 @@ class PPERTrainer:
             if not executed:
                 self._examples[program_id] = None
                 return None
+            if not program.result.coverage_complete:
+                executed = None
         task = buffer.task(program.task_id)
         if program.turn > 1:
             self._repairs.add(program_id)
