@@ -23,11 +23,15 @@ of the statements that ran:
   a statement of one of its blocks ran; its header lines ran (decorators included), and a def's or class's
   docstring with them (the docstring is evaluated when the `def` runs);
 * a clause (`else:`, `finally:`, `except ...:`, `case ...:`) ran when a statement of its block ran;
+* a statement that compiles to no instruction (`global`, `nonlocal`, an annotation without a value, a lone
+  constant) ran when a statement of its block ran;
 * comment and blank lines never run.
 
 Line numbers are 1-based lines of the program text. The harness is untrusted: `clean_lines` keeps only line
 numbers the program has. Not recorded: lines run in threads the program starts, and anything after a program
-calls `sys.settrace` itself (its own loss, under FGO, is all it can change).
+calls `sys.settrace` itself (its own loss, under FGO, is all it can change). Known limit: the trace function's own
+frames use a few of the recursion depth a program has, so a program that recurses to within about 3 frames of
+the interpreter's limit may fail a test with coverage that it passes without.
 """
 
 from __future__ import annotations
