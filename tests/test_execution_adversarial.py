@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pper.errors import PperError
 from pper.execution import Executor, Limits
 from pper.tasks import AssertTests, Task
 
@@ -278,3 +279,35 @@ def test_errors_are_reported(outcomes):
     assert "f(1) returned" in results["wrong answer"].error
     assert "not plain data" in results["always-equal object"].error
     assert "SIGSEGV" in results["segfault"].error
+
+
+DEEP_JSON = "import os\nos.write(3, b'[' * 100000 + b'\\n')\n" + OK
+NO_STATUS = 'import os\nos.write(3, b\'{"e": "load"}\\n\')\n' + OK
+LIST_ERROR = (
+    'import os\ndef f(x):\n    os.write(3, b\'{"e": "end", "t": 0, "status": "error", "error": ["x"]}\\n\')\n'
+    "    os._exit(0)\n"
+)
+
+
+def test_malformed_result_events_fail_their_program_only():
+    # events of the wrong shape on the result channel once made the worker fail, and the program queued behind
+    # the hostile one was charged the failure too
+    jobs = [DEEP_JSON, OK, NO_STATUS, OK, LIST_ERROR, OK]
+    with Executor(limits=LIMITS, workers=1, calibrate=False) as executor:
+        results = list(executor.map((TASK, program) for program in jobs))
+        late = executor.map([(TASK, OK)])
+    with pytest.raises(PperError, match="the executor is closed"):  # not a wait for an answer that never comes
+        next(late)
+    assert [r.all_passed for r in results] == [False, True, False, True, False, True]
+    for bad in results[0::2]:
+        assert set(bad.verdicts) == {R}
+        assert all(isinstance(t.error, str) and "failed twice" not in t.error for t in bad.tests)
+
+
+def test_a_global_shadowing_a_builtin_does_not_change_what_the_tests_use():
+    # `range` redefined at top level made the third test (a loop inside the sandbox) loop over nothing
+    shadow = "def f(x):\n    return 0\n\n\nrange = lambda *a: ()\n"
+    with Executor(limits=LIMITS, workers=1, calibrate=False) as executor:
+        assert executor.run(TASK, shadow).verdicts == (W, W, W)
+        named = Task(id="t/max", prompt="max", entry_point="max", tests=AssertTests(("assert max(3) == 4",)))
+        assert executor.run(named, "def max(x):\n    return x + 1\n").all_passed  # the entry point is kept

@@ -187,8 +187,10 @@ def _run_one(suite: dict[str, Any], test: Any, namespace: dict[str, Any], k: int
         args = _untraced(lambda: copy.deepcopy(suite["args"][k]))
         value = fn(*args)
         return {"status": "ok", "values": _untraced(lambda: dumps([value]))}
-    scope = dict(namespace)
-    scope["__builtins__"] = _TEST_BUILTINS  # a program cannot patch the builtins the tests use
+    # a program cannot patch the builtins the tests use, nor shadow one with a global of its own (`range = ...`):
+    # the tests see the program's globals but those named like a builtin (its entry point excepted)
+    scope = {k: v for k, v in namespace.items() if k not in _TEST_BUILTINS or k == suite["entry"]}
+    scope["__builtins__"] = _TEST_BUILTINS
     for name in (suite["entry"], "candidate"):
         if name and callable(scope.get(name)):
             scope[name] = _guard(scope[name])

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..errors import PperError
 from ..tasks import Task
 from . import calibration, coverage
 from .config import ExecutionConfig
@@ -90,7 +91,7 @@ class Sandbox:
         self.proc: subprocess.Popen | None = None
         self._known_suites: dict[str, None] = {}  # in the order the server received them
         self._next_id = 0
-        self._buffer = b""
+        self._buffer = bytearray()
 
     def start(self) -> None:
         root = os.geteuid() == 0
@@ -122,7 +123,7 @@ class Sandbox:
             env=env,
             start_new_session=True,
         )
-        self._known_suites, self._buffer = {}, b""
+        self._known_suites, self._buffer = {}, bytearray()
         if self.receive(60.0) != {"ready": True}:
             raise SandboxError(f"sandbox worker {self.index} did not start: {self._stderr()}")
 
@@ -162,7 +163,9 @@ class Sandbox:
         """The next JSON line from the server; SandboxError if it ends or says nothing within `timeout`."""
         fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
+        searched = 0  # the buffer holds no newline before this (a long answer is searched once, not per read)
+        while (end := self._buffer.find(b"\n", searched)) < 0:
+            searched = len(self._buffer)
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 raise SandboxError(f"sandbox worker {self.index} stopped answering: {self._stderr()}")
@@ -170,7 +173,8 @@ class Sandbox:
             if not data:
                 raise SandboxError(f"sandbox worker {self.index} died: {self._stderr()}")
             self._buffer += data
-        line, self._buffer = self._buffer.split(b"\n", 1)
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
         try:
             message = json.loads(line)
         except ValueError:
@@ -213,10 +217,12 @@ class _Pending:
     request: int = 0
 
     def budget(self) -> float:
-        """Seconds the server may take to answer for this program before it counts as hung."""
+        """Seconds the server may take to answer for this program before it counts as hung: its tests' wall
+        times, and a load for each (a test that times out ends its child; the next child loads the program
+        again), with a second of slack per test and 30 in all."""
         walls = self.times or (self.limits.wall_time,) * self.plan.num_tests
         allowance = coverage.ALLOWANCE if self.coverage else 0.0
-        return self.limits.load_time + sum(walls) + len(walls) * (1.0 + allowance) + 30.0
+        return (len(walls) + 1) * self.limits.load_time + sum(walls) + len(walls) * (1.0 + allowance) + 30.0
 
 
 class BaseExecutor:
@@ -369,6 +375,7 @@ class Executor(BaseExecutor):
         ]
         for thread in self._threads:
             thread.start()
+        self._closed = False
 
     @classmethod
     def from_config(cls, config: ExecutionConfig, coverage: bool = False) -> Executor:
@@ -383,6 +390,7 @@ class Executor(BaseExecutor):
         )
 
     def close(self) -> None:
+        self._closed = True
         for _ in self._threads:
             self._jobs.put(None)
         for thread in self._threads:
@@ -391,6 +399,8 @@ class Executor(BaseExecutor):
     def _submit(
         self, task: Task, program: str, limits: Limits, times: tuple[float, ...] | None, coverage: bool
     ) -> Future:
+        if self._closed:  # no worker would ever answer
+            raise PperError(CLOSED)
         future: Future = Future()
         self._jobs.put(_Pending(future, self.plan(task), program, limits, times, coverage))
         return future
@@ -424,6 +434,8 @@ class Executor(BaseExecutor):
                     sandbox.stop()
                     retry = list(in_flight)
                     in_flight.clear()
+                    for behind in retry[1:]:  # the failure is the answered program's: the ones queued behind
+                        behind.tries -= 1  # it are sent again without being charged a try
                     for pending in retry:
                         if pending.tries >= 2:
                             pending.future.set_result(_failed(pending.plan, f"the sandbox failed twice: {e}"))
@@ -453,6 +465,9 @@ class Executor(BaseExecutor):
                 job.future.set_result(_failed(job.plan, f"the sandbox failed twice: {e}"))
                 return False
             return self._send(sandbox, job)
+
+
+CLOSED = "the executor is closed: submit programs, and read map()'s results (it runs lazily), inside its `with` block"
 
 
 def _failed(plan: Plan, error: str) -> ProgramResult:

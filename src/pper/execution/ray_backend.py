@@ -40,7 +40,7 @@ from ..errors import PperError
 from ..tasks import Task
 from .config import ExecutionConfig, RayConfig
 from .limits import Limits
-from .pool import BaseExecutor, Executor, Isolation, SandboxError, _failed, _Pending
+from .pool import CLOSED, BaseExecutor, Executor, Isolation, SandboxError, _failed, _Pending
 from .results import ProgramResult
 
 IN_FLIGHT = 2  # requests a pool holds at once
@@ -230,7 +230,7 @@ class RayExecutor(BaseExecutor):
                 future.set_exception(SandboxError(self._dead))
                 return future
             if self._closing:
-                raise RuntimeError("the executor is closed")
+                raise PperError(CLOSED)
             self._queue.append((pending, task))
             self._lock.notify()
         return future

@@ -14,6 +14,7 @@ else the signal or exit status.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import json
@@ -181,7 +182,8 @@ class Server:
             run = self._run_child(
                 lambda: harness.run_stdio(code, coverage), limits, [wall], workdir, path, 0, capture=True
             )
-            os.unlink(path)
+            with contextlib.suppress(FileNotFoundError):  # the program may have removed it
+                os.unlink(path)
             if run["load"]["status"] != "ok":
                 return run["load"], []
             result = run["stopped"] or (run["tests"][0] if run["tests"] else {"status": "error", "error": "no result"})
@@ -268,7 +270,7 @@ class Server:
             poller.register(fd, select.POLLIN)
         open_fds = {res_r, out_r, err_r}
         deadline = time.monotonic() + limits.load_time
-        pending, output = b"", _Output(capture, limits.output_size)
+        pending, output, reported = b"", _Output(capture, limits.output_size), 0
         load: dict[str, Any] | None = None
         tests: list[dict[str, Any]] = []
         current: int | None = None  # the test running now: the one after the last that ended
@@ -291,23 +293,24 @@ class Server:
                         done = True
                 else:
                     pending += data
-                    if len(pending) > limits.output_size:
+                    reported += len(data)  # the result channel counts against the output limit, in all
+                    if reported > limits.output_size:
                         stopped = {"status": "output"}
                         done = True
                         break
                     *lines, pending = pending.split(b"\n")
                     for line in lines:
+                        if done:  # nothing after the end, or after a forged event, counts (same read or not)
+                            break
                         event = _event(line)
                         kind = event.get("e")
                         now = time.monotonic()
                         if kind == "load" and load is None:
-                            load = {k: v for k, v in event.items() if k in ("status", "error", "lines", "partial")}
+                            load = _reported(event, ("status", "error", "lines", "partial"))
                             current, started = 0, now
                             deadline = now + (walls[0] if load["status"] == "ok" else 1.0)
                         elif kind == "end" and current is not None and event.get("t") == first + current:
-                            result = {
-                                k: event[k] for k in ("status", "error", "values", "lines", "partial") if k in event
-                            }
+                            result = _reported(event, ("status", "error", "values", "lines", "partial"))
                             result["time"] = round(now - started, 6)
                             tests.append(result)
                             current, started = current + 1, now
@@ -451,9 +454,42 @@ def _read_now(fd: int) -> bytes:
 def _event(line: bytes) -> dict[str, Any]:
     try:
         event = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return {"e": "garbage"}
     return event if isinstance(event, dict) else {"e": "garbage"}
+
+
+CHILD_STATUSES = ("ok", "error", "fail", "memory", "unencodable", "output", "syntax_error")  # what harness reports
+MAX_ERROR = 2000  # characters of an error text passed on
+
+
+def _reported(event: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The fields `keys` of a child's event, each of the type the judge reads (the child is untrusted and may
+    write anything to its result channel): a status outside `CHILD_STATUSES` is "error", an error text a string
+    of at most `MAX_ERROR` characters, `values` a string, `lines` a list (`coverage.clean_lines` reads it),
+    `partial` a bool; anything else is dropped."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        if key not in event:
+            continue
+        value = event[key]
+        if key == "status":
+            continue
+        if key == "error":
+            out[key] = value[:MAX_ERROR] if isinstance(value, str) else "the program reported a malformed error"
+        elif key == "values" and isinstance(value, str):
+            out[key] = value
+        elif key == "lines" and isinstance(value, list):
+            out[key] = value
+        elif key == "partial":
+            out[key] = value is True
+    status = event.get("status")
+    if isinstance(status, str) and status in CHILD_STATUSES:
+        out["status"] = status
+    else:  # missing, or not one the harness reports
+        out["status"] = "error"
+        out.setdefault("error", "the program wrote a malformed event to the sandbox's result channel")
+    return out
 
 
 def cpu_seconds(limits: Limits, walls: list[float]) -> int:
