@@ -57,6 +57,15 @@ def test_validation_never_uses_a_sources_own_split(tmp_path, mbpp_path):
     assert len(validation) == 10 and {t.split for t in train + validation} == {"train"}
 
 
+def test_tasks_an_eval_source_holds_out_are_never_trained_on(tmp_path):
+    config = _config(tmp_path, **{"tasks.source": "humaneval", "tasks.limit": 12, "tasks.eval_source": "humaneval",
+                                  "tasks.eval_limit": 6, "tasks.validation": 0.25})  # fmt: skip
+    with pytest.warns(UserWarning, match="6 of the 12 tasks of tasks.source are also held out"):
+        train, validation, held_out = split_tasks(config)
+    assert {t.id for t in held_out} == {f"HumanEval/{i}" for i in range(6)}
+    assert not {t.id for t in train + validation} & {t.id for t in held_out} and len(train + validation) == 6
+
+
 def test_fewer_than_ten_validation_tasks_warn(tmp_path):
     with pytest.warns(UserWarning, match="only 2 validation tasks"):
         prepare(_config(tmp_path, name="few", **{"tasks.limit": 20}))  # 10 training tasks, 2 set aside

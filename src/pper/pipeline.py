@@ -64,14 +64,24 @@ class Run:
 def split_tasks(config: PperConfig) -> tuple[list[Task], list[Task], list[Task]]:
     """(training, validation, held-out tasks) as the config asks.
 
-    Held out: the `eval_source` tasks, else a seeded `holdout` fraction of the source. Validation: a
-    seeded `validation` fraction of the tasks left for training (never a source's own split).
+    Held out: the `eval_source` tasks, else a seeded `holdout` fraction of the source; a held-out task is never
+    trained on, even where `eval_source` overlaps `source` (it is dropped from training, with a warning).
+    Validation: a seeded `validation` fraction of the tasks left for training (never a source's own split).
     """
     c = config.tasks
     train = load_tasks(c.source, c.split, c.limit)
     if c.eval_source is not None:
         sources = [c.eval_source] if isinstance(c.eval_source, str) else c.eval_source
         held_out = [t for source in sources for t in load_tasks(source, c.eval_split, c.eval_limit)]
+        ids = {t.id for t in held_out}
+        both = [t.id for t in train if t.id in ids]
+        if both:
+            warnings.warn(
+                f"{len(both)} of the {len(train)} tasks of tasks.source are also held out by tasks.eval_source "
+                f"(e.g. {both[0]}): they are not trained on (give tasks.split / tasks.eval_split to separate them)",
+                stacklevel=3,
+            )
+            train = [t for t in train if t.id not in ids]
     else:
         train, held_out = holdout_split(train, c.holdout, config.seed)
     train, validation = holdout_split(train, c.validation, config.seed)
