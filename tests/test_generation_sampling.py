@@ -60,6 +60,24 @@ def test_generation_stops_at_the_end_of_the_program_not_at_the_cap(loaded):
     assert len(lengths) == 6 and sum(n < 160 for n in lengths) >= 4
 
 
+def test_every_end_token_of_the_models_generation_config_ends_a_completion(loaded):
+    import copy
+
+    model, tokenizer, name = loaded
+    task = load_tasks("humaneval", limit=1)[0]
+    plain = TransformersSampler(model, tokenizer, name, max_new_tokens=24)
+    ((_, (full,)),) = list(plain.sample([task], "greedy", 1))
+    assert len(full.tokens) > 3
+    # an instruct model may list end tokens the tokenizer does not name: make the greedy third token one
+    other = copy.copy(model)
+    other.generation_config = copy.deepcopy(model.generation_config)
+    other.generation_config.eos_token_id = [tokenizer.eos_token_id, full.tokens[2]]
+    ended = TransformersSampler(other, tokenizer, name, max_new_tokens=24)
+    assert full.tokens[2] in ended.end_tokens and tokenizer.eos_token_id in ended.end_tokens
+    ((_, (cut,)),) = list(ended.sample([task], "greedy", 1))
+    assert cut.tokens == full.tokens[:2]  # the end token and what would follow are not part of the program
+
+
 def test_greedy_is_beam_one_and_sampling_is_seeded(loaded):
     model, tokenizer, name = loaded
     tasks = load_tasks("humaneval", limit=2)

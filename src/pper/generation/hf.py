@@ -87,6 +87,16 @@ def _top_p(probs, top_p: float):
     return probs.zero_().scatter_(-1, order, sorted_probs)
 
 
+def end_tokens(model: Any, tokenizer: Any) -> frozenset[int]:
+    """The tokens that end a completion: the tokenizer's end of text and padding, and every end token the model's
+    generation config lists (an instruct model may end its turn with one the tokenizer does not name, e.g.
+    Qwen2.5's <|im_end|> and <|endoftext|>)."""
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return frozenset(i for i in ids if isinstance(i, int))
+
+
 class TransformersSampler:
     def __init__(
         self,
@@ -103,6 +113,7 @@ class TransformersSampler:
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
         self.generated_tokens = 0  # tokens decoded by `generate`, for throughput figures
+        self.end_tokens = end_tokens(model, tokenizer)
 
     def sample(
         self,
@@ -178,7 +189,7 @@ class TransformersSampler:
         """
         import torch
 
-        tok, model = self.tokenizer, self.model
+        model = self.model
         beam = mode == "beam" and k > 1
         per_task = k if mode in ("beam", "sample") else 1
         cache, logits, mask = self._prefill(batch)
@@ -209,7 +220,7 @@ class TransformersSampler:
                 parents, tokens, new_scores = [], [], []
                 for r, (token, lp) in enumerate(zip(chosen.tolist(), chosen_lp, strict=True)):
                     task, seq, lps = rows[r]
-                    if token == tok.eos_token_id or token == tok.pad_token_id:
+                    if token in self.end_tokens:
                         finished[task].append((0.0, seq, lps))
                     elif last or self._hits_stop(seq + [token], stops[task]):
                         finished[task].append((0.0, seq + [token], lps + [lp]))
@@ -271,7 +282,6 @@ class TransformersSampler:
     def _beam_step(self, rows, scores, logp, k, finished, stops, last):
         """One beam-search step over all active tasks: their k best continuations, and the hypotheses
         that end here. Returns the rows to keep (parents), their new state and their scores."""
-        tok = self.tokenizer
         vocab = logp.shape[-1]
         n_tasks = len(rows) // k
         candidates = (scores[:, None] + logp).view(n_tasks, k * vocab)
@@ -289,7 +299,7 @@ class TransformersSampler:
                 parent, token = t * k + flat // vocab, flat % vocab
                 _, seq, lps = rows[parent]
                 lp = score - previous[parent]  # the token's log-probability
-                if token == tok.eos_token_id or token == tok.pad_token_id:
+                if token in self.end_tokens:
                     if rank < k:
                         done.append((score / max(len(seq) + 1, 1), seq, lps))
                 elif self._hits_stop(seq + [token], stops[task]):
