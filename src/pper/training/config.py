@@ -27,7 +27,9 @@ class LoraSettings(BaseModel):
 
 class TrainingConfig(BaseModel):
     """Each round trains `steps` optimiser steps; each step replays `batch_size` programs (the paper's n)
-    drawn by the replay section's priority, with the loss on the program tokens only. Gradients accumulate
+    drawn by the replay section's priority, with the loss on the target tokens only: what the model writes after
+    the prompt (the program, with a chat answer's fences, and the end of text, so that it learns to close its code
+    and stop; P(t) counts the program's own tokens, `prompts.program_tokens`). Gradients accumulate
     over forward passes of `micro_batch_size` programs packed into one unpadded row, attention computed
     within each program (`pper.training.attention`), so that the matrix products are large; lower it only
     to bound memory. method: "lora" (PEFT adapters) or "full". precision: "auto" uses bfloat16 autocast
