@@ -3,6 +3,8 @@ directory), the next one on the same worker does not see."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pper.execution import Executor, namespaces_available
@@ -28,4 +30,7 @@ def test_the_working_directory_is_empty_for_every_program_without_namespaces_too
     reader = "import os\ndef f():\n    return 1 - os.path.exists('x')\n"
     with Executor(workers=1, isolation="none") as executor:
         results = [executor.run(task, program) for program in (writer, reader)]
+        server = Path(f"/tmp/pper-sandbox-{executor._sandboxes[0].proc.pid}")
+        assert server.is_dir()
     assert [r.all_passed for r in results] == [True, True], [r.error for r in results]
+    assert not server.exists()  # the server's directory in the host's /tmp goes with it

@@ -197,6 +197,8 @@ class Sandbox:
             except ProcessLookupError:
                 pass
             self.proc.wait()
+        if self.proc is not None and not self.isolated:  # its directory in the host's /tmp (isolated: a tmpfs)
+            shutil.rmtree(f"/tmp/pper-sandbox-{self.proc.pid}", ignore_errors=True)
 
 
 @dataclass(frozen=True)
