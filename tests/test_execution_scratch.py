@@ -34,3 +34,17 @@ def test_the_working_directory_is_empty_for_every_program_without_namespaces_too
         assert server.is_dir()
     assert [r.all_passed for r in results] == [True, True], [r.error for r in results]
     assert not server.exists()  # the server's directory in the host's /tmp goes with it
+
+
+@pytest.mark.skipif(not namespaces_available(), reason="needs namespaces: without them /tmp is the host's")
+def test_scratch_space_is_bounded():
+    # tmpfs is memory outside RLIMIT_AS: each scratch directory holds 256 MiB at most (16 files of 16 MiB)
+    task = Task(id="scratch/fill", prompt="", entry_point="f", tests=AssertTests(asserts=("assert f() <= 16",)))
+    filler = (
+        "def f():\n    n = 0\n    for i in range(24):\n        try:\n"
+        "            with open(f'/tmp/fill{i}', 'wb') as out:\n                out.write(b'x' * (16 << 20))\n"
+        "        except OSError:\n            break\n        n += 1\n    return n\n"
+    )
+    with Executor(workers=1) as executor:
+        result = executor.run(task, filler)
+    assert result.all_passed, result.tests[0].error

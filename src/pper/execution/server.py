@@ -33,7 +33,7 @@ from .coverage import ALLOWANCE
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
 MNT_DETACH = 2
 SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")  # where programs may write: fresh for every program when isolated
-SCRATCH_OPTIONS = "size=1g,mode=1777"
+SCRATCH_OPTIONS = "size=256m,mode=1777"  # memory outside a program's RLIMIT_AS: 768 MiB per worker at most
 PR_SET_CHILD_SUBREAPER = 36
 PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 28, 38, 47, 4
 SECBIT_NOROOT, SECBIT_NOROOT_LOCKED = 1, 2
@@ -105,6 +105,8 @@ class Server:
         answer = {"id": request["id"], "load": load, "tests": tests, "time": time.monotonic() - start}
         if coverage:
             answer["coverage"] = True
+        if self.isolated:  # what the program wrote to its scratch space is memory: free it now, not next program
+            self._workdir()
         return answer
 
     def _workdir(self) -> str:
