@@ -21,6 +21,7 @@ import os
 import sqlite3
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -556,9 +557,7 @@ class ReplayBuffer:
                 "INSERT OR REPLACE INTO samplings (task_id, model, round, candidates, created) VALUES (?, ?, ?, ?, ?)",
                 (task_id, model, round, len(programs), time.time()),
             )
-            counts: dict[int, int] = {}
-            for i in ids:
-                counts[i] = counts.get(i, 0) + 1
+            counts = Counter(ids)
             self._db.executemany(
                 "INSERT OR REPLACE INTO sampled_programs (task_id, model, round, program_id, count)"
                 " VALUES (?, ?, ?, ?, ?)",

@@ -54,7 +54,7 @@ def judge(plan: Plan, response: dict[str, Any], program: str | None = None) -> P
     load = response["load"]
     if load["status"] != "ok":
         verdict = _STATUS_VERDICTS.get(load["status"], RUNTIME_ERROR)
-        error = _text(load.get("error")) or MESSAGES.get(verdict)
+        error = load.get("error") or MESSAGES.get(verdict)
         if verdict == WRONG_ANSWER:  # a failure while loading is never a wrong answer
             verdict = RUNTIME_ERROR
         tests = tuple(TestResult(verdict, error) for _ in plan.checks)
@@ -88,17 +88,12 @@ def _with_coverage(result: ProgramResult, response: dict[str, Any], program: str
     return replace(result, tests=tests, executed_lines=lines.executed(reported), coverage_complete=complete)
 
 
-def _text(error: Any) -> str | None:
-    """An error text as the results carry it: a string (the sandbox's answer is untrusted), else None."""
-    return error if isinstance(error, str) else None
-
-
 def _test(plan: Plan, check: Any, obs: dict[str, Any]) -> TestResult:
     time = obs.get("time", 0.0)
     status = obs.get("status")
     if status != "ok":
         verdict = _STATUS_VERDICTS.get(status, RUNTIME_ERROR)
-        return TestResult(verdict, _text(obs.get("error")) or MESSAGES.get(verdict), time)
+        return TestResult(verdict, obs.get("error") or MESSAGES.get(verdict), time)
     try:
         if plan.kind == "stdio":
             ok, error = stdout_matches(obs.get("stdout", ""), check), f"wrong output: {_short(obs.get('stdout', ''))}"

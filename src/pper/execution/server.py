@@ -308,11 +308,11 @@ class Server:
                         kind = event.get("e")
                         now = time.monotonic()
                         if kind == "load" and load is None:
-                            load = _reported(event, ("status", "error", "lines", "partial"))
+                            load = _reported(event, ("error", "lines", "partial"))
                             current, started = 0, now
                             deadline = now + (walls[0] if load["status"] == "ok" else 1.0)
                         elif kind == "end" and current is not None and event.get("t") == first + current:
-                            result = _reported(event, ("status", "error", "values", "lines", "partial"))
+                            result = _reported(event, ("error", "values", "lines", "partial"))
                             result["time"] = round(now - started, 6)
                             tests.append(result)
                             current, started = current + 1, now
@@ -466,7 +466,7 @@ MAX_ERROR = 2000  # characters of an error text passed on
 
 
 def _reported(event: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """The fields `keys` of a child's event, each of the type the judge reads (the child is untrusted and may
+    """The event's status and its fields `keys`, each of the type the judge reads (the child is untrusted and may
     write anything to its result channel): a status outside `CHILD_STATUSES` is "error", an error text a string
     of at most `MAX_ERROR` characters, `values` a string, `lines` a list (`coverage.clean_lines` reads it),
     `partial` a bool; anything else is dropped."""
@@ -475,8 +475,6 @@ def _reported(event: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
         if key not in event:
             continue
         value = event[key]
-        if key == "status":
-            continue
         if key == "error":
             out[key] = value[:MAX_ERROR] if isinstance(value, str) else "the program reported a malformed error"
         elif key == "values" and isinstance(value, str):

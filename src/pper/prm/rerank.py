@@ -76,7 +76,10 @@ class Rerank:
     def __call__(self, task: Task, candidates: list[Any]) -> list[Any]:
         from ..buffer.store import program_hash
 
-        distinct = list({program_hash(c.program): c for c in reversed(candidates)}.values())[::-1]  # first of each
+        first: dict[str, Any] = {}  # each program once: its first sample
+        for c in candidates:
+            first.setdefault(program_hash(c.program), c)
+        distinct = list(first.values())
         kept = top_k(distinct, [self.scores(task, c.program) for c in distinct], self.k)
         self.tasks, self.sampled, self.kept = self.tasks + 1, self.sampled + len(candidates), self.kept + len(kept)
         return kept
