@@ -109,6 +109,25 @@ def test_labels_find_each_known_bug_and_a_second_call_resumes(tmp_path):
     assert sum(probes_printed) == total_probes
 
 
+def test_max_programs_counts_the_programs_it_can_label_not_those_skipped_for_want_of_a_reference(tmp_path):
+    from dataclasses import replace
+
+    from pper.prm.config import PrmConfig
+    from pper.prm.label import label_programs
+
+    tasks = _tasks_with_bodies(12, 3)
+    tasks = [replace(t, solutions=()) for t in tasks[:2]] + tasks[2:]  # the first two without a reference
+    with ReplayBuffer(tmp_path / "buffer.sqlite") as buffer, Executor(workers=1) as executor:
+        buffer.add_tasks(tasks)
+        programs = [NewProgram(t.id, t.prompt + f"    return {k}\n", -1.0, 10, "m") for t in tasks for k in (0, 1)]
+        ids = buffer.add_programs(programs)  # 4 programs of tasks without a reference, listed first
+        buffer.add_executions(Execution(i, executor.run(next(t for t in tasks if t.id == p.task_id), p.text))
+                              for i, p in zip(ids, programs, strict=True))  # fmt: skip
+        summary = label_programs(buffer, executor, PrmConfig(completer="reference", max_programs=2))
+        assert (summary.labelled, summary.skipped, summary.stopped_by) == (2, 4, None)
+        assert {p.task_id for p in buffer.programs() if p.id in buffer.line_searches()} == {tasks[2].id}
+
+
 @pytest.mark.slow
 def test_labelling_with_the_model_resumes_after_kill_9(tmp_path):
     tasks = _tasks_with_bodies(12, 3)

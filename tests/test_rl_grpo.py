@@ -109,3 +109,44 @@ def test_the_wall_clock_resumes_from_the_seconds_of_the_checkpoint_it_resumes_fr
     assert Budget(path, 100.0).before == 0.0  # no checkpoint to resume from: a fresh clock
     path.write_text(json.dumps({"seconds": 42.0, "step": 3}))  # an older pper's file: its last save
     assert Budget(path, 100.0, resumed_at=3).before == 42.0
+
+
+def test_a_run_resumed_with_its_budget_spent_takes_the_checkpoint_and_trains_no_further_step(tmp_path):
+    """Killed after the checkpoint of the step that reached `rl.max_seconds`, before the policy was saved: the resumed
+    run ships that checkpoint's policy (its LoRA adapter merged) and runs no step past the budget."""
+    pytest.importorskip("trl")
+    import torch
+    from peft import get_peft_model
+
+    from pper.config import validate_config
+    from pper.generation import load_model
+    from pper.pipeline import Events
+    from pper.rl.grpo import ELAPSED, train_grpo
+    from pper.tasks import load_tasks
+
+    config = validate_config({**CONFIG, "runs_dir": str(tmp_path), "rl": {**CONFIG["rl"], "max_seconds": 10}})
+    run = tmp_path / "run"
+    checkpoint = run / "rl" / "checkpoint-2"
+    base, _, _ = load_model("default")
+    weight = "model.layers.0.self_attn.q_proj.weight"
+    before = base.state_dict()[weight].clone()
+    adapted = get_peft_model(base, config.training.lora.peft_config())
+    for name, p in adapted.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)  # a trained adapter (a fresh one is zero: it would change nothing)
+    adapted.save_pretrained(checkpoint)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    (run / "rl" / ELAPSED).write_text(json.dumps({"by_step": {"1": 6.0, "2": 12.5}}))
+    events = Events(run / "events.jsonl")
+    policy = train_grpo(config, run, load_tasks("humaneval", limit=2), events)
+    done = json.loads((run / "checkpoints" / "round-1" / "rl.json").read_text())
+    assert done["steps"] == 2 and done["seconds"] == pytest.approx(12.5, abs=1.0)
+    assert not (run / "rl" / "checkpoint-3").exists() and not (run / "events.jsonl").exists()  # no step was run
+    shipped, _, _ = load_model(str(policy))
+    merged = shipped.state_dict()[weight]
+    assert not torch.allclose(merged, before)  # the adapter is in the shipped weights
+    reference, _, _ = load_model("default")
+    from peft import PeftModel
+
+    expected = PeftModel.from_pretrained(reference, checkpoint).merge_and_unload().state_dict()[weight]
+    assert torch.allclose(merged, expected)

@@ -38,6 +38,24 @@ def test_group_draws_follow_the_priority_distribution(tmp_path):
             assert len(replay) == len(eligible)
 
 
+def test_group_draws_depend_on_the_seed_and_step_only_so_a_resumed_run_draws_the_same(tmp_path):
+    from pper.rl.replay import step_rng
+
+    task = Task(id="t", prompt="p", tests=AssertTests(asserts=("assert True",)))
+    with ReplayBuffer(tmp_path / "b.sqlite") as buffer:
+        buffer.add_tasks([task])
+        for k in range(6):
+            buffer.add_group(_group("t", [0.0, 1.0 + k], -0.1 * (k + 1)))
+        uninterrupted = GroupReplay(buffer, seed=3)
+        for step in range(5):  # the draws of steps 0-4, which a run resumed at step 5 never makes
+            uninterrupted.sample(4, step_rng(3, step, 0))
+        later = [uninterrupted.sample(4, step_rng(3, 5, call)) for call in (0, 1)]
+        resumed = GroupReplay(buffer, seed=3)
+        assert [resumed.sample(4, step_rng(3, 5, call)) for call in (0, 1)] == later
+        other_steps = {tuple(resumed.sample(4, step_rng(3, s, 0))) for s in range(6, 16)}
+        assert len(other_steps) > 1  # and the draws do change from step to step
+
+
 def test_a_fraction_of_the_groups_is_replayed_on_average_and_one_group_is_always_sampled():
     from pper.rl.replay import replayed_count
 

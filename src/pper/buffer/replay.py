@@ -175,9 +175,11 @@ class GroupReplay:
         self._refresh()
         return int((self.probability > 0).sum())
 
-    def sample(self, n: int) -> list[int]:
-        """The ids of `n` groups drawn with replacement (none when no stored group is eligible)."""
+    def sample(self, n: int, rng: np.random.Generator | None = None) -> list[int]:
+        """The ids of `n` groups drawn with replacement (none when no stored group is eligible), with `rng` (default:
+        the generator seeded at construction)."""
         self._refresh()
         if n <= 0 or not len(self.ids) or self.probability.sum() <= 0:
             return []
-        return self.ids[self._rng.choice(len(self.ids), size=n, p=self.probability)].tolist()
+        rng = self._rng if rng is None else rng
+        return self.ids[rng.choice(len(self.ids), size=n, p=self.probability)].tolist()

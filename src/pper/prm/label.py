@@ -188,9 +188,12 @@ def label_programs(
     programs = selected(buffer, which)
     summary.already = sum(p.id in done for p in programs)
     todo = [p for p in programs if p.id not in done]
-    if config.max_programs is not None and len(todo) > config.max_programs:
-        todo, summary.stopped_by = todo[: config.max_programs], "max_programs"
     tasks = {t.id: t for t in buffer.tasks()}
+    if config.completer == "reference":  # nothing could complete the prefixes of a task without a reference
+        summary.skipped = sum(not tasks[p.task_id].solutions for p in todo)
+        todo = [p for p in todo if tasks[p.task_id].solutions]
+    if config.max_programs is not None and len(todo) > config.max_programs:  # counts programs it can label
+        todo, summary.stopped_by = todo[: config.max_programs], "max_programs"
 
     def count() -> None:
         summary.probes += 1
@@ -207,9 +210,6 @@ def label_programs(
             summary.stopped_by = "max_probes"  # the last one may overrun by its own 1 + ceil(log2 m) probes
             break
         task = tasks[program.task_id]
-        if config.completer == "reference" and not task.solutions:
-            summary.skipped += 1  # nothing could complete its prefixes
-            continue
         if uses_reference and task.solutions and task.id not in passes:
             passes[task.id] = executor.run(task, task.solutions[0]).all_passed
         search = label_program(task, program, executor, config, sampler, count, passes.get(task.id))

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..buffer import ReplayBuffer
 from ..config import PperConfig
 from ..errors import PperError
 from ..files import remove_dir, write_atomic
@@ -74,7 +75,9 @@ class Budget:
     """The training's wall-clock: the seconds earlier attempts spent up to the checkpoint this one resumes from
     (`resumed_at`, its step; None: a fresh start), plus this attempt's; with `max_seconds`, training stops after the
     step that reaches it. `path` maps the step of each of the last `KEEP` checkpoints to the seconds spent up to
-    it, written just before the checkpoint is saved, so every complete checkpoint has its entry."""
+    it, written just before the checkpoint is saved, so every complete checkpoint has its entry. A run resumed from
+    a checkpoint whose seconds already reach the budget (killed between its last checkpoint and the saved policy)
+    trains no further step: `train_grpo` takes the checkpoint's policy as it is."""
 
     KEEP = 8
 
@@ -93,6 +96,10 @@ class Budget:
     def elapsed(self) -> float:
         return self.before + time.perf_counter() - self.start
 
+    def spent(self) -> bool:
+        """Whether there is a budget and the seconds spent have reached it."""
+        return self.max_seconds is not None and self.elapsed() >= self.max_seconds
+
     def record(self, step: int) -> None:
         """Write the seconds spent up to `step` (a checkpoint about to be saved)."""
         self.by_step = {s: v for s, v in self.by_step.items() if s < step}
@@ -108,7 +115,7 @@ class Budget:
         class Stop(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
                 # transformers' own flow callback ran first: control.should_save says whether a checkpoint follows
-                if clock.max_seconds is not None and clock.elapsed() >= clock.max_seconds:
+                if clock.spent():
                     control.should_training_stop = True
                     control.should_save = True
                 if control.should_save:
@@ -156,13 +163,69 @@ def check_rl(config: PperConfig, run_dir: Path) -> Path | None:
     return prm_dir(config, run_dir)
 
 
+def _trainer(
+    config: PperConfig, run_dir: Path, train_tasks: list, model: Any, tokenizer: Any, reward: Any,
+    resume: Path | None, prm_path: Path | None, callbacks: list,
+) -> Any:  # fmt: skip
+    """TRL's `GRPOTrainer` for the `rl` section, or pper's subclass of it: group replay (`rl.replay.fraction` > 0,
+    its buffer the run's), the PRM's dense term (`prm_path`), a repair rollout (`rl.turns` > 1)."""
+    import trl
+
+    from .data import rl_dataset
+
+    turns = config.rl.turns
+    data = rl_dataset(train_tasks, tokenizer, chat=turns > 1)
+    common = {
+        "model": model,
+        "reward_funcs": reward,
+        "args": grpo_args(config, run_dir / RL_DIR),
+        "train_dataset": data,
+        "processing_class": tokenizer,
+        "peft_config": config.training.lora.peft_config() if config.rl.method == "lora" else None,
+        "callbacks": callbacks,
+    }
+    if turns > 1:
+        from .multiturn import repair_rollout
+
+        common["rollout_func"] = repair_rollout(train_tasks, turns, config.feedback.max_chars, reward.executor())
+    trainer_class: type = trl.GRPOTrainer
+    if config.rl.replay.fraction > 0:
+        from .replay import trainer_class as replay_trainer
+
+        buffer = ReplayBuffer.in_run(run_dir)
+        buffer.add_tasks(train_tasks)
+        # groups stored after the checkpoint are sampled again from its step on: drop them, never store twice
+        buffer.drop_groups(_checkpoint_step(resume) if resume else 0)
+        task_ids = dict(zip(data["prompt"], data["task_id"], strict=True))
+        trainer_class = replay_trainer()
+        common.update(buffer=buffer, replay=config.rl.replay, task_ids=task_ids, model_name=config.generation.model)
+    if prm_path is not None:  # rl.prm_weight > 0: the PRM's dense term, on TRL's trainer or the replaying one
+        from ..prm.model import PRM
+        from .dense import trainer_class as dense_trainer
+
+        trainer_class = dense_trainer(trainer_class)
+        common.update(prm=PRM.load(prm_path), prm_weight=config.rl.prm_weight,
+                      tasks={t.id: t for t in train_tasks}, max_length=config.prm.max_length)  # fmt: skip
+    return trainer_class(**common)
+
+
+def checkpoint_policy(model: Any, checkpoint: Path) -> Any:
+    """The policy a TRL checkpoint holds: `model` with the checkpoint's LoRA adapter (a PEFT model, to merge), or
+    its full weights."""
+    if (checkpoint / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, checkpoint)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=model.dtype)
+
+
 def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Events) -> Path:
     """Train (or resume) GRPO; the trained policy as a plain transformers directory (`checkpoints/round-1/model`)."""
-    import trl
     from transformers import TrainerCallback
 
     from ..generation import load_model
-    from .data import rl_dataset
     from .reward import ExecutionReward
 
     final = checkpoint_dir(run_dir, 1)
@@ -182,49 +245,18 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
 
     resume = last_checkpoint(output)
     clock = Budget(output / ELAPSED, config.rl.max_seconds, _checkpoint_step(resume) if resume else None)
-
-    turns = config.rl.turns
-    with ExecutionReward(train_tasks, kind=config.rl.reward, execution=config.execution) as reward:
-        data = rl_dataset(train_tasks, tokenizer, chat=turns > 1)
-        common = {
-            "model": model,
-            "reward_funcs": reward,
-            "args": grpo_args(config, output),
-            "train_dataset": data,
-            "processing_class": tokenizer,
-            "peft_config": config.training.lora.peft_config() if config.rl.method == "lora" else None,
-            "callbacks": [Log(), clock.callback()],
-        }
-        if turns > 1:
-            from .multiturn import repair_rollout
-
-            common["rollout_func"] = repair_rollout(train_tasks, turns, config.feedback.max_chars, reward.executor())
-        trainer_class: type = trl.GRPOTrainer
-        if config.rl.replay.fraction > 0:
-            from ..buffer import ReplayBuffer
-            from .replay import trainer_class as replay_trainer
-
-            buffer = ReplayBuffer.in_run(run_dir)
-            buffer.add_tasks(train_tasks)
-            # groups stored after the checkpoint are sampled again from its step on: drop them, never store twice
-            buffer.drop_groups(_checkpoint_step(resume) if resume else 0)
-            task_ids = dict(zip(data["prompt"], data["task_id"], strict=True))
-            trainer_class = replay_trainer()
-            common.update(buffer=buffer, replay=config.rl.replay, task_ids=task_ids, model_name=config.generation.model)
-        if prm_path is not None:  # rl.prm_weight > 0: the PRM's dense term, on TRL's trainer or the replaying one
-            from ..prm.model import PRM
-            from .dense import trainer_class as dense_trainer
-
-            trainer_class = dense_trainer(trainer_class)
-            common.update(prm=PRM.load(prm_path), prm_weight=config.rl.prm_weight,
-                          tasks={t.id: t for t in train_tasks}, max_length=config.prm.max_length)  # fmt: skip
-        trainer = trainer_class(**common)
-        try:
-            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        finally:
-            if "buffer" in common:
-                common["buffer"].close()
-    policy = trainer.model
+    if resume is not None and clock.spent():  # killed after the budget's last checkpoint: no step past the budget
+        policy, steps, seconds = checkpoint_policy(model, resume), _checkpoint_step(resume), clock.before
+    else:
+        with ExecutionReward(train_tasks, kind=config.rl.reward, execution=config.execution) as reward:
+            trainer = _trainer(config, run_dir, train_tasks, model, tokenizer, reward, resume, prm_path,
+                               [Log(), clock.callback()])  # fmt: skip
+            try:
+                trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            finally:
+                if isinstance(getattr(trainer, "buffer", None), ReplayBuffer):
+                    trainer.buffer.close()
+        policy, steps, seconds = trainer.model, trainer.state.global_step, clock.elapsed()
     if hasattr(policy, "merge_and_unload"):
         policy = policy.merge_and_unload()
     staging = final.with_name(final.name + ".tmp")
@@ -233,8 +265,8 @@ def train_grpo(config: PperConfig, run_dir: Path, train_tasks: list, events: Eve
     tokenizer.padding_side = "right"
     tokenizer.save_pretrained(staging / "model")
     record = {
-        "steps": trainer.state.global_step,
-        "seconds": round(clock.elapsed(), 1),
+        "steps": steps,
+        "seconds": round(seconds, 1),
         "max_seconds": config.rl.max_seconds,
     }
     write_atomic(staging / DONE, json.dumps(record) + "\n")

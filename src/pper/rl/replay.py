@@ -27,7 +27,8 @@ Replayed groups are never scored again and never enter TRL's reward log: TRL log
 before they are added. `replay/groups` in the log counts them per step. Limits: one reward function (its output is
 what a group stores), `beta` = 0 (a replayed group has no reference log-probabilities), no vLLM importance
 sampling correction (its fields are not stored), and one process. A resumed run first drops the groups stored
-after its checkpoint's step (`ReplayBuffer.drop_groups`), which it samples again.
+after its checkpoint's step (`ReplayBuffer.drop_groups`), which it samples again; the draws of each batch depend on
+the seed and the step only (`step_rng`), so from the same buffer it replays what an uninterrupted run replays.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ import numpy as np
 from ..buffer import Group, GroupReplay, Member, ReplayBuffer
 from ..errors import PperError
 from .config import GroupReplayConfig, group_replay_problem
+
+
+def step_rng(seed: int, step: int, call: int) -> np.random.Generator:
+    """The generator of the `call`-th batch made at optimizer step `step` (how many groups to replay, and which): a
+    function of the run's seed and the position only, so a run resumed from a checkpoint draws what an uninterrupted
+    run draws from the same buffer."""
+    return np.random.default_rng([seed, step, call])
 
 
 def replayed_count(fraction: float, groups: int, u: float) -> int:
@@ -88,15 +96,18 @@ def trainer_class() -> type:
             self.groups = GroupReplay(buffer, replay.alpha, replay.priority, replay.exponent, self.args.seed)
             self.replayed_groups = 0  # over the run: groups drawn from the buffer
             self.fresh_groups = 0
-            self._rounding = np.random.default_rng(self.args.seed)
+            self._calls = (-1, 0)  # (optimizer step, batches made at it)
             self._fresh_old: dict[str, Any] | None = None
             self.batch_rows: list[tuple[str | None, str]] = []
 
         def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
             g = self.num_generations
             n_groups = len(inputs) // g
-            wanted = replayed_count(self.replay.fraction, n_groups, self._rounding.random())
-            drawn = self.groups.sample(wanted) if wanted > 0 else []
+            step = self.state.global_step
+            self._calls = (step, self._calls[1] + 1 if self._calls[0] == step else 0)
+            rng = step_rng(self.args.seed, *self._calls)
+            wanted = replayed_count(self.replay.fraction, n_groups, rng.random())
+            drawn = self.groups.sample(wanted, rng) if wanted > 0 else []
             fresh = inputs[: (n_groups - len(drawn)) * g]
             self._scores = []
             out = super()._generate_and_score_completions(fresh)
