@@ -20,7 +20,8 @@ def filled(tmp_path):
         ]
     )
     failing = (TestResult("passed", None, 0.01), TestResult("wrong_answer", "assert 0 == 1", 0.02))
-    b.add_executions([(ids[0], ProgramResult((TestResult("passed"),) * 7, 0.5)), (ids[2], ProgramResult(failing, 0.1))])
+    cut = ProgramResult(failing, 0.1, executed_lines=(1,), coverage_complete=False)  # tracing cut short
+    b.add_executions([(ids[0], ProgramResult((TestResult("passed"),) * 7, 0.5)), (ids[2], cut)])
     yield b
     b.close()
 
@@ -39,6 +40,8 @@ def test_jsonl_export_has_one_row_per_program(filled, tmp_path):
     assert untested["errors"] is None and untested["times"] is None
     assert failing["errors"] == [None, "assert 0 == 1"] and failing["error"] == "assert 0 == 1"
     assert failing["times"] == [0.01, 0.02] and failing["duration"] == 0.1
+    assert (failing["executed_lines"], failing["coverage_complete"]) == ([1], False)
+    assert (tested["executed_lines"], tested["coverage_complete"]) == (None, None)  # no coverage collected
 
 
 def test_hf_dataset_export(filled, tmp_path):
@@ -48,5 +51,6 @@ def test_hf_dataset_export(filled, tmp_path):
     assert ds.column_names == list(EXPORT_COLUMNS) and len(ds) == 3
     assert ds[0]["p2value"] == 1.0 and ds[1]["p2value"] is None
     assert ds[2]["errors"] == [None, "assert 0 == 1"] and ds[2]["times"] == [0.01, 0.02]
+    assert ds[2]["coverage_complete"] is False and ds[0]["coverage_complete"] is None
     ds.save_to_disk(tmp_path / "ds")
     assert datasets.load_from_disk(tmp_path / "ds")[0]["program"] == ds[0]["program"]

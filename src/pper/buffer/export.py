@@ -33,6 +33,7 @@ EXPORT_COLUMNS = (
     "times",
     "duration",
     "executed_lines",
+    "coverage_complete",
     "turn",
     "parent_id",
     "messages",
@@ -44,10 +45,14 @@ EXPORT_COLUMNS = (
 def export_rows(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = "geometric") -> Iterator[dict[str, Any]]:
     """Every stored program with its task's prompt and split, its execution and its P2Value.
 
-    Untested programs have None for the execution columns and for p2value. `error` is the first error text of a
-    test that did not pass; `errors` and `times` hold every test's error text (or None) and wall time.
-    `prefix` is the start of the program the model was given (empty when none); `executed_lines` the sorted
-    1-based lines of `program` that ran in the tests, None where coverage was not collected. `turn` is the
+    Untested programs have None for the execution columns and for p2value. `passed` is the number of tests passed
+    (of `total`; `pass_rate` = passed / total), `error` the first error text of a test that did not pass; `errors`
+    and `times` hold every test's error text (or None) and wall time. `prefix` is the code the model was given
+    to continue (empty when none): for an instruction task the start of `program`, for a completion task the
+    text after the task's prompt (`program` starts with prompt + prefix). `executed_lines` are the sorted 1-based
+    lines of `program` that ran in the tests, None where coverage was not collected; `coverage_complete` is
+    False where tracing was cut short (so a line missing from `executed_lines` may have run: the FGO loss mask
+    leaves such a program unmasked), None without coverage. `turn` is the
     program's turn in its repair trajectory (1: a first attempt); a program of a repair turn also has its
     `parent_id` and `messages`, the chat up to and including its answer (the program in a ```python block), in
     the conversational format TRL reads. `line_labels`: where the program was labelled (`pper prm label`), one
@@ -82,6 +87,7 @@ def export_rows(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = "g
             "times": [t.time for t in p.result.tests] if p.result else None,
             "duration": p.duration,
             "executed_lines": _lines(p.result.executed_lines) if p.result else None,
+            "coverage_complete": p.result.coverage_complete if _covered(p.result) else None,
             "turn": p.turn,
             "parent_id": turn.parent_id if turn else None,
             "messages": [*turn.messages, {"role": "assistant", "content": turn.answer}] if turn else None,
@@ -127,14 +133,19 @@ def to_hf_dataset(buffer: ReplayBuffer, alpha: float = 0.5, mode: Possibility = 
             "times": datasets.Sequence(datasets.Value("float64")),
             "duration": datasets.Value("float64"),
             "executed_lines": datasets.Sequence(datasets.Value("int64")),
+            "coverage_complete": datasets.Value("bool"),
             "turn": datasets.Value("int64"),
             "parent_id": datasets.Value("int64"),
-            "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+            "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],  # a list of dicts
             "line_labels": datasets.Sequence(datasets.Value("int64")),
             "p2value": datasets.Value("float64"),
         }
     )
     return datasets.Dataset.from_list(list(export_rows(buffer, alpha, mode)), features=features)
+
+
+def _covered(result: Any) -> bool:
+    return result is not None and result.executed_lines is not None
 
 
 def _lines(lines: tuple[int, ...] | None) -> list[int] | None:

