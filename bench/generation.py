@@ -75,8 +75,8 @@ def recording_sampler(loaded: Any, batch_size: int, max_new_tokens: int) -> Any:
             super().__init__(*args, **kwargs)
             self.scores: dict[str, list[float]] = {}
 
-        def _decode(self, batch, mode, k):
-            found = super()._decode(batch, mode, k)
+        def _decode(self, batch, mode, k, generator):
+            found = super()._decode(batch, mode, k, generator)
             for prompt, hypotheses in zip(batch, found, strict=True):
                 self.scores[prompt.task.id] = [score for score, _, _ in hypotheses]
             return found
@@ -135,7 +135,7 @@ def run_generate(sampler: Any, batch: list, mode: str, k: int, part: Part) -> No
         for row in range(i * width, (i + 1) * width):
             tokens = out.sequences[row, prompt_length:].tolist()
             tokens = tokens[: next((j for j, t in enumerate(tokens) if t == tokenizer.eos_token_id), len(tokens))]
-            tokens = tuple(sampler.until_stop(tokens, prompt.stops))
+            tokens = tuple(sampler.until_stop(tokens, prompt.stops)[0])
             if tokens and tokens not in kept:
                 kept.append(tokens)
                 lo, hi = program_tokens(tokenizer, prompt, tokens)

@@ -281,3 +281,40 @@ def test_a_teacher_completes_the_prefixes_of_prm_probes_in_a_chat(llama_server, 
                                lambda: probes.append(1))  # fmt: skip
     assert search.completer == "teacher" and search.completions == 1
     assert len(search.labels) == len(wrong.splitlines()) and 1 <= len(probes) <= max_probes(len(search.labels))
+
+
+def _chat(tokens, logprobs):
+    pairs = zip(tokens, logprobs, strict=True)
+    content = [{"token": t, "logprob": lp, "bytes": None, "top_logprobs": []} for t, lp in pairs]
+    message = {"role": "assistant", "content": "".join(tokens)}
+    choice = {"index": 0, "message": message, "finish_reason": "stop", "logprobs": {"content": content}}
+    return {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [choice]}
+
+
+def test_a_teachers_chat_answer_counts_only_its_codes_tokens_in_p_t(scripted):
+    import dataclasses
+
+    task = dataclasses.replace(load_tasks("humaneval", limit=1)[0], prompt_style="instruction")
+    tokens = ["Sure", ":\n", "```python\n", "def", " f", "():", " return", " 1", "\n```", "\nHope", " it helps"]
+    logprobs = [-3.0, -2.0, -1.0, -0.25, -0.25, -0.25, -0.125, -0.125, -1.0, -2.0, -4.0]
+    _Scripted.script = [(200, _chat(tokens, logprobs))]
+    [(_, [candidate])] = list(OpenAISampler(scripted, "m").sample([task], "greedy", 1))
+    assert candidate.program == "def f(): return 1\n"
+    assert (candidate.logprob, candidate.num_tokens) == (-1.0, 5)  # "def" .. " 1": was -14.0 over all 11 tokens
+
+
+def test_a_teachers_token_running_across_the_stop_keeps_its_code(scripted):
+    tokens = ["\n    return sorted", "(numbers", ")\n\n\n", "def", " helper", "(y"]  # Qwen2-style ")\n\n\n"
+    _Scripted.script = [(200, _completion({"tokens": tokens, "token_logprobs": [-0.5] * 6, "top_logprobs": None}))]
+    task = load_tasks("humaneval", limit=1)[0]
+    [(_, [candidate])] = list(OpenAISampler(scripted, "m").sample([task], "greedy", 1))
+    assert candidate.completion == "\n    return sorted(numbers)\n\n"  # was "...sorted(numbers": a syntax error
+    assert candidate.program.endswith("return sorted(numbers)\n") and candidate.num_tokens == 3
+
+
+def test_a_failing_server_stops_the_sampling_at_once_not_after_every_queued_request(scripted):
+    _Scripted.script = [(500, {"error": {"message": "boom"}})]
+    tasks = load_tasks("humaneval", limit=20)
+    with pytest.raises(PperError, match="answered 500"):
+        list(OpenAISampler(scripted, "m", max_retries=0, concurrency=2).sample(tasks, "sample", 3))
+    assert _Scripted.seen <= 6  # was all 60 requests: the queued ones were sent before the error came out

@@ -1,3 +1,5 @@
+import dataclasses
+
 from pper.generation import build_prompt, code_from_answer, extract_program
 from pper.generation.prompts import COMPLETION_STOPS, stop_index
 from pper.tasks import load_tasks
@@ -43,6 +45,10 @@ def test_code_is_extracted_from_chat_answers():
     assert code_from_answer(fenced) == "def f(x):\n    return x\n"
     assert code_from_answer("```\nprint(1)\n```") == "print(1)\n"
     assert code_from_answer("Answer:\n```python\ndef f():\n    return 2") == "def f():\n    return 2\n"  # unclosed
+    listed = "1. The code:\n   ```python\ndef f(x):\n    return x + 1\n   ```\n2. It adds one."  # fence indented
+    assert code_from_answer(listed) == "def f(x):\n    return x + 1\n"
+    inline = "```python\ndef f(x):\n    return x + 1```\nThat is all."  # the fence closes the last code line
+    assert code_from_answer(inline) == "def f(x):\n    return x + 1\n"
     prose = "Here is a function that adds:\n\ndef add(a, b):\n    return a + b\n\nIt works for ints."
     assert code_from_answer(prose) == "def add(a, b):\n    return a + b\n"
 
@@ -125,3 +131,29 @@ def test_a_prefilled_answer_stops_at_the_fence_a_top_level_print_or_a_redefiniti
     assert stops == ("\n```", "\ndef main(")
     rest = "\n    print(a + b)\n\nif __name__ == '__main__':\n    main()\n```"
     assert rest[: stop_index(rest, stops)] == rest[: -len("\n```")]
+
+
+def test_a_chat_template_that_starts_with_a_bos_gives_one_bos_in_sampling_and_training():
+    """Llama 3's and Mistral's templates write the begin-of-text token and their tokenizers add one too: a chat prompt
+    is tokenized without adding it again, and training sees the prompt ids sampling saw."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from pper.generation import resolve_model
+    from pper.generation.prompts import prompt_ids
+    from pper.training.examples import build_example
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("default")[1])
+    bos = tokenizer.convert_tokens_to_ids("<|endoftext|>")  # made a begin-of-text token, added to every text
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos)]
+    )
+    tokenizer.chat_template = "{{ '<|endoftext|>' }}" + tokenizer.chat_template
+    humaneval = load_tasks("humaneval", limit=1)[0]
+    chat = build_prompt(dataclasses.replace(humaneval, prompt_style="instruction"), tokenizer)
+    completion = build_prompt(humaneval, tokenizer)
+    for prompt in (chat, completion):
+        ids = prompt_ids(tokenizer, prompt)
+        assert ids[0] == bos and ids[1] != bos  # was [bos, bos, ...] for the chat prompt
+        example = build_example(prompt.task, "def f():\n    return 1\n", tokenizer, 4096)
+        assert list(example.ids[: example.target_start]) == ids

@@ -45,7 +45,7 @@ def test_beam_candidates_carry_the_logprob_of_their_stored_tokens(loaded):
         assert len({c.tokens for c in candidates}) == len(candidates)  # equal beams are kept once
         prompt = build_prompt(task, tokenizer)
         for c in candidates:
-            assert c.num_tokens == len(c.tokens) and tokenizer.decode(c.tokens) == c.completion
+            assert c.num_tokens == len(c.tokens) and tokenizer.decode(c.tokens).startswith(c.completion)
             assert c.logprob == pytest.approx(_independent_logprob(model, tokenizer, prompt.text, c.tokens), abs=1e-3)
             assert c.logprob < 0 and c.model == name
             assert not any(stop in c.completion for stop in COMPLETION_STOPS)  # cut at the stop
@@ -76,6 +76,24 @@ def test_every_end_token_of_the_models_generation_config_ends_a_completion(loade
     assert full.tokens[2] in ended.end_tokens and tokenizer.eos_token_id in ended.end_tokens
     ((_, (cut,)),) = list(ended.sample([task], "greedy", 1))
     assert cut.tokens == full.tokens[:2]  # the end token and what would follow are not part of the program
+
+
+def test_a_token_running_across_the_stop_keeps_the_code_it_holds(loaded):
+    from types import SimpleNamespace
+
+    class Pieces:  # Qwen2's and Llama 3's pre-tokenizers join ")" and the newlines after it into one token
+        vocab = ["\n    return sorted", "(x", ")\n\n\n", "def", " helper", "(y", "):"]
+
+        def decode(self, ids):
+            return "".join(self.vocab[i] for i in ids)
+
+    sampler = SimpleNamespace(tokenizer=Pieces())
+    kept, text = TransformersSampler.until_stop(sampler, [0, 1, 2, 3, 4, 5, 6], COMPLETION_STOPS)
+    assert (kept, text) == ([0, 1, 2], "\n    return sorted(x)\n\n")  # was ([0, 1], "...sorted(x"): broken code
+    assert TransformersSampler.until_stop(sampler, [0, 1], COMPLETION_STOPS) == ([0, 1], "\n    return sorted(x")
+    model, tokenizer, name = loaded
+    ends = TransformersSampler(model, tokenizer, name).end_tokens
+    assert set(tokenizer.all_special_ids) <= ends  # nothing after a special token is code: generation ends there
 
 
 def test_greedy_is_beam_one_and_sampling_is_seeded(loaded):

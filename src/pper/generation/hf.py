@@ -1,12 +1,13 @@
 """The transformers back-end: batched beam search, sampling and greedy decoding with exact log-probabilities.
 
-Tasks are grouped by prompt style and sorted by prompt length, and run `batch_size` at a time with left
-padding. Generation stops each beam at the end of its program (the style's stop strings, or end of text),
-not at `max_new_tokens`. Each sequence is then cut at its stop string on a token boundary, and its
-log-probability is the sum of the per-token log-probabilities of exactly the program's own tokens among
-the tokens kept (`program_tokens`: all of them for completion tasks, the code without prose and fences
-for instruction tasks), so the stored logP always belongs to the stored program (and no step's full
-scores are kept).
+Tasks are sorted by prompt length and run `batch_size` at a time with left padding, each prompt with its own
+stop strings. Generation stops each beam at the end of its program (its stop strings, end of text, or any
+special token), not at `max_new_tokens`. Each sequence is then cut at its stop string: the text ends where the
+stop begins, and the tokens kept are those up to the one holding the text's last character (a token running
+across the stop is kept). Its log-probability is the sum of the per-token log-probabilities of exactly the
+program's own tokens among the tokens kept (`program_tokens`: all of them for completion tasks, the code
+without prose and fences for instruction tasks), so the stored logP always belongs to the stored program (and
+no step's full scores are kept). Beams that give the same program are one candidate.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..tasks import Task
-from .prompts import Prompt, build_prompt, extract_program, program_tokens, stop_index
+from .prompts import Prompt, build_prompt, extract_program, program_tokens, prompt_ids, stop_index
 from .sampler import Candidate, Mode
 
 
@@ -88,10 +89,11 @@ def _top_p(probs, top_p: float):
 
 
 def end_tokens(model: Any, tokenizer: Any) -> frozenset[int]:
-    """The tokens that end a completion: the tokenizer's end of text and padding, and every end token the model's
-    generation config lists (an instruct model may end its turn with one the tokenizer does not name, e.g.
-    Qwen2.5's <|im_end|> and <|endoftext|>)."""
-    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    """The tokens that end a completion: the tokenizer's end of text, padding and other special tokens (a
+    program's tokens end at the first special token, `prompts.program_tokens`, so nothing after one is code),
+    and every end token the model's generation config lists (an instruct model may end its turn with one the
+    tokenizer does not name, e.g. Qwen2.5's <|im_end|> and <|endoftext|>)."""
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id, *(getattr(tokenizer, "all_special_ids", None) or ())}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
     return frozenset(i for i in ids if isinstance(i, int))
@@ -135,15 +137,15 @@ class TransformersSampler:
 
         if mode == "greedy":
             k = 1
-        torch.manual_seed(self.seed)
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)  # one stream for all batches
         for batch in self.batches(prompts):
-            candidates = self._batch([prompts[i] for i in batch], mode, k)
+            candidates = self._batch([prompts[i] for i in batch], mode, k, generator)
             yield from zip(batch, candidates, strict=True)
 
     def batches(self, prompts: Sequence[Prompt]) -> list[list[int]]:
         """The batches `sample_prompts` runs, as indices into `prompts`: longest prompt first, at most
         `batch_size` to a batch (each prompt keeps its own stop strings)."""
-        lengths = [len(self.tokenizer(p.text).input_ids) for p in prompts]
+        lengths = [len(prompt_ids(self.tokenizer, p)) for p in prompts]
         ordered = sorted(range(len(prompts)), key=lambda i: -lengths[i])
         return [ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
 
@@ -151,24 +153,25 @@ class TransformersSampler:
     def device(self) -> Any:
         return next(self.model.parameters()).device
 
-    def _batch(self, batch: list[Prompt], mode: Mode, k: int) -> list[list[Candidate]]:
+    def _batch(self, batch: list[Prompt], mode: Mode, k: int, generator: Any) -> list[list[Candidate]]:
         tok = self.tokenizer
-        hypotheses = self._decode(batch, mode, k)
+        hypotheses = self._decode(batch, mode, k, generator)
         results: list[list[Candidate]] = [[] for _ in batch]
         for t, (prompt, found) in enumerate(zip(batch, hypotheses, strict=True)):
-            seen: set[tuple[int, ...]] = set()
+            seen: set[str] = set()
             for _, tokens, logps in found:
-                kept = self.until_stop(tokens, prompt.stops)
-                # beams equal up to the stop are one program; equal samples stay (pass@k counts them)
-                if not kept or (mode == "beam" and tuple(kept) in seen):
+                kept, completion = self.until_stop(tokens, prompt.stops)
+                program = extract_program(prompt, completion)
+                # beams that are one program up to the stop are one candidate; equal samples stay (pass@k counts
+                # them)
+                if not kept or (mode == "beam" and program in seen):
                     continue
-                seen.add(tuple(kept))
-                completion = tok.decode(kept)
+                seen.add(program)
                 lo, hi = program_tokens(tok, prompt, kept)
                 results[t].append(
                     Candidate(
                         task_id=prompt.task.id,
-                        program=extract_program(prompt, completion),
+                        program=program,
                         completion=completion,
                         logprob=float(sum(logps[lo:hi])),
                         num_tokens=hi - lo,
@@ -179,7 +182,9 @@ class TransformersSampler:
                 )
         return results
 
-    def _decode(self, batch: list[Prompt], mode: Mode, k: int) -> list[list[tuple[float, list[int], list[float]]]]:
+    def _decode(
+        self, batch: list[Prompt], mode: Mode, k: int, generator: Any
+    ) -> list[list[tuple[float, list[int], list[float]]]]:
         """Decode a batch with a KV cache, dropping each task's rows as soon as it is finished.
 
         Returns, per task, its hypotheses as (score, tokens, per-token log-probabilities): the top-k beams
@@ -204,7 +209,6 @@ class TransformersSampler:
             scores.view(-1, k)[:, 1:] = float("-inf")
         finished: list[list[tuple[float, list[int], list[float]]]] = [[] for _ in batch]
         stops = [p.stops for p in batch]  # per task
-        generator = torch.Generator(device=self.device).manual_seed(self.seed)
         for step in range(self.max_new_tokens):
             logp = logits.float().log_softmax(-1)
             last = step == self.max_new_tokens - 1
@@ -257,11 +261,11 @@ class TransformersSampler:
         import torch.nn.functional as F
         from transformers import DynamicCache
 
-        prompt_ids = [self.tokenizer(p.text).input_ids for p in batch]
-        longest = max(len(ids) for ids in prompt_ids)
+        ids_of = [prompt_ids(self.tokenizer, p) for p in batch]
+        longest = max(len(ids) for ids in ids_of)
         caches, logits = [], []
         with torch.inference_mode():
-            for ids in prompt_ids:
+            for ids in ids_of:
                 cache = DynamicCache()
                 out = self.model(
                     input_ids=torch.tensor([ids], device=self.device),
@@ -276,7 +280,7 @@ class TransformersSampler:
             for name in ("keys", "values"):
                 parts = [getattr(c.layers[layer_index], name) for c in caches]
                 setattr(layer, name, torch.cat([F.pad(t, (0, 0, longest - t.shape[-2], 0)) for t in parts]))
-        mask = torch.tensor([[0] * (longest - len(ids)) + [1] * len(ids) for ids in prompt_ids], device=self.device)
+        mask = torch.tensor([[0] * (longest - len(ids)) + [1] * len(ids) for ids in ids_of], device=self.device)
         return merged, torch.cat(logits), mask
 
     def _beam_step(self, rows, scores, logp, k, finished, stops, last):
@@ -332,19 +336,21 @@ class TransformersSampler:
         tail = self.tokenizer.decode(tokens[-max(8, max(map(len, stops)) + 1) :])  # a token holds >= 1 character
         return stop_index(tail, stops) is not None
 
-    def until_stop(self, tokens: list[int], stops: tuple[str, ...]) -> list[int]:
-        """The longest prefix of `tokens` whose text ends before the first stop string (the tokens kept)."""
-        if not stops:
-            return tokens
+    def until_stop(self, tokens: list[int], stops: tuple[str, ...]) -> tuple[list[int], str]:
+        """`tokens` cut at the first stop string: (the tokens kept, their text up to the stop).
+
+        The kept tokens are the shortest prefix whose text reaches the stop, so a token that runs across it
+        (tokenizers that join punctuation and the newlines after it, e.g. Qwen2's and Llama 3's `)\n\n`) is kept
+        with the code it holds, and counts in P(t); the text ends where the stop begins."""
         text = self.tokenizer.decode(tokens)
-        at = stop_index(text, stops)
+        at = stop_index(text, stops) if stops else None
         if at is None:
-            return tokens
+            return tokens, text
         lo, hi = 0, len(tokens)
-        while lo < hi:  # the largest j with len(decode(tokens[:j])) <= at
-            mid = (lo + hi + 1) // 2
-            if len(self.tokenizer.decode(tokens[:mid])) <= at:
-                lo = mid
+        while lo < hi:  # the smallest j with len(decode(tokens[:j])) >= at
+            mid = (lo + hi) // 2
+            if len(self.tokenizer.decode(tokens[:mid])) >= at:
+                hi = mid
             else:
-                hi = mid - 1
-        return tokens[:lo]
+                lo = mid + 1
+        return tokens[:lo], text[:at]

@@ -80,8 +80,10 @@ def _converted(name: str, gguf: Path) -> Path:
     tokenizer.save_pretrained(staging)
     try:
         staging.rename(target)
-    except OSError:  # another process converted it first
+    except OSError:
         shutil.rmtree(staging, ignore_errors=True)
+        if not ((target / "config.json").exists() and (target / "model.safetensors").exists()):
+            raise  # not another process converting it first: a real failure (permissions, an unfinished target)
     return target
 
 

@@ -23,6 +23,8 @@ keeps `concurrency` requests in flight.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +32,7 @@ from typing import Any
 
 from ..errors import PperError
 from ..tasks import Task
-from .prompts import Prompt, build_prompt, extract_program, instruction, stop_index
+from .prompts import Prompt, build_prompt, extract_program, instruction, program_token_range, stop_index
 from .sampler import Candidate, Mode
 
 MAX_API_STOPS = 4  # the OpenAI API takes at most four stop sequences; the rest are applied here
@@ -93,12 +95,15 @@ class OpenAISampler:
         n = 1 if greedy else k
         temperature = 0.0 if greedy else self.temperature
         # greedy: one request at a time, in task order (the module's docstring says why)
-        with ThreadPoolExecutor(max_workers=1 if greedy else self.concurrency) as pool:
+        pool = ThreadPoolExecutor(max_workers=1 if greedy else self.concurrency)
+        try:
             futures = [[pool.submit(self._one, p, temperature, i) for i in range(n)] for p in prompts]
             for index, pending in enumerate(futures):
                 candidates = [f.result() for f in pending]
-                unique = {c.completion: c for c in candidates if c is not None and c.num_tokens}
-                yield index, list(unique.values())
+                # every sample stays, equal ones too (pass@k counts them), as the local sampler keeps them
+                yield index, [c for c in candidates if c is not None and c.num_tokens]
+        finally:  # an error, Ctrl-C or a caller that stops reading: the queued requests are not sent
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _one(self, prompt: Prompt, temperature: float, i: int) -> Candidate | None:
         import openai
@@ -133,22 +138,34 @@ class OpenAISampler:
                     self._no_logprobs("chat/completions")
                 tokens = [t.token for t in choice.logprobs.content]
                 logprobs = [t.logprob for t in choice.logprobs.content]
+        except openai.APITimeoutError:
+            raise PperError(
+                f"the API server at {self.base_url} did not answer within {self.client.timeout} s, "
+                f"{self.client.max_retries + 1} times: is it overloaded? (raise the timeout or lower the concurrency)"
+            ) from None
         except openai.APIConnectionError as e:
             raise PperError(f"cannot reach the API server at {self.base_url} ({e}); is it running?") from None
         except openai.APIStatusError as e:
             raise PperError(f"the API server at {self.base_url} answered {e.status_code}: {e.message}") from None
-        kept_text, kept_logp, count = "", 0.0, 0
-        cut = stop_index("".join(tokens), prompt.stops) if prompt.stops else None
-        for token, logp in zip(tokens, logprobs, strict=True):
-            if logp is None:
-                continue
-            if cut is not None and len(kept_text) + len(token) > cut:
-                break
-            kept_text, kept_logp, count = kept_text + token, kept_logp + logp, count + 1
-        if not count:
+        return self._candidate(prompt, tokens, logprobs)
+
+    def _candidate(self, prompt: Prompt, tokens: Sequence[str], logprobs: Sequence[float | None]) -> Candidate | None:
+        """The candidate of a reply given as its tokens' texts and log-probabilities: the text cut at the first
+        stop string (a token running across it is kept up to it and counts), and P(t) summed over the program's
+        own tokens among those kept (`prompts.program_token_range`: the code of a chat answer, without the prose
+        and fences around it, as the local sampler counts), leaving out tokens the server gave no log-probability."""
+        text = "".join(tokens)
+        cut = stop_index(text, prompt.stops) if prompt.stops else None
+        text = text if cut is None else text[:cut]
+        ends = list(itertools.accumulate(len(t) for t in tokens))
+        kept = bisect.bisect_left(ends, len(text)) + 1 if text else 0  # tokens up to the one holding the last char
+        lo, hi = program_token_range(prompt, text, [min(e, len(text)) for e in ends[:kept]])
+        counted = [lp for lp in logprobs[lo:hi] if lp is not None]
+        if not counted:
             return None
-        program = extract_program(prompt, kept_text)
-        return Candidate(task.id, program, kept_text, kept_logp, count, self.name, prefix=prompt.prefix)
+        program = extract_program(prompt, text)
+        return Candidate(prompt.task.id, program, text, float(sum(counted)), len(counted), self.name,
+                         prefix=prompt.prefix)  # fmt: skip
 
     def _no_logprobs(self, endpoint: str) -> Any:
         raise PperError(

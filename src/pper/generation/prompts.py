@@ -71,7 +71,9 @@ SHOWN_TESTS = 3
 FENCE_OPEN = "```python\n"
 # pper.execution.harness's error texts: "... (at line N of the program)", and "SyntaxError: ... (line N)"
 _RAISED_AT = re.compile(r"\((?:at )?line (\d+)(?: of the program)?\)$")
-_FENCE = re.compile(r"```[ \t]*(?:python|py|Python|python3)?[ \t]*\n(.*?)(?:\n```|\Z)", re.S)
+# a fenced block's body ends at a closing fence on its own line (indented too, as in a markdown list item), or at
+# one that closes the body's last line (`return x```), or at the end of the answer
+_FENCE = re.compile(r"```[ \t]*(?:python|py|Python|python3)?[ \t]*\n(.*?)(?:\n[ \t]*```|```[ \t]*(?=\n|\Z)|\Z)", re.S)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,15 @@ class Prompt:
         """Whether the model continues the task's code (a completion task's own prompt), rather than answering
         in a chat (an instruction task, or any repair turn), where the program is extracted from the answer."""
         return self.task.prompt_style == "completion" and not self.messages
+
+
+def prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
+    """The token ids of `prompt.text`, the same for sampling and training. A chat-templated text already holds the
+    special tokens its template starts with (Llama 3's and Mistral's begin-of-text), so it is tokenized without
+    the tokenizer adding them again; a plain text (a completion task's code, or an instruction without a chat
+    template) gets them as the tokenizer adds them."""
+    templated = not prompt.continues and bool(getattr(tokenizer, "chat_template", None))
+    return list(tokenizer(prompt.text, add_special_tokens=not templated).input_ids)
 
 
 def build_prompt(task: Task, tokenizer: Any = None, prefix: str = "", prefill_stops: bool = True) -> Prompt:

@@ -49,7 +49,7 @@ class SamplerReplica:
         from .hf import TransformersSampler
 
         config, state = weights
-        model = AutoModelForCausalLM.from_config(config, torch_dtype=next(iter(state.values())).dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=next(iter(state.values())).dtype)
         model.load_state_dict(state, assign=True)
         model.tie_weights()
         if ray.get_gpu_ids():
@@ -119,6 +119,7 @@ class RaySampler:
             except Exception:  # already gone
                 pass
         self.replicas = []
+        self._objects = None  # the weights and tokenizer in the object store are freed with their last reference
         if self._started_ray:
             self._ray.shutdown()
             self._started_ray = False

@@ -15,7 +15,8 @@ MODES = ("beam", "sample", "greedy")
 
 @dataclass(frozen=True)
 class Candidate:
-    """One program for a task: the model's completion (`tokens`, decoded as `completion`), the runnable
+    """One program for a task: the model's completion (`tokens`, decoded up to the stop string as `completion`;
+    the last token may run past the stop, as when a tokenizer joins `)` and the newlines after it), the runnable
     program made from it, and `logprob`, the sum of the token log-probabilities given the prompt over the
     program's own `num_tokens` tokens among `tokens` (`prompts.program_tokens`: the code, without the
     prose and fences of a chat answer). `prefix`: the start of the program the model was given (a curriculum

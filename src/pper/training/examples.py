@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..generation.prompts import program_span, prompt_for, target_program_offset, training_target
+from ..generation.prompts import program_span, prompt_for, prompt_ids, target_program_offset, training_target
 from ..source import line_starts
 from ..tasks import Task
 
@@ -71,7 +71,7 @@ def build_example(
     `messages` of a repair turn, the prompt is that conversation and the target the program in a ```python block
     (`prompts.prompt_for`)."""
     prompt = prompt_for(task, tokenizer, prefix, messages)
-    prompt_ids = list(tokenizer(prompt.text).input_ids)
+    context = prompt_ids(tokenizer, prompt)
     target = training_target(prompt, program)
     target_ids = list(tokenizer(target, add_special_tokens=False).input_ids)
     weights = None
@@ -83,11 +83,11 @@ def build_example(
         weights.append(1.0)  # the end-of-text token
     target_ids.append(tokenizer.eos_token_id)
     room = max(max_length // 2, max_length - len(target_ids))
-    prompt_ids = prompt_ids[-room:]
-    ids = (prompt_ids + target_ids)[:max_length]
+    context = context[-room:]
+    ids = (context + target_ids)[:max_length]
     if weights is not None:
-        weights = weights[: len(ids) - len(prompt_ids)]
-    return Example(tuple(ids), len(prompt_ids), None if weights is None else tuple(weights))
+        weights = weights[: len(ids) - len(context)]
+    return Example(tuple(ids), len(context), None if weights is None else tuple(weights))
 
 
 def token_ends(tokenizer: Any, text: str, ids: Sequence[int]) -> list[int]:
