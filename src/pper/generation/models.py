@@ -62,10 +62,15 @@ def resolve_model(spec: str) -> tuple[str, Path | str]:
     return spec.split("/")[-1], spec
 
 
+def _complete(target: Path) -> bool:
+    """Whether `target` holds a finished conversion (its config and its weights)."""
+    return (target / "config.json").exists() and (target / "model.safetensors").exists()
+
+
 def _converted(name: str, gguf: Path) -> Path:
     """The safetensors conversion of `gguf`, made once (atomically) in the cache."""
     target = cache_root() / "models" / name
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if _complete(target):
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,7 +87,7 @@ def _converted(name: str, gguf: Path) -> Path:
         staging.rename(target)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
-        if not ((target / "config.json").exists() and (target / "model.safetensors").exists()):
+        if not _complete(target):
             raise  # not another process converting it first: a real failure (permissions, an unfinished target)
     return target
 
