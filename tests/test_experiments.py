@@ -505,3 +505,84 @@ def test_the_report_gives_each_self_sampling_arms_density_and_stages_round_by_ro
     assert "| own | 0 | 2 | 0 of 2 | 2 | 0.500 | 1: 1, 2: 1 |" in table
     assert "| later | 0 | 1 (*shared*: b) | 1 of 2 | 3 |" in table and "| later | 0 | 2 | 0 of 2 |" in table
     assert density_table({"density": {}}) == []
+
+
+def test_an_archive_carries_the_finished_work_without_models_and_restores_it_elsewhere(tmp_path):
+    from pper.experiments import archive, restore
+    from pper.experiments.arms import FILLED, KINDS, buffer_dir
+    from pper.experiments.runner import ledger, status
+    from pper.jsonl import append_jsonl
+
+    def made(root: Path) -> object:
+        data = protocol_dict(root, btp={"buffer": "b", "seeds": [0, 1]}, rl={"kind": "grpo", "budget_from": "btp"})
+        return validate_protocol(data)
+
+    protocol = made(tmp_path / "here")
+    shared = buffer_dir(protocol, "b")
+    shared.mkdir(parents=True)
+    (shared / "buffer.sqlite").write_bytes(b"programs")
+    (shared / FILLED).write_text("{}")
+    fake_run(protocol, "base", 0, {"MBPP/1": (0.0, False)})
+    fake_run(protocol, "btp", 0, {"MBPP/1": (1.0, True)})
+    btp0, btp1, rl0 = (
+        next(u for u in units(protocol) if u.label == x) for x in ("btp seed 0", "btp seed 1", "rl seed 0")
+    )
+    (btp0.run_dir / "checkpoints" / "round-1" / "model").mkdir(parents=True)
+    (btp0.run_dir / "checkpoints" / "round-1" / "model" / "model.safetensors").write_bytes(b"x" * 1000)
+    (btp0.run_dir / "checkpoints" / "round-1" / "weights.safetensors").write_bytes(b"x" * 100)
+    (btp0.run_dir / "checkpoints" / "round-1" / "checkpoint.json").write_text('{"round": 1}')
+    (btp0.run_dir / "model").mkdir()  # the trained model for users
+    (btp0.run_dir / "model" / "tokenizer.json").write_text("{}")
+    append_jsonl(btp0.run_dir / "events.jsonl", [{"event": "end", "phase": "training", "round": 1, "seconds": 40.0}])
+    fake_run(protocol, "rl", 0, {"MBPP/1": (0.5, False)})
+    (rl0.run_dir / "rl" / "checkpoint-2").mkdir(parents=True)
+    (rl0.run_dir / "rl" / "checkpoint-2" / "optimizer.pt").write_bytes(b"x")
+    (rl0.run_dir / "checkpoints" / "round-1").mkdir(parents=True)
+    (rl0.run_dir / "checkpoints" / "round-1" / "rl.json").write_text('{"steps": 2}')
+    (btp1.run_dir / "checkpoints").mkdir(parents=True)  # trained, not evaluated: not finished, not archived
+    (btp1.run_dir / "checkpoints" / "weights.safetensors").write_bytes(b"x")
+    rows = [
+        {"unit": u, "seconds": 10.0, "finished": f, "time": t}
+        for t, (u, f) in enumerate(
+            [
+                ("base seed 0", True),
+                ("buffer b", True),
+                ("btp seed 0", True),
+                ("rl seed 0", True),
+                ("btp seed 1", False),
+            ]
+        )
+    ]
+    append_jsonl(protocol.root / "timings.jsonl", rows)
+    budget = KINDS["grpo"].seconds(protocol, "btp")
+
+    dest = tmp_path / "carried"
+    got = archive(protocol, dest)
+    assert (got.buffers, got.prm, sorted(got.units)) == (["b"], False, ["base seed 0", "btp seed 0", "rl seed 0"])
+    kept = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert "btp/seed-0/checkpoints/round-1/checkpoint.json" in kept and "rl/seed-0/checkpoints/round-1/rl.json" in kept
+    assert "buffers/b/buffer.sqlite" in kept and "btp/seed-0/events.jsonl" in kept
+    assert not [
+        k for k in kept if k.endswith((".safetensors", ".pt")) or k.startswith(("btp/seed-1", "btp/seed-0/model"))
+    ]
+    assert [r["unit"] for r in ledger(dest)] == ["base seed 0", "buffer b", "btp seed 0", "rl seed 0"]
+
+    elsewhere = made(tmp_path / "there")  # the same protocol on another machine
+    back = restore(elsewhere, dest)
+    assert sorted(back.units) == ["base seed 0", "btp seed 0", "rl seed 0"] and back.buffers == ["b"]
+    states = {s.unit: s.state for s in status(elsewhere)}
+    assert states == {"buffer b": "done", "base seed 0": "done", "btp seed 0": "done", "rl seed 0": "done",
+                      "btp seed 1": "not started"}  # fmt: skip
+    assert KINDS["grpo"].seconds(elsewhere, "btp") == budget
+    again = restore(elsewhere, dest)  # a second restore adds nothing, not even ledger rows
+    assert (again.files, again.units, len(ledger(elsewhere.root))) == (0, [], 4)
+    (elsewhere.root / "btp" / "seed-0" / "events.jsonl").write_text("")
+    with pytest.raises(PperError, match=r"btp/seed-0/events.jsonl exists and differs"):
+        restore(elsewhere, dest)
+    other = validate_protocol({**protocol_dict(tmp_path / "x"), "name": "u"})
+    with pytest.raises(PperError, match="archives protocol 't', not 'u'"):
+        restore(other, dest)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    with pytest.raises(PperError, match="not an archive, so not replaced"):
+        archive(protocol, tmp_path / "notes")

@@ -773,6 +773,39 @@ def experiment_status(protocol: str, as_json: bool) -> None:
     )
 
 
+@experiment.command("archive")
+@click.argument("protocol", type=click.Path(dir_okay=False, exists=True))
+@click.argument("dest", type=click.Path(file_okay=False))
+def experiment_archive(protocol: str, dest: str) -> None:
+    """Copy PROTOCOL's finished work to DEST, to carry it to another machine: its filled shared buffers, its PRM,
+    every finished unit without its models, and their time ledger. A unit not finished is left out (it runs
+    again). `pper experiment restore` puts it back."""
+    from .experiments import archive, load_protocol
+
+    made = archive(load_protocol(protocol), Path(dest))
+    out.print(
+        f"archived {len(made.units)} units, {len(made.buffers)} buffers{', the PRM' if made.prm else ''}: "
+        f"{made.files} files, {made.bytes / 2**20:.1f} MiB in {dest}",
+        highlight=False,
+    )
+
+
+@experiment.command("restore")
+@click.argument("protocol", type=click.Path(dir_okay=False, exists=True))
+@click.argument("source", type=click.Path(file_okay=False, exists=True))
+def experiment_restore(protocol: str, source: str) -> None:
+    """Copy the archive SOURCE (`pper experiment archive`) under PROTOCOL's runs directory, so `pper experiment run`
+    continues with what it lacks. Files already there and equal are skipped; one that differs is an error."""
+    from .experiments import load_protocol, restore
+
+    made = restore(load_protocol(protocol), Path(source))
+    out.print(
+        f"restored {len(made.units)} units, {len(made.buffers)} buffers{', the PRM' if made.prm else ''}: "
+        f"{made.files} files, {made.bytes / 2**20:.1f} MiB",
+        highlight=False,
+    )
+
+
 def main() -> None:
     cli(prog_name="pper")
 

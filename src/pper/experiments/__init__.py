@@ -5,11 +5,15 @@ share and the comparisons to report; the runner (runner.py) runs every arm x see
 `pper run`, and report.py turns the finished ones into tables, a plot and a published block of a document.
 """
 
+from .archive import Archived, archive, restore
 from .arms import KINDS, ArmKind, Unit, kind
 from .protocol import ArmSpec, BufferRecipe, Protocol, load_protocol, validate_protocol
 from .runner import UnitStatus, run_protocol, status, units
 
 __all__ = [
+    "Archived",
+    "archive",
+    "restore",
     "KINDS",
     "ArmKind",
     "Unit",

@@ -1,0 +1,142 @@
+"""Carrying a protocol's finished work to another machine: `archive` and `restore`.
+
+A protocol runs for hours; on a preemptible or session-bound machine its run directories die with the machine.
+`archive(protocol, dest)` copies what is finished to `dest`, a directory laid out like the protocol's root:
+
+* the filled shared buffers (ROOT/buffers/NAME) and the trained PRM (ROOT/prm: the labelled copy and the
+  model, whose trained weights are LoRA adapters and a head, a few MB), which later units start from;
+* every finished unit's run directory without its models: its `model/` and `rl/` (TRL's checkpoints) are left
+  out, its `checkpoints/` keep only their JSON records (`rl.json`: a GRPO run's steps and seconds). The configuration,
+  buffer, events, samples and metrics, which the report and a GRPO arm's budget read, are kept;
+* the time ledger's rows of those parts only. A unit not finished is left out with its rows: its checkpoints
+  are the models (hundreds of MB), so it runs again from its start, and the seconds of a lost attempt are not
+  the unit's cost (a GRPO arm's budget is btp-rank seed 0's seconds);
+* `archive.json`: the protocol's name and what was archived.
+
+`restore(protocol, source)` copies an archive back under the protocol's root; `pper experiment run` then
+continues with what is not done. Files already there and equal are skipped; a file there that differs is an
+error naming it (nothing is overwritten), and ledger rows already there are not added twice.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import PperError
+from ..files import remove_dir, replace_dir, write_atomic
+from ..jsonl import append_jsonl, read_jsonl
+from ..pipeline import MODEL_DIR
+from .arms import buffer_dir, buffer_filled, prm_trained
+from .protocol import Protocol
+from .runner import TIMINGS, ledger, units
+
+ARCHIVE_FILE = "archive.json"
+
+
+@dataclass(frozen=True)
+class Archived:
+    """What an archive holds (or what a restore added): the shared buffers, whether the PRM, the units (ledger
+    labels), and the number of files and their bytes."""
+
+    buffers: list[str]
+    prm: bool
+    units: list[str]
+    files: int
+    bytes: int
+
+
+def _unit_files(run_dir: Path) -> list[Path]:
+    """A finished unit's files without its models: everything but `model/` (the trained model for users), `rl/`
+    (TRL's checkpoints) and, under `checkpoints/`, all but the JSON records directly in each round's directory."""
+    keep = []
+    for path in _all_files(run_dir):
+        parts = path.relative_to(run_dir).parts
+        if parts[0] in (MODEL_DIR, "rl"):
+            continue
+        if parts[0] == "checkpoints" and not (len(parts) == 3 and path.suffix == ".json"):
+            continue
+        keep.append(path)
+    return keep
+
+
+def _all_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.endswith((".tmp", ".lock")))
+
+
+def archive(protocol: Protocol, dest: str | Path) -> Archived:
+    """Copy the protocol's finished parts to `dest` (replacing an earlier archive there, atomically: the new one is
+    written beside it and renamed in place); what it holds."""
+    root, dest = protocol.root, Path(dest)
+    if dest.exists() and not (dest / ARCHIVE_FILE).exists() and any(dest.iterdir()):
+        raise PperError(f"{dest} is not empty and holds no {ARCHIVE_FILE}: not an archive, so not replaced")
+    everything = units(protocol)
+    names = [*protocol.buffers, *([] if "references" in protocol.buffers else ["references"])]
+    buffers = [b for b in names if buffer_filled(protocol, b)]
+    has_prm = protocol.prm is not None and prm_trained(protocol)
+    done = [u for u in everything if u.done()]
+    files = [f for b in buffers for f in _all_files(buffer_dir(protocol, b))]
+    if has_prm:
+        files += [f for f in _all_files(protocol.prm_dir) if ".checkpoint" not in f.relative_to(root).as_posix()]
+    files += [f for u in done for f in _unit_files(u.run_dir)]
+    labels = {f"buffer {b}" for b in buffers} | {u.label for u in done} | ({"prm"} if has_prm else set())
+
+    staging = dest.with_name(dest.name + ".tmp")
+    remove_dir(staging)
+    staging.mkdir(parents=True)
+    size = 0
+    for f in files:
+        target = staging / f.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target)
+        size += f.stat().st_size
+    append_jsonl(staging / TIMINGS, [r for r in ledger(root) if r["unit"] in labels])
+    made = Archived(buffers, has_prm, [u.label for u in done], len(files), size)
+    info = {"protocol": protocol.name, "source": protocol.source, **made.__dict__}
+    write_atomic(staging / ARCHIVE_FILE, json.dumps(info, indent=2) + "\n")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    replace_dir(staging, dest)
+    return made
+
+
+def restore(protocol: Protocol, source: str | Path) -> Archived:
+    """Copy the archive at `source` under the protocol's root; what it added. Nothing is overwritten: a file that
+    exists and differs raises `PperError` before anything is copied."""
+    source, root = Path(source), protocol.root
+    try:
+        info = json.loads((source / ARCHIVE_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise PperError(f"{source} is not a protocol archive ({ARCHIVE_FILE} unreadable: {e})") from e
+    if info.get("protocol") != protocol.name:
+        raise PperError(f"{source} archives protocol {info.get('protocol')!r}, not {protocol.name!r}")
+    files = [f for f in _all_files(source) if f.name not in (ARCHIVE_FILE, TIMINGS) or f.parent != source]
+    new = []
+    for f in files:
+        target = root / f.relative_to(source)
+        if not target.exists():
+            new.append((f, target))
+        elif not filecmp.cmp(f, target, shallow=False):
+            raise PperError(
+                f"restore {source}: {target} exists and differs from the archive's copy (a run made here since?); "
+                f"move {target.parent} aside to restore it, or run without restoring"
+            )
+    for f, target in new:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target)
+    have = {(r["unit"], r.get("time")) for r in ledger(root)}
+    rows = [r for r in read_jsonl(source / TIMINGS) if (r["unit"], r.get("time")) not in have]
+    if rows:
+        root.mkdir(parents=True, exist_ok=True)
+        append_jsonl(root / TIMINGS, rows)
+    added = {t for _, t in new}
+    dirs = {u.label: u.run_dir for u in units(protocol)}
+    return Archived(
+        [b for b in info["buffers"] if any(buffer_dir(protocol, b) in t.parents for t in added)],
+        info["prm"] and any(protocol.prm_dir in t.parents for t in added),
+        [u for u in info["units"] if u in dirs and any(dirs[u] in t.parents for t in added)],
+        len(new),
+        sum(f.stat().st_size for f, _ in new),
+    )
