@@ -180,6 +180,32 @@ def test_best_of_n_picks_each_criterions_argmax_on_the_same_samples(tmp_path, sa
         assert b["chosen_by"][criterion]["pass_rate"] == pytest.approx(sum(r["pass_rate"] for r in rows) / 2)
         assert b["chosen_by"][criterion]["samples"] == 2
     assert b["chosen_by"]["oracle"]["strict_accuracy"] == pytest.approx(b["pass@3"])
+    d, by = b["differences"], b["chosen_by"]  # paired over the same tasks: the means are the differences of means
+    assert sorted(d) == ["logprob - random", "prm - logprob", "prm - random"]
+    for name, first, second in (("prm - logprob", by["prm"], by["logprob"]), ("prm - random", by["prm"], b),
+                                ("logprob - random", by["logprob"], b)):  # fmt: skip
+        strict = second.get("strict_accuracy", b["pass@1"])
+        assert d[name]["strict_accuracy"][0] == pytest.approx(first["strict_accuracy"] - strict)
+        assert d[name]["pass_rate"][0] == pytest.approx(first["pass_rate"] - second["pass_rate"])
+        assert all(lo <= m <= hi for m, lo, hi in d[name].values())
+
+
+def test_best_of_n_differences_are_paired_by_task():
+    from pper.evaluation.best_of_n import differences
+
+    values = {
+        "random": {"strict_accuracy": [0.5, 0.5, 0.25, 0.75], "pass_rate": [0.5] * 4},
+        "logprob": {"strict_accuracy": [0.0, 0.0, 0.0, 0.0], "pass_rate": [0.0, 0.5, 1.0, 0.5]},
+        "prm": {"strict_accuracy": [1.0, 1.0, 1.0, 1.0], "pass_rate": [1.0, 0.5, 0.0, 0.5]},
+        "oracle": {"strict_accuracy": [1.0] * 4, "pass_rate": [1.0] * 4},
+    }
+    d = differences(values)
+    assert sorted(d) == ["logprob - random", "prm - logprob", "prm - random"]  # the oracle is a ceiling, not a choice
+    assert d["prm - logprob"]["strict_accuracy"] == [1.0, 1.0, 1.0]  # every task: the same difference
+    assert d["prm - random"]["strict_accuracy"][0] == pytest.approx(0.5)
+    mean, low, high = d["prm - logprob"]["pass_rate"]  # +1, 0, -1, 0: centred on 0, and the interval says so
+    assert mean == 0.0 and low < 0 < high
+    assert "prm - logprob" not in differences({k: v for k, v in values.items() if k != "prm"})
 
 
 def test_select_without_a_prm_or_with_one_sample_is_refused(saved_prm):

@@ -470,6 +470,12 @@ def _best_of_n_table(b: dict, target: Path) -> None:
             m = by[criterion]
             table.add_row(f"best of {n} by {label}", f"{m['strict_accuracy']:.4f}", f"{m['pass_rate']:.4f}")
     out.print(table)
+    pairs = Table(
+        "paired, per task", "strict accuracy", "pass rate", title="differences (points, 95% bootstrap interval)"
+    )
+    for name, d in b.get("differences", {}).items():
+        pairs.add_row(name, *(f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for m, lo, hi in d.values()))
+    out.print(pairs)
     out.print(f"oracle pass@{n} {b[f'pass@{n}']:.4f}; metrics: {target / 'metrics.json'}; choices: {b['choices_file']}",
               highlight=False)  # fmt: skip
 

@@ -14,8 +14,10 @@ same way). On those same samples:
   any choice.
 
 Each choice is scored like a one-sample evaluation (`metrics.summarize`: strict accuracy and pass rate over
-the chosen programs). The per-task choices, with the values they were made on, are written to
-`<samples>.best_of_n.jsonl`.
+the chosen programs). The choices are compared task by task (`differences`, with paired bootstrap intervals over
+tasks, `stats.paired_bootstrap`): each criterion against a random pick (per task, the fraction of its samples
+that pass and their mean pass rate: what pass@1 averages), and the PRM against log-probability. The per-task
+choices, with the values they were made on, are written to `<samples>.best_of_n.jsonl`.
 """
 
 from __future__ import annotations
@@ -89,6 +91,20 @@ def scored(row: dict[str, Any]) -> Scored:
     return Scored(row["task_id"], float(row["pass_rate"]), bool(row["passed"]))
 
 
+def differences(values: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
+    """Paired per-task differences "A - B" from each criterion's per-task `values` ({criterion: {"strict_accuracy":
+    [...], "pass_rate": [...]}}, tasks in the same order, "random" among them): [mean, low, high] (95% paired
+    bootstrap over tasks) for each criterion but the oracle against "random", and "prm" against "logprob"."""
+    from .stats import paired_bootstrap
+
+    pairs = [(c, "random") for c in values if c not in ("oracle", "random")]
+    pairs += [("prm", "logprob")] if "prm" in values else []
+    return {
+        f"{a} - {b}": {m: list(paired_bootstrap(values[a][m], values[b][m])) for m in ("strict_accuracy", "pass_rate")}
+        for a, b in pairs
+    }
+
+
 def evaluate_best_of_n(
     tasks: Sequence[Task],
     samples_path: str | Path,
@@ -128,6 +144,7 @@ def evaluate_best_of_n(
     ids = {t.id: t for t in tasks}
     criteria = ["logprob", "prm", "oracle"] if select == "prm" else ["logprob", "oracle"]
     chosen: dict[str, list[Scored]] = {c: [] for c in criteria}
+    random: dict[str, list[float]] = {"strict_accuracy": [], "pass_rate": []}  # per task, a pick at random's mean
     choices = []
     for task_id, rows in groups.items():
         means = None
@@ -137,6 +154,8 @@ def evaluate_best_of_n(
             task = ids[task_id]
             means = [mean_score(prm.scores(line_input(task, r["program"], prm.tokenizer, max_length))) for r in rows]
         picked = {c: choose(rows, c, means) for c in criteria}
+        random["strict_accuracy"].append(sum(bool(r["passed"]) for r in rows) / len(rows))
+        random["pass_rate"].append(sum(float(r["pass_rate"]) for r in rows) / len(rows))
         for c, i in picked.items():
             chosen[c].append(scored(rows[i]))
         choices.append({"task_id": task_id, "samples": len(rows), "logprob": logprobs(rows),
@@ -156,6 +175,15 @@ def evaluate_best_of_n(
             f"pass@{n}": overall[f"pass@{n}"],
             "pass_rate": overall["pass_rate"],
             "chosen_by": {c: summarize(chosen[c]) for c in criteria},
+            "differences": differences(
+                {
+                    "random": random,
+                    **{
+                        c: {"strict_accuracy": [float(x.passed) for x in xs], "pass_rate": [x.pass_rate for x in xs]}
+                        for c, xs in chosen.items()
+                    },
+                }
+            ),  # fmt: skip
         },
     }
     if metrics_path is not None:
