@@ -372,6 +372,14 @@ def test_a_grpo_arm_gets_the_wall_clock_of_its_budget_arm_and_needs_one(tmp_path
              "seconds": s, "time": s}] for p, r, s in phases]  # fmt: skip
     append_jsonl(btp.run_dir / "events.jsonl", [e for pair in rows for e in pair])
     assert KINDS["grpo"].seconds(protocol, "btp") == pytest.approx(142.0)  # buffer + phases, evaluation excluded
+    fake_run(protocol, "rl", 0, {"MBPP/1": (0.5, False)})
+    rl = next(u for u in units(protocol) if u.arm == "rl")
+    budgeted = rl.config.model_copy(update={"rl": rl.config.rl.model_copy(update={"max_seconds": 142.0})})
+    (rl.run_dir / CONFIG_FILE).write_text(budgeted.to_yaml())  # what execute runs: the budget in the config
+    assert rl.done()
+    other = budgeted.model_copy(update={"rl": budgeted.rl.model_copy(update={"learning_rate": 0.5})})
+    (rl.run_dir / CONFIG_FILE).write_text(other.to_yaml())
+    assert not next(u for u in units(protocol) if u.arm == "rl").done()
     for arms, message in (
         ({"rl": {"kind": "grpo"}}, "needs `budget_from`"),
         ({"rl": {"kind": "grpo", "budget_from": "base"}}, "needs `budget_from`"),  # the base model trains nothing

@@ -64,7 +64,7 @@ def _unit_files(run_dir: Path) -> list[Path]:
 
 
 def _all_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.endswith((".tmp", ".lock")))
+    return sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.endswith((".tmp", ".lock", "-shm")))
 
 
 def archive(protocol: Protocol, dest: str | Path) -> Archived:

@@ -79,7 +79,8 @@ class Unit:
     def done(self) -> bool:
         """Whether the round the arm reports has its held-out metrics, from a run made with the unit's configuration
         (a run the protocol has since changed under, same name, is not this unit's: it is reported as not run)."""
-        return eval_paths(self.run_dir, self.result_round)[1].exists() and not config_changes(self.config)
+        changed = [k for k in config_changes(self.config) if k not in self.kind.measured]
+        return eval_paths(self.run_dir, self.result_round)[1].exists() and not changed
 
 
 class ArmKind:
@@ -88,6 +89,7 @@ class ArmKind:
     name: ClassVar[str]
     trains: ClassVar[bool] = True
     default_buffer: ClassVar[str | None] = None
+    measured: ClassVar[tuple[str, ...]] = ()  # config keys `execute` sets from measurements, not the protocol's
     wall_clock: ClassVar[bool] = False  # budgeted in seconds (`budget_from`), not in equal steps
 
     def buffer(self, spec: ArmSpec) -> str | None:
@@ -250,6 +252,7 @@ class GRPOKind(ArmKind):
 
     name = "grpo"
     wall_clock = True
+    measured = ("rl.max_seconds",)  # the budget, stored in the run's configuration
 
     def check(self, protocol: Protocol, name: str, spec: ArmSpec) -> None:
         if spec.buffer is not None:
