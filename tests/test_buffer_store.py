@@ -289,3 +289,40 @@ def test_add_tested_from_adds_the_tested_programs_with_their_results_once(tmp_pa
         new = next(p for p in target.programs() if p.text == "z = 2")
         assert (new.task_id, new.logprob, new.num_tokens, new.model, new.round) == (b.id, -0.5, 2, "m", 3)
         assert new.result == passed and target.program(kept[0]).model == "other"
+
+
+def test_task_data_is_stripped_from_the_file_and_put_back_from_the_same_tasks(tmp_path, buffer):
+    from pper.buffer import Group, Member
+
+    tasks = buffer.tasks()
+    reference = tasks[0].solutions[0]
+    ids = buffer.add_programs(
+        [
+            NewProgram(tasks[0].id, reference, -3.0, 30, "references"),
+            NewProgram(tasks[0].id, "def f():\n    pass", -1.0, 5, "m"),
+        ]
+    )
+    buffer.add_executions([(i, _result("passed", "failed", error="AssertionError")) for i in ids])
+    buffer.add_group(Group(tasks[1].id, "Complete: " + tasks[1].prompt, (5, 6), (Member("x = 1", (1,), (-0.1,), 0.0),)))
+    before = {p.id: p for p in buffer.programs()}
+    copy = buffer.copy_to(tmp_path / "copy" / "buffer.sqlite")
+
+    with ReplayBuffer(copy) as c:
+        assert c.strip_task_data() == {"tasks": 3, "references": 1, "quotes": 1}
+        with pytest.raises(PperError, match="stripped from this buffer"):
+            c.tasks()
+        assert c.program(ids[1]).text == "def f():\n    pass" and c.program(ids[0]).text == ""
+        assert c.group(1).prompt == "" and c.group(1).members[0].completion == "x = 1"
+    data = copy.read_bytes()
+    assert b"has_close_elements" not in data and reference.encode() not in data  # not in free pages either
+    assert not copy.with_name("buffer.sqlite-wal").exists()
+
+    with ReplayBuffer(copy) as c:
+        with pytest.raises(PperError, match="HumanEval/2 was stripped from it and is not among"):
+            c.restore_task_data(tasks[:2])
+        changed = [tasks[0].__class__(**{**tasks[0].__dict__, "prompt": tasks[0].prompt + " "}), *tasks[1:]]
+        with pytest.raises(PperError, match="HumanEval/0 differs from the one the buffer was made with"):
+            c.restore_task_data(changed)
+        assert c.restore_task_data(load_tasks("humaneval", limit=5)) == {"tasks": 3, "references": 1}
+        assert c.tasks() == tasks and {p.id: p for p in c.programs()} == before
+        assert c.restore_task_data(tasks) == {"tasks": 0, "references": 0}  # not stripped now

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pper.buffer import NewProgram, ReplayBuffer
 from pper.errors import PperError
 from pper.evaluation.multiturn import turn_path
 from pper.experiments import load_protocol, units, validate_protocol
@@ -26,6 +27,7 @@ from pper.experiments.report import (
     write_results,
 )
 from pper.pipeline import CONFIG_FILE, eval_paths
+from pper.tasks import load_tasks
 
 ROOT = Path(__file__).parents[1]
 PROTOCOLS = sorted((ROOT / "configs" / "experiments").glob("*.yaml"))
@@ -527,8 +529,11 @@ def test_an_archive_carries_the_finished_work_without_models_and_restores_it_els
 
     protocol = made(tmp_path / "here")
     shared = buffer_dir(protocol, "b")
-    shared.mkdir(parents=True)
-    (shared / "buffer.sqlite").write_bytes(b"programs")
+    tasks = load_tasks("humaneval", limit=4)
+    with ReplayBuffer.in_run(shared) as b:  # what the references filler writes, from tasks the archive must not hold
+        b.add_tasks(tasks)
+        b.add_programs([NewProgram(t.id, t.solutions[0], -9.0, 90, "references") for t in tasks])
+        programs = b.programs()
     (shared / FILLED).write_text("{}")
     fake_run(protocol, "base", 0, {"MBPP/1": (0.0, False)})
     fake_run(protocol, "btp", 0, {"MBPP/1": (1.0, True)})
@@ -570,6 +575,8 @@ def test_an_archive_carries_the_finished_work_without_models_and_restores_it_els
     kept = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     assert "btp/seed-0/checkpoints/round-1/checkpoint.json" in kept and "rl/seed-0/checkpoints/round-1/rl.json" in kept
     assert "buffers/b/buffer.sqlite" in kept and "btp/seed-0/events.jsonl" in kept
+    assert got.stripped == {"tasks": 4, "references": 4, "quotes": 0}
+    assert tasks[0].prompt.encode() not in (dest / "buffers" / "b" / "buffer.sqlite").read_bytes()
     assert not [
         k for k in kept if k.endswith((".safetensors", ".pt")) or k.startswith(("btp/seed-1", "btp/seed-0/model"))
     ]
@@ -582,6 +589,8 @@ def test_an_archive_carries_the_finished_work_without_models_and_restores_it_els
     assert states == {"buffer b": "done", "base seed 0": "done", "btp seed 0": "done", "rl seed 0": "done",
                       "btp seed 1": "not started"}  # fmt: skip
     assert KINDS["grpo"].seconds(elsewhere, "btp") == budget
+    with ReplayBuffer.in_run(buffer_dir(elsewhere, "b")) as b:  # the task data is back, from the task source
+        assert b.tasks() == tasks and b.programs() == programs
     again = restore(elsewhere, dest)  # a second restore adds nothing, not even ledger rows
     assert (again.files, again.units, len(ledger(elsewhere.root))) == (0, [], 4)
     (elsewhere.root / "btp" / "seed-0" / "events.jsonl").write_text("")

@@ -785,13 +785,15 @@ def experiment_status(protocol: str, as_json: bool) -> None:
 def experiment_archive(protocol: str, dest: str) -> None:
     """Copy PROTOCOL's finished work to DEST, to carry it to another machine: its filled shared buffers, its PRM,
     every finished unit without its models, and their time ledger. A unit not finished is left out (it runs
-    again). `pper experiment restore` puts it back."""
+    again). The buffers go without their tasks' data (prompts, tests, reference programs): `pper experiment
+    restore` puts it back from the task sources."""
     from .experiments import archive, load_protocol
 
     made = archive(load_protocol(protocol), Path(dest))
+    left = ", ".join(f"{n} {kind}" for kind, n in made.stripped.items()) or "nothing"
     out.print(
         f"archived {len(made.units)} units, {len(made.buffers)} buffers{', the PRM' if made.prm else ''}: "
-        f"{made.files} files, {made.bytes / 2**20:.1f} MiB in {dest}",
+        f"{made.files} files, {made.bytes / 2**20:.1f} MiB in {dest}; task data left out: {left}",
         highlight=False,
     )
 
@@ -801,7 +803,8 @@ def experiment_archive(protocol: str, dest: str) -> None:
 @click.argument("source", type=click.Path(file_okay=False, exists=True))
 def experiment_restore(protocol: str, source: str) -> None:
     """Copy the archive SOURCE (`pper experiment archive`) under PROTOCOL's runs directory, so `pper experiment run`
-    continues with what it lacks. Files already there and equal are skipped; one that differs is an error."""
+    continues with what it lacks, the buffers' task data read again from the protocol's task sources (refused where
+    a task changed). Files already there and equal are skipped; one that differs is an error."""
     from .experiments import load_protocol, restore
 
     made = restore(load_protocol(protocol), Path(source))

@@ -37,6 +37,7 @@ from ..tasks.rows import RowError
 
 SCHEMA_VERSION = 8
 BUFFER_FILE = "buffer.sqlite"
+STRIPPED = "task_data_stripped"  # meta key: JSON {"references": [program ids]} while the task data is out
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -991,6 +992,84 @@ class ReplayBuffer:
             "turns_by_round": {str(r): {str(t): n for t, n in c.items()} for r, c in self.turn_counts().items()},
         }
 
+    # -- task data, for publishing a buffer ----------------------------------------------------
+
+    def strip_task_data(self) -> dict[str, int]:
+        """Remove from the buffer, in place, what it copied from its tasks' source, so that the file may go where the
+        tasks may not (a code repository, when their licence or a rule keeps the data out); how many of each:
+
+        * `tasks`: each task's data (prompt, tests, reference solutions) becomes {"id", "sha256"}, the digest of the
+          data as stored;
+        * `references`: the text of a program that is one of its task's reference solutions becomes "" (its hash
+          stays);
+        * `quotes`: text that quotes a task, a GRPO group's prompt and its token ids, a repair turn's feedback and
+          chat, a program's public-test feedback, becomes "" ([] for token ids).
+
+        `restore_task_data` puts the first two back from the same tasks, checked against the digests and hashes;
+        quotes are gone for good: a finished run's history, which none of its later steps reads. Until then the
+        buffer's tasks cannot be read (`PperError`). The file is rewritten (VACUUM, rollback journal), so no copy of
+        what was removed stays in its free pages or a WAL.
+        """
+        q, q_many = self._db.execute, self._db.executemany
+        with self._write():
+            if self._meta(STRIPPED) is not None:
+                raise PperError(f"{self.path}: its task data was stripped already")
+            tasks = q("SELECT id, data FROM tasks").fetchall()
+            solutions = {(i, s) for i, d in tasks for s in json.loads(d).get("solutions") or ()}
+            refs = [i for i, task, text in q("SELECT id, task_id, text FROM programs") if (task, text) in solutions]
+            digests = [(json.dumps({"id": i, "sha256": hashlib.sha256(d.encode()).hexdigest()}), i) for i, d in tasks]
+            q_many("UPDATE tasks SET data = ? WHERE id = ?", digests)
+            q_many("UPDATE programs SET text = '' WHERE id = ?", [(i,) for i in refs])
+            quotes = sum(
+                q(sql).rowcount
+                for sql in (
+                    "UPDATE groups SET prompt = '', prompt_ids = '[]'",
+                    "UPDATE trajectories SET feedback = '', messages = '[]'",
+                    "UPDATE public_results SET feedback = '' WHERE feedback IS NOT NULL",
+                )
+            )
+            self._set_meta(STRIPPED, json.dumps({"references": refs}))
+        q("VACUUM")
+        q("PRAGMA journal_mode=DELETE")  # the file alone holds the buffer; reopening it returns to WAL
+        return {"tasks": len(tasks), "references": len(refs), "quotes": quotes}
+
+    def restore_task_data(self, tasks: Iterable[Task]) -> dict[str, int]:
+        """Put back what `strip_task_data` removed and can come back: the data of each task (found by id among `tasks`,
+        refused unless its digest is the stored one: the tasks' source changed) and the text of each reference
+        program (the one of its task's solutions whose hash is the program's). How many of each; nothing for a
+        buffer never stripped. Quotes stay empty."""
+        stripped = self._meta(STRIPPED)
+        if stripped is None:
+            return {"tasks": 0, "references": 0}
+        by_id = {t.id: json.dumps(t.to_dict()) for t in tasks}
+        rows = []
+        for task_id, data in self._db.execute("SELECT id, data FROM tasks").fetchall():
+            digest = json.loads(data).get("sha256")
+            if digest is None:
+                continue
+            if task_id not in by_id:
+                raise PperError(f"{self.path}: task {task_id} was stripped from it and is not among the tasks given")
+            if hashlib.sha256(by_id[task_id].encode()).hexdigest() != digest:
+                raise PperError(
+                    f"{self.path}: task {task_id} differs from the one the buffer was made with (its source changed "
+                    "since; restore from the same data)"
+                )
+            rows.append((by_id[task_id], task_id))
+        texts = []
+        for program_id in json.loads(stripped)["references"]:
+            task_id, digest, prefix = self._db.execute(
+                "SELECT task_id, hash, prefix FROM programs WHERE id = ?", (program_id,)
+            ).fetchone()
+            solutions = [s for s in json.loads(by_id[task_id])["solutions"] if program_hash(s, prefix) == digest]
+            if not solutions:
+                raise PperError(f"{self.path}: program {program_id} is none of task {task_id}'s reference solutions")
+            texts.append((solutions[0], program_id))
+        with self._write():
+            self._db.executemany("UPDATE tasks SET data = ? WHERE id = ?", rows)
+            self._db.executemany("UPDATE programs SET text = ? WHERE id = ?", texts)
+            self._db.execute("DELETE FROM meta WHERE key = ?", (STRIPPED,))
+        return {"tasks": len(rows), "references": len(texts)}
+
     def _count(self, table: str) -> int:
         return self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
@@ -1218,6 +1297,12 @@ def _remove_database(path: Path, keep_main: bool = False) -> None:
 
 def _task(data: str) -> Task:
     try:
-        return Task.from_dict(json.loads(data))
+        row = json.loads(data)
+        if set(row) == {"id", "sha256"}:
+            raise PperError(
+                f"task {row['id']}'s data was stripped from this buffer (`strip_task_data`, as `pper experiment "
+                "archive` does): put it back with `pper experiment restore` or `ReplayBuffer.restore_task_data`"
+            )
+        return Task.from_dict(row)
     except (RowError, json.JSONDecodeError) as e:  # only if the file was edited by hand
         raise PperError(f"a task stored in the replay buffer is corrupt: {e}") from None

@@ -13,9 +13,17 @@ A protocol runs for hours; on a preemptible or session-bound machine its run dir
   the unit's cost (a GRPO arm's budget is btp-rank seed 0's seconds);
 * `archive.json`: the protocol's name and what was archived.
 
-`restore(protocol, source)` copies an archive back under the protocol's root; `pper experiment run` then
-continues with what is not done. Files already there and equal are skipped; a file there that differs is an
-error naming it (nothing is overwritten), and ledger rows already there are not added twice.
+An archive holds no task data, so it may go where the tasks may not (a code repository, when their licence or a
+rule keeps the data out): every replay buffer in it is a copy with its tasks' prompts, tests and reference programs
+stripped (`ReplayBuffer.strip_task_data`, which says what is). Evaluation samples and metrics are kept as they are:
+a sample's `program` is the model's (a completion-style task's prompt included: HumanEval's, from its package).
+
+`restore(protocol, source)` copies an archive back under the protocol's root, the buffers' task data put back from
+the protocol's task sources (every source its units, buffers and PRM name, each loaded whole) and checked against
+the digests the archive kept; `pper experiment run` then continues with what is not done. Files already there and
+equal are skipped (a buffer is equal when its content, stripped, is); a file there that differs is an error naming
+it, as is a task the sources no longer give as it was: nothing is copied then, and ledger rows already there are
+not added twice.
 """
 
 from __future__ import annotations
@@ -23,9 +31,14 @@ from __future__ import annotations
 import filecmp
 import json
 import shutil
-from dataclasses import dataclass
+import sqlite3
+import tempfile
+from collections import Counter
+from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..buffer import BUFFER_FILE, ReplayBuffer
 from ..errors import PperError
 from ..files import remove_dir, replace_dir, write_atomic
 from ..jsonl import append_jsonl, read_jsonl
@@ -47,6 +60,7 @@ class Archived:
     units: list[str]
     files: int
     bytes: int
+    stripped: dict[str, int] = field(default_factory=dict)  # archive: the buffers' task data left out, by kind
 
 
 def _unit_files(run_dir: Path) -> list[Path]:
@@ -64,7 +78,47 @@ def _unit_files(run_dir: Path) -> list[Path]:
 
 
 def _all_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.endswith((".tmp", ".lock", "-shm")))
+    return sorted(
+        p for p in directory.rglob("*") if p.is_file() and not p.name.endswith((".tmp", ".lock", "-shm", "-wal"))
+    )
+
+
+def _copy_stripped(buffer: Path, target: Path) -> dict[str, int]:
+    """A consistent copy of the replay buffer `buffer` at `target` without its task data; what was stripped."""
+    with ReplayBuffer(buffer) as b:
+        b.copy_to(target)
+    with ReplayBuffer(target) as copy:
+        return copy.strip_task_data()
+
+
+def _content(buffer: Path) -> list[str]:
+    """The SQL that rebuilds a buffer file (its content, whatever its pages' layout)."""
+    with closing(sqlite3.connect(f"file:{buffer}?mode=ro", uri=True)) as db:
+        return list(db.iterdump())
+
+
+def _same(archived: Path, target: Path) -> bool:
+    """Whether `target` holds what the archive's `archived` does: the same bytes, or for a replay buffer (stripped
+    in the archive) the same content once stripped too."""
+    if archived.name != BUFFER_FILE:
+        return filecmp.cmp(archived, target, shallow=False)
+    with tempfile.TemporaryDirectory(prefix="pper-restore-") as tmp:
+        copy = Path(tmp) / BUFFER_FILE
+        _copy_stripped(target, copy)
+        return _content(copy) == _content(archived)
+
+
+def _tasks(protocol: Protocol) -> list:
+    """Every task of every source the protocol's units, buffers and PRM name (each loaded whole)."""
+    from ..tasks import load_tasks
+
+    configs = [u.config for u in units(protocol)] + [protocol.buffer_config(b) for b in protocol.buffers]
+    configs += [protocol.prm_config()] if protocol.prm is not None else []
+    sources = []
+    for c in configs:
+        evals = c.tasks.eval_source if isinstance(c.tasks.eval_source, list) else [c.tasks.eval_source]
+        sources += [s for s in (c.tasks.source, *evals) if s is not None and s not in sources]
+    return [t for s in sources for t in load_tasks(s)]
 
 
 def archive(protocol: Protocol, dest: str | Path) -> Archived:
@@ -87,14 +141,17 @@ def archive(protocol: Protocol, dest: str | Path) -> Archived:
     staging = dest.with_name(dest.name + ".tmp")
     remove_dir(staging)
     staging.mkdir(parents=True)
-    size = 0
+    size, stripped = 0, Counter()
     for f in files:
         target = staging / f.relative_to(root)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(f, target)
-        size += f.stat().st_size
+        if f.name == BUFFER_FILE:
+            stripped.update(_copy_stripped(f, target))
+        else:
+            shutil.copy2(f, target)
+        size += target.stat().st_size
     append_jsonl(staging / TIMINGS, [r for r in ledger(root) if r["unit"] in labels])
-    made = Archived(buffers, has_prm, [u.label for u in done], len(files), size)
+    made = Archived(buffers, has_prm, [u.label for u in done], len(files), size, dict(stripped))
     info = {"protocol": protocol.name, "source": protocol.source, **made.__dict__}
     write_atomic(staging / ARCHIVE_FILE, json.dumps(info, indent=2) + "\n")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -118,14 +175,25 @@ def restore(protocol: Protocol, source: str | Path) -> Archived:
         target = root / f.relative_to(source)
         if not target.exists():
             new.append((f, target))
-        elif not filecmp.cmp(f, target, shallow=False):
+        elif not _same(f, target):
             raise PperError(
                 f"restore {source}: {target} exists and differs from the archive's copy (a run made here since?); "
                 f"move {target.parent} aside to restore it, or run without restoring"
             )
-    for f, target in new:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(f, target)
+    with tempfile.TemporaryDirectory(prefix="pper-restore-") as tmp:
+        buffers = [(f, target, Path(tmp) / str(i)) for i, (f, target) in enumerate(new) if f.name == BUFFER_FILE]
+        tasks = _tasks(protocol) if buffers else []
+        for f, _, whole in buffers:  # every task put back before anything is copied: a changed source stops here
+            shutil.copy2(f, whole)
+            with ReplayBuffer(whole) as b:
+                b.restore_task_data(tasks)
+        for f, target in new:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if f.name != BUFFER_FILE:
+                shutil.copy2(f, target)
+        for _, target, whole in buffers:
+            with ReplayBuffer(whole) as b:
+                b.copy_to(target)
     have = {(r["unit"], r.get("time")) for r in ledger(root)}
     rows = [r for r in read_jsonl(source / TIMINGS) if (r["unit"], r.get("time")) not in have]
     if rows:
