@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pper.buffer import NewProgram, ReplayBuffer
+from pper.buffer import Group, Member, NewProgram, ReplayBuffer
 from pper.errors import PperError
 from pper.evaluation.multiturn import turn_path
 from pper.experiments import load_protocol, units, validate_protocol
@@ -603,3 +603,7 @@ def test_an_archive_carries_the_finished_work_without_models_and_restores_it_els
     (tmp_path / "notes" / "a.txt").write_text("mine")
     with pytest.raises(PperError, match="not an archive, so not replaced"):
         archive(protocol, tmp_path / "notes")
+    with ReplayBuffer.in_run(shared) as b:  # a prompt later units would read, which no restore could put back
+        b.add_group(Group(tasks[0].id, tasks[0].prompt, (1, 2), (Member("pass", (3,), (-0.5,), 0.0),)))
+    with pytest.raises(PperError, match=r"buffers/b/buffer.sqlite holds 1 GRPO prompts or repair chats"):
+        archive(protocol, tmp_path / "carried-2")

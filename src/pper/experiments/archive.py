@@ -43,6 +43,7 @@ from ..errors import PperError
 from ..files import remove_dir, replace_dir, write_atomic
 from ..jsonl import append_jsonl, read_jsonl
 from ..pipeline import MODEL_DIR
+from ..tasks import Task, load_tasks
 from .arms import buffer_dir, buffer_filled, prm_trained
 from .protocol import Protocol
 from .runner import TIMINGS, ledger, units
@@ -83,12 +84,20 @@ def _all_files(directory: Path) -> list[Path]:
     )
 
 
-def _copy_stripped(buffer: Path, target: Path) -> dict[str, int]:
-    """A consistent copy of the replay buffer `buffer` at `target` without its task data; what was stripped."""
+def _copy_stripped(buffer: Path, target: Path, shared: bool = False) -> dict[str, int]:
+    """A consistent copy of the replay buffer `buffer` at `target` without its task data; what was stripped. A
+    `shared` buffer (one that later units read: a protocol's buffers, the PRM's labelled copy) may not lose quotes,
+    which no restore puts back."""
     with ReplayBuffer(buffer) as b:
         b.copy_to(target)
     with ReplayBuffer(target) as copy:
-        return copy.strip_task_data()
+        stripped = copy.strip_task_data()
+    if shared and stripped["quotes"]:
+        raise PperError(
+            f"{buffer} holds {stripped['quotes']} GRPO prompts or repair chats, which quote its tasks and which later "
+            "units read: an archive without task data cannot carry it (no restore could put them back)"
+        )
+    return stripped
 
 
 def _content(buffer: Path) -> list[str]:
@@ -108,10 +117,8 @@ def _same(archived: Path, target: Path) -> bool:
         return _content(copy) == _content(archived)
 
 
-def _tasks(protocol: Protocol) -> list:
+def _tasks(protocol: Protocol) -> list[Task]:
     """Every task of every source the protocol's units, buffers and PRM name (each loaded whole)."""
-    from ..tasks import load_tasks
-
     configs = [u.config for u in units(protocol)] + [protocol.buffer_config(b) for b in protocol.buffers]
     configs += [protocol.prm_config()] if protocol.prm is not None else []
     sources = []
@@ -146,7 +153,7 @@ def archive(protocol: Protocol, dest: str | Path) -> Archived:
         target = staging / f.relative_to(root)
         target.parent.mkdir(parents=True, exist_ok=True)
         if f.name == BUFFER_FILE:
-            stripped.update(_copy_stripped(f, target))
+            stripped.update(_copy_stripped(f, target, shared=not any(u.run_dir in f.parents for u in done)))
         else:
             shutil.copy2(f, target)
         size += target.stat().st_size
