@@ -12,6 +12,7 @@ import pytest
 from pper.config import load_config
 from pper.errors import PperError
 from pper.evaluation import evaluate_best_of_n
+from pper.evaluation.best_of_n import separation
 from pper.execution import Executor
 from pper.generation import Candidate, load_model, transformers_sampler
 from pper.generation.config import GenerationConfig
@@ -171,6 +172,8 @@ def test_best_of_n_picks_each_criterions_argmax_on_the_same_samples(tmp_path, sa
         for criterion in chosen:
             chosen[criterion].append(rows[picked[criterion]])
     assert differ  # the two criteria are not the same choice here
+    assert b["separation"] == separation(list(choices.values()))
+    assert (b["separation"]["samples"], b["separation"]["passing"]) == (6, sum(r["passed"] for r in results))
     fractions = [sum(r["passed"] for r in rows) / 3 for rows in by_task.values()]
     assert 0 < sum(fractions) < 2  # some samples pass and some fail: pass@1 is not 0 or 1 by default
     assert b["pass@1"] == pytest.approx(sum(fractions) / 2) == result["overall"]["pass@1"]
@@ -206,6 +209,20 @@ def test_best_of_n_differences_are_paired_by_task():
     mean, low, high = d["prm - logprob"]["pass_rate"]  # +1, 0, -1, 0: centred on 0, and the interval says so
     assert mean == 0.0 and low < 0 < high
     assert "prm - logprob" not in differences({k: v for k, v in values.items() if k != "prm"})
+
+
+def test_best_of_n_separation_is_each_criterions_auc_for_passing_over_all_samples():
+    choices = [  # the PRM ranks both passing samples below every failing one; one sample has no log-probability
+        {"task_id": "a", "logprob": [-0.1, -0.9, None], "prm": [0.1, 0.8, 0.5], "passed": [True, False, False]},
+        {"task_id": "b", "logprob": [-0.5, -0.2], "prm": [0.9, 0.2], "passed": [False, True]},
+        {"task_id": "c", "logprob": [-0.15, -0.4], "prm": [0.7, 0.6], "passed": [False, False]},
+    ]
+    s = separation(choices)
+    # logprob: -0.1 beats the 4 failing values, -0.2 all but task c's -0.15 (pooled: 7 of 8 pairs)
+    assert s["auc"] == {"logprob": 7 / 8, "prm": 0.0}
+    assert (s["samples"], s["passing"], s["mixed_tasks"]) == (7, 2, 2)
+    assert separation([{**c, "passed": [False] * len(c["passed"])} for c in choices])["auc"]["logprob"] is None
+    assert "prm" not in separation([{k: v for k, v in c.items() if k != "prm"} for c in choices])["auc"]
 
 
 def test_select_without_a_prm_or_with_one_sample_is_refused(saved_prm):

@@ -476,6 +476,11 @@ def _best_of_n_table(b: dict, target: Path) -> None:
     for name, d in b.get("differences", {}).items():
         pairs.add_row(name, *(f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for m, lo, hi in d.values()))
     out.print(pairs)
+    sep = b.get("separation")
+    if sep:
+        aucs = ", ".join(f"{c} {'-' if a is None else f'{a:.3f}'}" for c, a in sep["auc"].items())
+        out.print(f"ROC AUC for passing over {sep['samples']} samples ({sep['passing']} pass): {aucs}; "
+                  f"{sep['mixed_tasks']} tasks with a passing and a failing sample", highlight=False)  # fmt: skip
     out.print(f"oracle pass@{n} {b[f'pass@{n}']:.4f}; metrics: {target / 'metrics.json'}; choices: {b['choices_file']}",
               highlight=False)  # fmt: skip
 

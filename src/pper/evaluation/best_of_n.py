@@ -16,8 +16,12 @@ same way). On those same samples:
 Each choice is scored like a one-sample evaluation (`metrics.summarize`: strict accuracy and pass rate over
 the chosen programs). The choices are compared task by task (`differences`, with paired bootstrap intervals over
 tasks, `stats.paired_bootstrap`): each criterion against a random pick (per task, the fraction of its samples
-that pass and their mean pass rate: what pass@1 averages), and the PRM against log-probability. The per-task
-choices, with the values they were made on, are written to `<samples>.best_of_n.jsonl`.
+that pass and their mean pass rate: what pass@1 averages), and the PRM against log-probability. How well each
+criterion's value tells passing samples from failing ones (`separation`): its ROC AUC over all samples for
+"passes every test" (`pper.prm.metrics.roc_auc`; pooled across tasks, so it also credits ranking easy tasks'
+samples above hard ones'), beside the number of tasks with both a passing and a failing sample, the only tasks
+where a choice can matter. The per-task choices, with the values they were made on, are written to
+`<samples>.best_of_n.jsonl`.
 """
 
 from __future__ import annotations
@@ -89,6 +93,26 @@ def check_samples(samples_path: str | Path, n: int) -> None:
 
 def scored(row: dict[str, Any]) -> Scored:
     return Scored(row["task_id"], float(row["pass_rate"]), bool(row["passed"]))
+
+
+def separation(choices: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """From the per-task `choices` (rows of `<samples>.best_of_n.jsonl`): per criterion ("logprob", and "prm"
+    where scored) the ROC AUC of its per-sample value for passing (None when all samples pass or all fail;
+    samples without a value left out), with the counts of samples, passing samples and `mixed_tasks` (tasks with
+    a passing and a failing sample)."""
+    from ..prm.metrics import roc_auc
+
+    auc: dict[str, float | None] = {}
+    for criterion in [c for c in ("logprob", "prm") if choices and c in choices[0]]:
+        pairs = [(v, int(p)) for c in choices for v, p in zip(c[criterion], c["passed"], strict=True) if v is not None]
+        auc[criterion] = roc_auc([v for v, _ in pairs], [p for _, p in pairs]) if pairs else None
+    passed = [p for c in choices for p in c["passed"]]
+    return {
+        "auc": auc,
+        "samples": len(passed),
+        "passing": sum(passed),
+        "mixed_tasks": sum(0 < sum(c["passed"]) < len(c["passed"]) for c in choices),
+    }
 
 
 def differences(values: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
@@ -175,6 +199,7 @@ def evaluate_best_of_n(
             f"pass@{n}": overall[f"pass@{n}"],
             "pass_rate": overall["pass_rate"],
             "chosen_by": {c: summarize(chosen[c]) for c in criteria},
+            "separation": separation(choices),
             "differences": differences(
                 {
                     "random": random,
