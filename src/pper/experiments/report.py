@@ -111,6 +111,7 @@ def turns_plot(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
         (line,) = ax.plot(x, c["strict_accuracy"], "o-", label=f"{arm}: repair turns")
         if "independent" in c:
             ax.plot(x, c["independent"], "^--", color=line.get_color(), label=f"{arm}: independent pass@t")
+    ax.set_xticks(range(1, 1 + max((len(c["strict_accuracy"]) for c in curves.values()), default=1)))
     ax.set_xlabel("turns = programs per task")
     ax.set_ylabel("held-out strict accuracy (private tests)")
     ax.grid(alpha=0.3)
