@@ -302,19 +302,23 @@ def test_task_data_is_stripped_from_the_file_and_put_back_from_the_same_tasks(tm
             NewProgram(tasks[0].id, "def f():\n    pass", -1.0, 5, "m"),
         ]
     )
-    buffer.add_executions([(i, _result("passed", "failed", error="AssertionError")) for i in ids])
+    quoted = "assert candidate([1.0, 2.8], 0.3) == True failed"  # an error text quotes its test
+    buffer.add_executions([(i, _result("passed", "failed", error=quoted)) for i in ids])
     buffer.add_group(Group(tasks[1].id, "Complete: " + tasks[1].prompt, (5, 6), (Member("x = 1", (1,), (-0.1,), 0.0),)))
     before = {p.id: p for p in buffer.programs()}
     copy = buffer.copy_to(tmp_path / "copy" / "buffer.sqlite")
 
     with ReplayBuffer(copy) as c:
-        assert c.strip_task_data() == {"tasks": 3, "references": 1, "quotes": 1}
+        assert c.strip_task_data() == {"tasks": 3, "references": 1, "quotes": 1, "errors": 2}
         with pytest.raises(PperError, match="stripped from this buffer"):
             c.tasks()
         assert c.program(ids[1]).text == "def f():\n    pass" and c.program(ids[0]).text == ""
         assert c.group(1).prompt == "" and c.group(1).members[0].completion == "x = 1"
+        assert [t.error for t in c.program(ids[1]).result.tests] == [None, ""]  # the verdicts stay
+        assert c.program(ids[1]).result.pass_rate == 0.5
     data = copy.read_bytes()
     assert b"has_close_elements" not in data and reference.encode() not in data  # not in free pages either
+    assert quoted.encode() not in data
     assert not copy.with_name("buffer.sqlite-wal").exists()
 
     with ReplayBuffer(copy) as c:
@@ -324,5 +328,6 @@ def test_task_data_is_stripped_from_the_file_and_put_back_from_the_same_tasks(tm
         with pytest.raises(PperError, match="HumanEval/0 differs from the one the buffer was made with"):
             c.restore_task_data(changed)
         assert c.restore_task_data(load_tasks("humaneval", limit=5)) == {"tasks": 3, "references": 1}
-        assert c.tasks() == tasks and {p.id: p for p in c.programs()} == before
+        assert c.tasks() == tasks and {p.id: p.text for p in c.programs()} == {i: p.text for i, p in before.items()}
+        assert [p.result.verdicts for p in c.programs()] == [p.result.verdicts for p in before.values()]
         assert c.restore_task_data(tasks) == {"tasks": 0, "references": 0}  # not stripped now

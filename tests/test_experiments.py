@@ -540,6 +540,12 @@ def test_an_archive_carries_the_finished_work_without_models_and_restores_it_els
     btp0, btp1, rl0 = (
         next(u for u in units(protocol) if u.label == x) for x in ("btp seed 0", "btp seed 1", "rl seed 0")
     )
+    quoting = {"task_id": "MBPP/2", "pass_rate": 0.0, "passed": False, "result": "failed: assert f(1) == 2 failed",
+               "errors": ["assert f(1) == 2 failed", None],
+               "messages": [{"role": "user", "content": "Task: f"}]}  # fmt: skip
+    results = next(btp0.run_dir.rglob("*_results.jsonl"))
+    with results.open("a") as f:  # an evaluation's results quote the failing test; a repair turn's chat the task
+        f.write(json.dumps(quoting) + "\n")
     (btp0.run_dir / "checkpoints" / "round-1" / "model").mkdir(parents=True)
     (btp0.run_dir / "checkpoints" / "round-1" / "model" / "model.safetensors").write_bytes(b"x" * 1000)
     (btp0.run_dir / "checkpoints" / "round-1" / "weights.safetensors").write_bytes(b"x" * 100)
@@ -575,7 +581,11 @@ def test_an_archive_carries_the_finished_work_without_models_and_restores_it_els
     kept = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     assert "btp/seed-0/checkpoints/round-1/checkpoint.json" in kept and "rl/seed-0/checkpoints/round-1/rl.json" in kept
     assert "buffers/b/buffer.sqlite" in kept and "btp/seed-0/events.jsonl" in kept
-    assert got.stripped == {"tasks": 4, "references": 4, "quotes": 0}
+    assert got.stripped == {"tasks": 4, "references": 4, "quotes": 0, "errors": 0, "rows": 1}
+    carried = dest / results.relative_to(protocol.root)
+    assert b"f(1) == 2" not in carried.read_bytes() and b"Task: f" not in carried.read_bytes()
+    assert json.loads(carried.read_text().splitlines()[-1]) == {**quoting, "result": "failed", "errors": ["", None],
+                                                                "messages": []}  # fmt: skip
     assert tasks[0].prompt.encode() not in (dest / "buffers" / "b" / "buffer.sqlite").read_bytes()
     assert not [
         k for k in kept if k.endswith((".safetensors", ".pt")) or k.startswith(("btp/seed-1", "btp/seed-0/model"))

