@@ -15,8 +15,8 @@ A protocol runs for hours; on a preemptible or session-bound machine its run dir
 
 An archive holds no task data, so it may go where the tasks may not (a code repository, when their licence or a
 rule keeps the data out): every replay buffer in it is a copy with its tasks' prompts, tests and reference programs
-stripped (`ReplayBuffer.strip_task_data`, which says what is), and every JSONL file of a unit (its samples and
-their results) is copied with the fields that quote a task emptied (`strip_rows`: a result's error texts, which
+stripped (`ReplayBuffer.strip_task_data`, which says what is), and every JSONL file (a unit's samples and their
+results, events) is copied with the fields that quote a task emptied (`strip_rows`: a result's error texts, which
 quote the failing test, and a repair turn's chat). A sample's `program` is kept: it is the model's (a
 completion-style task's prompt included: HumanEval's, from its package).
 
@@ -130,7 +130,7 @@ def _content(buffer: Path) -> list[str]:
 def _same(archived: Path, target: Path) -> bool:
     """Whether `target` holds what the archive's `archived` does: the same bytes, or for a replay buffer (stripped
     in the archive) the same content once stripped too."""
-    if archived.suffix == ".jsonl" and archived.name != TIMINGS:
+    if archived.suffix == ".jsonl":  # copied through strip_rows, as `archive` copies every JSONL file
         return strip_rows(target)[0] == archived.read_bytes()
     if archived.name != BUFFER_FILE:
         return filecmp.cmp(archived, target, shallow=False)
@@ -177,7 +177,7 @@ def archive(protocol: Protocol, dest: str | Path) -> Archived:
         target.parent.mkdir(parents=True, exist_ok=True)
         if f.name == BUFFER_FILE:
             stripped.update(_copy_stripped(f, target, shared=not any(u.run_dir in f.parents for u in done)))
-        elif f.suffix == ".jsonl" and any(u.run_dir in f.parents for u in done):
+        elif f.suffix == ".jsonl":
             content, rows = strip_rows(f)
             target.write_bytes(content)
             stripped["rows"] += rows
