@@ -197,3 +197,25 @@ def test_a_samples_file_missing_tasks_is_refused_and_a_pass_at_k_it_cannot_give_
         with pytest.warns(UserWarning, match="pass@2 left out: some task has only 1 samples"):
             result = evaluate(tasks[:2], partial, executor, ks=(1, 2), show_progress=False)
     assert "pass@1" in result["overall"] and "pass@2" not in result["overall"]
+
+
+def test_a_resumed_evaluation_adds_its_seconds_to_those_its_metrics_file_recorded(tmp_path):
+    from pper.evaluation import evaluate
+    from pper.execution import Executor
+
+    tasks = load_tasks("humaneval", limit=2)
+    given = _samples_file(tmp_path / "samples.jsonl", tasks)
+    metrics_path = tmp_path / "metrics.json"
+    with Executor(workers=1) as executor:
+        first = evaluate(tasks, given, executor, metrics_path=metrics_path, show_progress=False)
+        assert first["seconds"]["testing"] > 0
+        # an earlier invocation that spent 100 s testing this samples file: a resume (nothing left to test) adds to it
+        recorded = json.loads(metrics_path.read_text())
+        metrics_path.write_text(json.dumps({**recorded, "seconds": {"sampling": 50.0, "testing": 100.0}}))
+        resumed = evaluate(tasks, given, executor, metrics_path=metrics_path, show_progress=False)
+        assert resumed["seconds"]["sampling"] == 50.0 and 100.0 <= resumed["seconds"]["testing"] < 101.0
+        assert json.loads(metrics_path.read_text())["seconds"] == resumed["seconds"]
+        # a metrics file made for another samples file is not this evaluation's past
+        metrics_path.write_text(json.dumps({**recorded, "samples_file": "other.jsonl", "seconds": {"testing": 100.0}}))
+        other = evaluate(tasks, given, executor, metrics_path=metrics_path, show_progress=False)
+        assert other["seconds"]["testing"] < 100.0 and "sampling" not in other["seconds"]

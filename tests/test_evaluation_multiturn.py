@@ -60,6 +60,8 @@ def test_repair_turns_are_scored_on_the_private_tests_after_each_turn(tmp_path, 
     assert result["turns"][1]["pass_rate"] == pytest.approx(mean)
     independent = result["independent"]
     assert independent["n"] == 2 and independent["samples"] == 6 and {"pass@1", "pass@2"} <= set(independent)
+    assert set(result["seconds"]) == {"sampling", "testing", "repair", "independent"}
+    assert all(v > 0 for v in result["seconds"].values())
     # a killed evaluation resumes: drop the last task of turn 2 and run again, it is redone once
     path = turn_path(samples, 2)
     rows = path.read_text().splitlines()

