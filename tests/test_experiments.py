@@ -326,9 +326,11 @@ def test_experiment_run_end_to_end_on_a_tiny_protocol(tmp_path):
 
 
 def test_a_terminated_run_still_logs_the_interrupted_units_time(tmp_path):
+    import os
     import signal
     import time
 
+    from pper.execution.calibration import cpu_name
     from pper.experiments.runner import TIMINGS, ledger
 
     path = tmp_path / "p.yaml"
@@ -353,6 +355,26 @@ def test_a_terminated_run_still_logs_the_interrupted_units_time(tmp_path):
         proc.stderr.close()
     rows = ledger(tmp_path / "runs" / "t")
     assert [(r["unit"], r["finished"]) for r in rows] == [("base seed 0", False)], tmp_path / TIMINGS
+    assert rows[0]["machine"].startswith(f"{cpu_name()}, {os.cpu_count()} cores, torch ")  # where it ran
+
+
+def test_the_report_names_the_machines_the_ledger_says_the_units_ran_on():
+    from pper.experiments.report import where
+    from pper.experiments.runner import machines
+
+    rows = [
+        {"unit": "base seed 0", "seconds": 3600.0},  # written before the ledger named machines
+        {"unit": "btp seed 0", "seconds": 5400.0, "machine": "A, 2 cores, torch 2 (1 threads)"},
+        {"unit": "btp seed 1", "seconds": 1800.0, "machine": "A, 2 cores, torch 2 (1 threads)"},
+        {"unit": "btp seed 2", "seconds": 1800.0, "machine": "B, 2 cores, torch 2 (2 threads)"},
+    ]
+    spent = machines(rows)
+    assert list(spent.items()) == [("A, 2 cores, torch 2 (1 threads)", 7200.0), ("unrecorded", 3600.0),
+                                   ("B, 2 cores, torch 2 (2 threads)", 1800.0)]  # fmt: skip
+    assert where(spent) == ("A, 2 cores, torch 2 (1 threads) (2.0 h); a machine the ledger did not record (1.0 h); "
+                            "B, 2 cores, torch 2 (2 threads) (0.5 h)")  # fmt: skip
+    assert where({"A, 2 cores, torch 2 (1 threads)": 7200.0}) == "A, 2 cores, torch 2 (1 threads)"
+    assert where({}) == "no recorded machine"
 
 
 def test_a_grpo_arm_gets_the_wall_clock_of_its_budget_arm_and_needs_one(tmp_path):

@@ -16,7 +16,6 @@ Buffers are read with `ReplayBuffer.reading`: a report never migrates a buffer t
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import defaultdict
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from ..jsonl import read_jsonl
 from ..pipeline import eval_paths
 from .arms import Unit, buffer_dir, buffer_filled, prm_stats
 from .protocol import Protocol
-from .runner import TIMINGS, ledger, not_run, spent
+from .runner import TIMINGS, UNRECORDED, ledger, machines, not_run, spent
 
 METRICS = (("pass_rate", 0), ("strict_accuracy", 1))
 Scores = dict[str, tuple[float, float]]  # task id -> (pass rate, strict), averaged over the task's samples
@@ -214,7 +213,7 @@ def summarize(protocol: Protocol, units: Sequence[Unit]) -> dict[str, Any]:
         "prm": prm_stats(protocol, spent(ledger(protocol.root)).get("prm", 0.0)),
         "replay": replay_stats(protocol, done),
         "density": density_stats(done),
-        "machine": machine(),
+        "machines": {m: round(t, 1) for m, t in machines(ledger(protocol.root)).items()},
         "turns": turn_curves([u for us in done.values() for u in us]),
         "wall_clock": wall_clock_runs([u for us in done.values() for u in us]),
     }
@@ -318,15 +317,15 @@ def density_table(summary: dict) -> list[str]:
     return [*lines, ""]
 
 
-def machine() -> str:
-    import torch
-
-    from ..execution.calibration import cpu_name
-
-    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-
-
 # -- markdown ----------------------------------------------------------------------------------
+
+
+def where(seconds: dict[str, float]) -> str:
+    """The machines the ledger's units ran on (`machines`), with their hours when there are several."""
+    named = {("a machine the ledger did not record" if m == UNRECORDED else m): t for m, t in seconds.items()}
+    if len(named) == 1:
+        return next(iter(named))
+    return "; ".join(f"{m} ({t / 3600:.1f} h)" for m, t in named.items()) or "no recorded machine"
 
 
 def pct(x: float) -> str:
@@ -494,7 +493,7 @@ def markdown(summary: dict) -> str:
             for arm, runs in summary.get("wall_clock", {}).items()
         ],
         f"Protocol `{summary['protocol']}`; working time {hours:.1f} h (summed from `{TIMINGS}`) on "
-        f"{summary['machine']}.",
+        f"{where(summary['machines'])}.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -9,6 +9,7 @@ time adds up over invocations, and `status` can estimate what is left.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -24,13 +25,25 @@ from .arms import Unit, buffer_dir, buffer_filled, fill_buffer, make_prm, prm_tr
 from .protocol import Protocol
 
 TIMINGS = "timings.jsonl"
+UNRECORDED = "unrecorded"  # the machine of a ledger row written before the ledger named machines
 NOT_RUN = "not-run.txt"  # in a unit's run directory: why it could not run (a pper error, e.g. nothing to replay)
+
+
+def machine() -> str:
+    """The machine this process runs on, as the ledger and reports name it: CPU, cores, torch and its threads."""
+    import torch
+
+    from ..execution.calibration import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 @contextmanager
 def timed(root: Path, unit: str) -> Iterator[None]:
-    """Append the seconds spent on `unit` to the protocol's time ledger, also when it is interrupted."""
+    """Append the seconds spent on `unit` to the protocol's time ledger, also when it is interrupted, with the
+    machine it ran on (torch's threads as the unit started)."""
     start = time.time()
+    where = machine()
     finished = False
     try:
         yield
@@ -38,7 +51,7 @@ def timed(root: Path, unit: str) -> Iterator[None]:
     finally:
         seconds = time.time() - start
         if seconds > 1 or not finished:  # a unit found already done costs nothing worth logging
-            row = {"unit": unit, "seconds": round(seconds, 1), "finished": finished, "time": start}
+            row = {"unit": unit, "seconds": round(seconds, 1), "finished": finished, "time": start, "machine": where}
             root.mkdir(parents=True, exist_ok=True)
             append_jsonl(root / TIMINGS, [row])
 
@@ -60,6 +73,16 @@ def sigterm_exits() -> Iterator[None]:
 def ledger(root: Path) -> list[dict]:
     """The rows of the protocol's time ledger (none before its first unit)."""
     return read_jsonl(root / TIMINGS)
+
+
+def machines(rows: list[dict]) -> dict[str, float]:
+    """Seconds per machine the ledger's rows ran on (`UNRECORDED`: rows written before the ledger named machines),
+    the machine with the most first."""
+    out: dict[str, float] = {}
+    for r in rows:
+        where = r.get("machine") or UNRECORDED
+        out[where] = out.get(where, 0.0) + float(r["seconds"])
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def spent(rows: list[dict]) -> dict[str, float]:
