@@ -582,6 +582,7 @@ def test_an_archive_carries_the_finished_work_without_models_and_restores_it_els
     (rl0.run_dir / "checkpoints" / "round-1" / "rl.json").write_text('{"steps": 2}')
     (btp1.run_dir / "checkpoints").mkdir(parents=True)  # trained, not evaluated: not finished, not archived
     (btp1.run_dir / "checkpoints" / "weights.safetensors").write_bytes(b"x")
+    (btp1.run_dir / "not-run.txt").write_text("nothing to replay")  # and its last attempt could not run
     rows = [
         {"unit": u, "seconds": 10.0, "finished": f, "time": t}
         for t, (u, f) in enumerate(
@@ -600,6 +601,8 @@ def test_an_archive_carries_the_finished_work_without_models_and_restores_it_els
     dest = tmp_path / "carried"
     got = archive(protocol, dest)
     assert (got.buffers, got.prm, sorted(got.units)) == (["b"], False, ["base seed 0", "btp seed 0", "rl seed 0"])
+    assert got.not_run == ["btp seed 1"]  # kept as the reason only
+    assert got.line("archived").startswith("archived 3 units (and why 1 could not run), 1 buffers: ")
     kept = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     assert "btp/seed-0/checkpoints/round-1/checkpoint.json" in kept and "rl/seed-0/checkpoints/round-1/rl.json" in kept
     assert "buffers/b/buffer.sqlite" in kept and "btp/seed-0/events.jsonl" in kept
@@ -609,17 +612,17 @@ def test_an_archive_carries_the_finished_work_without_models_and_restores_it_els
     assert json.loads(carried.read_text().splitlines()[-1]) == {**quoting, "result": "failed", "errors": ["", None],
                                                                 "messages": []}  # fmt: skip
     assert tasks[0].prompt.encode() not in (dest / "buffers" / "b" / "buffer.sqlite").read_bytes()
-    assert not [
-        k for k in kept if k.endswith((".safetensors", ".pt")) or k.startswith(("btp/seed-1", "btp/seed-0/model"))
-    ]
+    assert not [k for k in kept if k.endswith((".safetensors", ".pt")) or k.startswith("btp/seed-0/model")]
+    assert [k for k in kept if k.startswith("btp/seed-1")] == ["btp/seed-1/not-run.txt"]
     assert [r["unit"] for r in ledger(dest)] == ["base seed 0", "buffer b", "btp seed 0", "rl seed 0"]
 
     elsewhere = made(tmp_path / "there")  # the same protocol on another machine
     back = restore(elsewhere, dest)
     assert sorted(back.units) == ["base seed 0", "btp seed 0", "rl seed 0"] and back.buffers == ["b"]
+    assert back.not_run == ["btp seed 1"]
     states = {s.unit: s.state for s in status(elsewhere)}
     assert states == {"buffer b": "done", "base seed 0": "done", "btp seed 0": "done", "rl seed 0": "done",
-                      "btp seed 1": "not started"}  # fmt: skip
+                      "btp seed 1": "not run"}  # fmt: skip
     assert KINDS["grpo"].seconds(elsewhere, "btp") == budget
     with ReplayBuffer.in_run(buffer_dir(elsewhere, "b")) as b:  # the task data is back, from the task source
         assert b.tasks() == tasks and b.programs() == programs

@@ -790,17 +790,13 @@ def experiment_status(protocol: str, as_json: bool) -> None:
 def experiment_archive(protocol: str, dest: str) -> None:
     """Copy PROTOCOL's finished work to DEST, to carry it to another machine: its filled shared buffers, its PRM,
     every finished unit without its models, and their time ledger. A unit not finished is left out (it runs
-    again). The buffers go without their tasks' data (prompts, tests, reference programs): `pper experiment
-    restore` puts it back from the task sources."""
+    again; of one that could not run, the reason is kept). The buffers go without their tasks' data (prompts,
+    tests, reference programs): `pper experiment restore` puts it back from the task sources."""
     from .experiments import archive, load_protocol
 
     made = archive(load_protocol(protocol), Path(dest))
     left = ", ".join(f"{n} {kind}" for kind, n in made.stripped.items()) or "nothing"
-    out.print(
-        f"archived {len(made.units)} units, {len(made.buffers)} buffers{', the PRM' if made.prm else ''}: "
-        f"{made.files} files, {made.bytes / 2**20:.1f} MiB in {dest}; task data left out: {left}",
-        highlight=False,
-    )
+    out.print(f"{made.line('archived')} in {dest}; task data left out: {left}", highlight=False)
 
 
 @experiment.command("restore")
@@ -813,11 +809,7 @@ def experiment_restore(protocol: str, source: str) -> None:
     from .experiments import load_protocol, restore
 
     made = restore(load_protocol(protocol), Path(source))
-    out.print(
-        f"restored {len(made.units)} units, {len(made.buffers)} buffers{', the PRM' if made.prm else ''}: "
-        f"{made.files} files, {made.bytes / 2**20:.1f} MiB",
-        highlight=False,
-    )
+    out.print(made.line("restored"), highlight=False)
 
 
 def main() -> None:

@@ -10,7 +10,9 @@ A protocol runs for hours; on a preemptible or session-bound machine its run dir
   buffer, events, samples and metrics, which the report and a GRPO arm's budget read, are kept;
 * the time ledger's rows of those parts only. A unit not finished is left out with its rows: its checkpoints
   are the models (hundreds of MB), so it runs again from its start, and the seconds of a lost attempt are not
-  the unit's cost (a GRPO arm's budget is btp-rank seed 0's seconds);
+  the unit's cost (a GRPO arm's budget is btp-rank seed 0's seconds). Of a unit whose last attempt could not run
+  (a pass-rate filter that left nothing to replay) only the reason is kept (`not-run.txt`), so the report
+  restored elsewhere still says why; the next run tries it again, as it would here;
 * `archive.json`: the protocol's name and what was archived.
 
 An archive holds no task data, so it may go where the tasks may not (a code repository, when their licence or a
@@ -48,7 +50,7 @@ from ..pipeline import MODEL_DIR
 from ..tasks import Task, load_tasks
 from .arms import buffer_dir, buffer_filled, prm_trained
 from .protocol import Protocol
-from .runner import TIMINGS, ledger, units
+from .runner import NOT_RUN, TIMINGS, ledger, not_run, units
 
 ARCHIVE_FILE = "archive.json"
 
@@ -64,6 +66,15 @@ class Archived:
     files: int
     bytes: int
     stripped: dict[str, int] = field(default_factory=dict)  # archive: the buffers' task data left out, by kind
+    not_run: list[str] = field(default_factory=list)  # units kept only as the reason they could not run
+
+    def line(self, verb: str) -> str:
+        """One line saying what was archived or restored (`verb`)."""
+        refused = f" (and why {len(self.not_run)} could not run)" if self.not_run else ""
+        return (
+            f"{verb} {len(self.units)} units{refused}, {len(self.buffers)} buffers{', the PRM' if self.prm else ''}: "
+            f"{self.files} files, {self.bytes / 2**20:.1f} MiB"
+        )
 
 
 def _unit_files(run_dir: Path) -> list[Path]:
@@ -166,6 +177,8 @@ def archive(protocol: Protocol, dest: str | Path) -> Archived:
     if has_prm:
         files += [f for f in _all_files(protocol.prm_dir) if ".checkpoint" not in f.relative_to(root).as_posix()]
     files += [f for u in done for f in _unit_files(u.run_dir)]
+    refused = [u for u in everything if not u.done() and not_run(u) is not None]
+    files += [u.run_dir / NOT_RUN for u in refused]
     labels = {f"buffer {b}" for b in buffers} | {u.label for u in done} | ({"prm"} if has_prm else set())
 
     staging = dest.with_name(dest.name + ".tmp")
@@ -185,7 +198,8 @@ def archive(protocol: Protocol, dest: str | Path) -> Archived:
             shutil.copy2(f, target)
         size += target.stat().st_size
     append_jsonl(staging / TIMINGS, [r for r in ledger(root) if r["unit"] in labels])
-    made = Archived(buffers, has_prm, [u.label for u in done], len(files), size, dict(stripped))
+    made = Archived(buffers, has_prm, [u.label for u in done], len(files), size, dict(stripped),
+                    [u.label for u in refused])  # fmt: skip
     info = {"protocol": protocol.name, "source": protocol.source, **made.__dict__}
     write_atomic(staging / ARCHIVE_FILE, json.dumps(info, indent=2) + "\n")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -241,4 +255,5 @@ def restore(protocol: Protocol, source: str | Path) -> Archived:
         [u for u in info["units"] if u in dirs and any(dirs[u] in t.parents for t in added)],
         len(new),
         sum(f.stat().st_size for f, _ in new),
+        not_run=[u for u in info.get("not_run", []) if u in dirs and dirs[u] / NOT_RUN in added],
     )
