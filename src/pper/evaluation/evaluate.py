@@ -116,7 +116,9 @@ def earlier_seconds(metrics_path: str | Path | None, samples_path: Path) -> dict
         earlier = json.loads(Path(metrics_path).read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-    if not isinstance(earlier, dict) or earlier.get("samples_file") != str(samples_path):
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("samples_file"), str):
+        return {}
+    if Path(earlier["samples_file"]).resolve() != samples_path.resolve():
         return {}
     return {k: float(v) for k, v in (earlier.get("seconds") or {}).items() if isinstance(v, int | float)}
 
