@@ -98,18 +98,21 @@ def turn_curves(units: Sequence[Unit]) -> dict[str, dict[str, list[float]]]:
 
 
 def turns_plot(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
-    """Held-out strict accuracy against turns per arm, with pass@t of independent samples where measured."""
+    """Held-out strict accuracy against turns per arm, with pass@t of independent samples where measured. Each
+    arm's markers and line are smaller than the arm's before, so arms with the same scores stay visible."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for arm, c in curves.items():
+    for i, (arm, c) in enumerate(curves.items()):
         x = list(range(1, len(c["strict_accuracy"]) + 1))
-        (line,) = ax.plot(x, c["strict_accuracy"], "o-", label=f"{arm}: repair turns")
+        size, width = max(10 - 2 * i, 3), max(3 - 0.5 * i, 1)
+        (line,) = ax.plot(x, c["strict_accuracy"], "o-", ms=size, lw=width, label=f"{arm}: repair turns")
         if "independent" in c:
-            ax.plot(x, c["independent"], "^--", color=line.get_color(), label=f"{arm}: independent pass@t")
+            ax.plot(x, c["independent"], "^--", ms=size, lw=width, color=line.get_color(),
+                    label=f"{arm}: independent pass@t")  # fmt: skip
     ax.set_xticks(range(1, 1 + max((len(c["strict_accuracy"]) for c in curves.values()), default=1)))
     ax.set_xlabel("turns = programs per task")
     ax.set_ylabel("held-out strict accuracy (private tests)")
