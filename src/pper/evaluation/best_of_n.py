@@ -166,8 +166,7 @@ def evaluate_best_of_n(
         max_length = max_length or int(prm.info.get("max_length", 2048))
     seconds = earlier_seconds(metrics_path, Path(samples_path))
     base = evaluate(tasks, samples_path, executor, sampler, "sample", n, (1, n), None, info, show_progress)
-    for phase, spent in base["seconds"].items():
-        add_seconds(seconds, phase, spent)
+    add_seconds(seconds, base["seconds"])
     start = time.perf_counter()
     groups = by_task(read_jsonl(results_path(samples_path)))
     ids = {t.id: t for t in tasks}
@@ -216,7 +215,7 @@ def evaluate_best_of_n(
             ),  # fmt: skip
         },
     }
-    add_seconds(seconds, "selection", time.perf_counter() - start)
+    add_seconds(seconds, {"selection": time.perf_counter() - start})
     result["seconds"] = seconds
     if metrics_path is not None:
         write_atomic(metrics_path, json.dumps(result, indent=2) + "\n")

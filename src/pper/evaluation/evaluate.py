@@ -123,9 +123,10 @@ def earlier_seconds(metrics_path: str | Path | None, samples_path: Path) -> dict
     return {k: float(v) for k, v in (earlier.get("seconds") or {}).items() if isinstance(v, int | float)}
 
 
-def add_seconds(seconds: dict[str, float], phase: str, spent: float) -> None:
-    """Add `spent` seconds to `phase` in `seconds` (rounded to 10 ms)."""
-    seconds[phase] = round(seconds.get(phase, 0.0) + spent, 2)
+def add_seconds(seconds: dict[str, float], spent: dict[str, float]) -> None:
+    """Add the seconds of each phase of `spent` to that phase's in `seconds` (rounded to 10 ms)."""
+    for phase, more in spent.items():
+        seconds[phase] = round(seconds.get(phase, 0.0) + more, 2)
 
 
 def evaluate(
@@ -157,7 +158,7 @@ def evaluate(
     if sampler is not None:
         start = time.perf_counter()
         sample_tasks(sampler, tasks, samples_path, mode, n, show_progress)
-        add_seconds(seconds, "sampling", time.perf_counter() - start)
+        add_seconds(seconds, {"sampling": time.perf_counter() - start})
     else:
         given = {row["task_id"] for row in read_jsonl(samples_path)}
         missing = [t.id for t in tasks if t.id not in given]
@@ -168,7 +169,7 @@ def evaluate(
             )
     start = time.perf_counter()
     rows = test_samples_file(samples_path, tasks, executor, show_progress)
-    add_seconds(seconds, "testing", time.perf_counter() - start)
+    add_seconds(seconds, {"testing": time.perf_counter() - start})
     sampled_ids = {r["task_id"] for r in rows}
     evaluated = [t for t in tasks if t.id in sampled_ids]
     result = {

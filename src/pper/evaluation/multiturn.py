@@ -78,8 +78,7 @@ def evaluate_turns(
         )
     seconds = earlier_seconds(metrics_path, samples_path)
     first = evaluate(tasks, samples_path, executor, sampler, "greedy", 1, (1,), None, info, show_progress)
-    for phase, spent in first["seconds"].items():
-        add_seconds(seconds, phase, spent)
+    add_seconds(seconds, first["seconds"])
     rows = read_jsonl(results_path(samples_path))
     per_turn = [{"turn": 1, "repaired": 0, **_overall(rows, judged)}]
     start = time.perf_counter()
@@ -88,14 +87,14 @@ def evaluate_turns(
                             sampler, max_chars, show_progress)  # fmt: skip
         repaired = sum(r.get("repaired", False) for r in rows if r["task_id"] not in quoted)
         per_turn.append({"turn": turn, "repaired": repaired, **_overall(rows, judged)})
-    add_seconds(seconds, "repair", time.perf_counter() - start)
+    add_seconds(seconds, {"repair": time.perf_counter() - start})
     result = {**first, "turns": per_turn, "turn_tasks": {"judged": len(judged), "private_all_public": quoted}}
     if independent:
         path = samples_path.with_name(f"{samples_path.stem}.independent{samples_path.suffix}")
         ks = list(range(1, turns + 1))
         sampled = evaluate(judged, path, executor, sampler, "sample", turns, ks, None, None, show_progress)
         result["independent"] = {"samples_file": str(path), "n": turns, **sampled["overall"]}
-        add_seconds(seconds, "independent", sum(sampled["seconds"].values()))
+        add_seconds(seconds, {"independent": sum(sampled["seconds"].values())})
     result["seconds"] = seconds
     if metrics_path is not None:
         write_atomic(metrics_path, json.dumps(result, indent=2) + "\n")

@@ -177,7 +177,7 @@ def archive(protocol: Protocol, dest: str | Path) -> Archived:
     if has_prm:
         files += [f for f in _all_files(protocol.prm_dir) if ".checkpoint" not in f.relative_to(root).as_posix()]
     files += [f for u in done for f in _unit_files(u.run_dir)]
-    refused = [u for u in everything if not u.done() and not_run(u) is not None]
+    refused = [u for u in everything if u not in done and not_run(u) is not None]
     files += [u.run_dir / NOT_RUN for u in refused]
     labels = {f"buffer {b}" for b in buffers} | {u.label for u in done} | ({"prm"} if has_prm else set())
 

@@ -137,6 +137,7 @@ def summarize(protocol: Protocol, units: Sequence[Unit]) -> dict[str, Any]:
     """The statistics of every finished unit among `units` (see the module docstring), and why the others
     did not run."""
     base = protocol.base_arm()
+    rows = ledger(protocol.root)
     done: dict[str, list[Unit]] = {}
     skipped: dict[str, str] = {}
     for u in units:
@@ -211,12 +212,12 @@ def summarize(protocol: Protocol, units: Sequence[Unit]) -> dict[str, Any]:
         "arms": arms,
         "differences": differences,
         "not_run": {a: why for a, why in skipped.items() if a not in done},
-        "working_seconds": sum(spent(ledger(protocol.root)).values()),
+        "working_seconds": sum(spent(rows).values()),
         "buffers": buffer_stats(protocol),
-        "prm": prm_stats(protocol, spent(ledger(protocol.root)).get("prm", 0.0)),
+        "prm": prm_stats(protocol, spent(rows).get("prm", 0.0)),
         "replay": replay_stats(protocol, done),
         "density": density_stats(done),
-        "machines": {m: round(t, 1) for m, t in machines(ledger(protocol.root)).items()},
+        "machines": {m: round(t, 1) for m, t in machines(rows).items()},
         "turns": turn_curves([u for us in done.values() for u in us]),
         "wall_clock": wall_clock_runs([u for us in done.values() for u in us]),
     }

@@ -75,22 +75,24 @@ def ledger(root: Path) -> list[dict]:
     return read_jsonl(root / TIMINGS)
 
 
+def _seconds_by(rows: list[dict], key: Callable[[dict], str]) -> dict[str, float]:
+    """The ledger rows' seconds summed per `key(row)`, in the order the keys first appear."""
+    out: dict[str, float] = {}
+    for r in rows:
+        out[key(r)] = out.get(key(r), 0.0) + float(r["seconds"])
+    return out
+
+
 def machines(rows: list[dict]) -> dict[str, float]:
     """Seconds per machine the ledger's rows ran on (`UNRECORDED`: rows written before the ledger named machines),
     the machine with the most first."""
-    out: dict[str, float] = {}
-    for r in rows:
-        where = r.get("machine") or UNRECORDED
-        out[where] = out.get(where, 0.0) + float(r["seconds"])
+    out = _seconds_by(rows, lambda r: r.get("machine") or UNRECORDED)
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def spent(rows: list[dict]) -> dict[str, float]:
     """Seconds per ledger unit, summed over its attempts."""
-    out: dict[str, float] = {}
-    for r in rows:
-        out[r["unit"]] = out.get(r["unit"], 0.0) + float(r["seconds"])
-    return out
+    return _seconds_by(rows, lambda r: r["unit"])
 
 
 def units(protocol: Protocol, only: Sequence[str] = ()) -> list[Unit]:
